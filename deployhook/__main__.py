@@ -1,0 +1,3 @@
+from deployhook.cli import main
+
+main()

@@ -1,0 +1,70 @@
+"""The `deployhook` command line (click). Commands live in the sibling modules.
+
+Exit codes: 0 success, 1 the operation failed, 2 usage or configuration error (one
+line on stderr naming the file, the key and what is wrong).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from deployhook import errors
+from deployhook.config import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Errors in what the admin asked for or configured: exit 2. Everything else: exit 1.
+USAGE_ERRORS: tuple[type[errors.DeployhookError], ...] = (
+    errors.ConfigError, errors.UnknownRepo, errors.UnknownJob, errors.InvalidRequest,
+    errors.SecretNotConfigured,
+)
+
+
+def fail(message: str, *, code: int = 1) -> NoReturn:
+    click.echo(f"deployhook: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(command: F) -> F:
+    """Turn a DeployhookError into one line on stderr and the contract's exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except errors.DeployhookError as exc:
+            fail(str(exc), code=2 if isinstance(exc, USAGE_ERRORS) else 1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        return Settings.load(**overrides)
+    except errors.ConfigError as exc:
+        fail(str(exc), code=2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="deployhook")
+def main() -> None:
+    """deployhook: push-to-deploy for self-hosted Compose stacks."""
+
+
+def _register() -> None:
+    import importlib
+
+    for name in ("serve", "repos", "jobs", "hook", "deliver"):
+        try:
+            importlib.import_module(f"deployhook.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"deployhook.cli.{name}":
+                raise
+
+
+_register()

@@ -1,0 +1,60 @@
+"""The compose command: which one (v2 plugin or v1), and the argv of each call.
+
+The Docker SDK has no Compose API, so compose runs as a child process, never through a
+shell: every value from the registry is one argv element.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import subprocess
+
+from deployhook.errors import StepFailed
+from deployhook.registry import Repo
+
+
+@functools.cache
+def _detect() -> tuple[str, ...]:
+    docker = shutil.which("docker")
+    if docker:
+        try:
+            probe = subprocess.run([docker, "compose", "version"], capture_output=True,
+                                   timeout=20, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            probe = None
+        if probe is not None and probe.returncode == 0:
+            return ("docker", "compose")
+    if shutil.which("docker-compose"):
+        return ("docker-compose",)
+    raise StepFailed("no compose command found: install the docker compose plugin or "
+                     "docker-compose, or set DEPLOYHOOK_COMPOSE")
+
+
+def command(configured: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The compose command: DEPLOYHOOK_COMPOSE, else `docker compose`, else `docker-compose`."""
+    return configured if configured else _detect()
+
+
+def is_v1(base: tuple[str, ...]) -> bool:
+    """True for the standalone Python docker-compose (v1), which names projects differently."""
+    return base[-1].endswith("docker-compose") and len(base) == 1
+
+
+def base_args(base: tuple[str, ...], repo: Repo) -> list[str]:
+    argv = list(base)
+    for file in repo.compose_files:
+        argv += ["-f", file]
+    if repo.project_name:
+        argv += ["-p", repo.project_name]
+    return argv
+
+
+def up_argv(base: tuple[str, ...], repo: Repo) -> list[str]:
+    """`<compose> [-f F]... [-p P] up -d --build [--remove-orphans] [--] [services]`."""
+    argv = [*base_args(base, repo), "up", "-d", "--build"]
+    if repo.remove_orphans:
+        argv.append("--remove-orphans")
+    if repo.services:
+        argv += ["--", *repo.services]
+    return argv

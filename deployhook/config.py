@@ -1,0 +1,171 @@
+"""Settings: built-in defaults < environment (DEPLOYHOOK_*) < command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deployhook.errors import ConfigError
+
+PREFIX = "DEPLOYHOOK_"
+
+
+def _positive_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name}: {raw!r} is not an integer") from None
+    if value < 0:
+        raise ConfigError(f"{PREFIX}{name}: {value} must not be negative")
+    return value
+
+
+def _flag(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"", "0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{PREFIX}{name}: {raw!r} is not a boolean (use 1 or 0)")
+
+
+def _bind(name: str, raw: str) -> str:
+    if raw.startswith("unix:"):
+        return raw
+    host, sep, port = raw.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"{PREFIX}{name}: {raw!r} is not HOST:PORT")
+    return raw
+
+
+def _choice(*allowed: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        if raw not in allowed:
+            raise ConfigError(f"{PREFIX}{name}: {raw!r} is not one of {', '.join(allowed)}")
+        return raw
+
+    return parse
+
+
+def _optional(_name: str, raw: str) -> str | None:
+    return raw or None
+
+
+def _path(_name: str, raw: str) -> Path:
+    return Path(raw)
+
+
+def _command(name: str, raw: str) -> tuple[str, ...] | None:
+    if not raw.strip():
+        return None
+    try:
+        return tuple(shlex.split(raw))
+    except ValueError as exc:
+        raise ConfigError(f"{PREFIX}{name}: {exc}") from None
+
+
+def _database_url(name: str, raw: str) -> str | None:
+    if not raw:
+        return None
+    if not raw.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"{PREFIX}{name}: only postgresql://... URLs are supported")
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything configurable, resolved once per process."""
+
+    registry: Path = Path("repos.yml")
+    data_dir: Path = Path("data")
+    bind: str = "127.0.0.1:8000"
+    web_processes: int = 2
+    web_threads: int = 16
+    secret: str | None = field(default=None, repr=False)
+    admin_token: str | None = field(default=None, repr=False)
+    workers: int = 2
+    compose: tuple[str, ...] | None = None
+    public_url: str | None = None
+    max_body: int = 5 * 1024 * 1024
+    log_format: str = "auto"
+    log_level: str = "info"
+    private_status: bool = False
+    keep_jobs: int = 100
+    keep_deliveries: int = 1000
+    reconcile_interval: int = 300
+    database_url: str | None = field(default=None, repr=False)
+    node: str | None = None
+    stop_grace: int = 600
+    worker_id: str | None = None
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from an environment mapping, then apply non-None overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, parse in _PARSERS.items():
+            raw = env.get(PREFIX + name.upper())
+            if raw is not None:
+                values[name] = parse(name.upper(), raw.strip() if name != "secret" else raw)
+        for name, value in overrides.items():
+            if value is None:
+                continue
+            if isinstance(value, str) and name in _PARSERS:
+                value = _PARSERS[name](name.upper(), value)
+            values[name] = value
+        settings = cls(**values)
+        if settings.web_processes < 1:
+            raise ConfigError(f"{PREFIX}WEB_PROCESSES: must be at least 1")
+        if settings.workers < 1:
+            raise ConfigError(f"{PREFIX}WORKERS: must be at least 1")
+        return settings
+
+    def to_environ(self) -> dict[str, str]:
+        """Render these settings as DEPLOYHOOK_* variables, for child processes."""
+        env: dict[str, str] = {}
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                text = "1" if value else "0"
+            elif isinstance(value, tuple):
+                text = shlex.join(value)
+            else:
+                text = str(value)
+            env[PREFIX + item.name.upper()] = text
+        return env
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "deployhook.sqlite3"
+
+
+_PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "registry": _path,
+    "data_dir": _path,
+    "bind": _bind,
+    "web_processes": _positive_int,
+    "web_threads": _positive_int,
+    "secret": _optional,
+    "admin_token": _optional,
+    "workers": _positive_int,
+    "compose": _command,
+    "public_url": lambda _n, raw: raw.rstrip("/") or None,
+    "max_body": _positive_int,
+    "log_format": _choice("auto", "json", "console"),
+    "log_level": _choice("debug", "info", "warning", "error"),
+    "private_status": _flag,
+    "keep_jobs": _positive_int,
+    "keep_deliveries": _positive_int,
+    "reconcile_interval": _positive_int,
+    "database_url": _database_url,
+    "node": _optional,
+    "stop_grace": _positive_int,
+    "worker_id": _optional,
+}

@@ -1,0 +1,173 @@
+"""Git, through GitPython: read remote heads, fetch, and move a checkout to a sha.
+
+Git never prompts (no terminal, SSH in batch mode) and a checkout owned by another
+user is trusted for this call only (safe.directory through git's environment config,
+never written to disk). Credentials are the host's own: deployhook adds none.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import git
+
+from deployhook.errors import InvalidRequest, StepFailed
+from deployhook.registry import Repo
+
+SHA_RE = re.compile(r"(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
+
+
+def check_sha(sha: str) -> str:
+    """Return sha lower-cased, or raise InvalidRequest unless it is a full commit id."""
+    lowered = sha.strip().lower()
+    if not SHA_RE.match(lowered):
+        raise InvalidRequest(f"{sha!r} is not a full commit id (40 or 64 hex characters)")
+    return lowered
+
+
+def git_env(path: Path, extra_config: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment every git process runs with."""
+    env = dict(os.environ)
+    # A host-wide GIT_SSH_COMMAND (custom key, port) is kept; only batch mode is added.
+    env.update({
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_SSH_COMMAND": env.get("GIT_SSH_COMMAND", "ssh") + " -o BatchMode=yes",
+        "LC_ALL": "C",
+    })
+    env.setdefault("GIT_ASKPASS", "/bin/false")
+    env.setdefault("SSH_ASKPASS", "/bin/false")
+    config = {"safe.directory": str(path)}
+    config.update(extra_config or {})
+    base = int(env.get("GIT_CONFIG_COUNT", "0") or 0)
+    for i, (key, value) in enumerate(config.items(), start=base):
+        env[f"GIT_CONFIG_KEY_{i}"] = key
+        env[f"GIT_CONFIG_VALUE_{i}"] = value
+    env["GIT_CONFIG_COUNT"] = str(base + len(config))
+    return env
+
+
+def _short(exc: git.GitCommandError) -> str:
+    lines = [ln.strip() for ln in str(exc.stderr or "").splitlines() if ln.strip()]
+    meaningful = [ln for ln in lines if ln.lower().startswith(("fatal", "error"))]
+    text = (meaningful or lines or [f"git exited with {exc.status}"])[-1]
+    return text.removeprefix("stderr: ").strip(" '")
+
+
+def remote_head(repo: Repo, *, timeout: float) -> str:
+    """Return the sha at the tip of the repo's branch on its remote (`git ls-remote`)."""
+    if not repo.path.is_dir():
+        raise StepFailed(f"{repo.path} does not exist")
+    cmd = git.Git(str(repo.path))
+    try:
+        out = cmd.execute(
+            ["git", "ls-remote", "--", repo.remote, repo.ref],
+            env=git_env(repo.path), kill_after_timeout=timeout, with_extended_output=False)
+    except git.GitCommandError as exc:
+        raise StepFailed(f"git ls-remote {repo.remote} failed: {_short(exc)}") from None
+    for line in str(out).splitlines():
+        sha, _, ref = line.partition("\t")
+        if ref.strip() == repo.ref:
+            return sha.strip().lower()
+    raise StepFailed(f"branch {repo.branch} not found on remote {repo.remote}")
+
+
+def _open(repo: Repo) -> git.Repo:
+    try:
+        return git.Repo(repo.path)
+    except git.NoSuchPathError:
+        raise StepFailed(f"{repo.path} does not exist") from None
+    except git.InvalidGitRepositoryError:
+        raise StepFailed(f"{repo.path} is not a git checkout") from None
+
+
+def _git(handle: git.Repo, *args: str, timeout: float | None = None,
+         env: dict[str, str] | None = None) -> str:
+    """Run one git command in the checkout, with deployhook's environment."""
+    try:
+        out = handle.git.execute(["git", *args], env=env or git_env(Path(handle.working_dir)),
+                                 kill_after_timeout=timeout, with_extended_output=False,
+                                 strip_newline_in_stdout=True)
+    except git.GitCommandError as exc:
+        raise StepFailed(f"git {args[0]} failed: {_short(exc)}") from None
+    return str(out)
+
+
+def head(repo: Repo) -> str | None:
+    """The commit the checkout is on, or None for an unborn branch."""
+    handle = _open(repo)
+    try:
+        return handle.head.commit.hexsha
+    except ValueError:
+        return None
+
+
+def has_commit(handle: git.Repo, sha: str) -> bool:
+    try:
+        _git(handle, "cat-file", "-e", f"{sha}^{{commit}}")
+    except StepFailed:
+        return False
+    return True
+
+
+def fetch(repo: Repo, sha: str, *, timeout: float, output: Callable[[str], None]) -> None:
+    """Fetch the repo's branch from its remote; make sure the commit sha is then present."""
+    handle = _open(repo)
+    if repo.remote not in [r.name for r in handle.remotes]:
+        raise StepFailed(f"{repo.path} has no remote named {repo.remote!r}")
+    refspec = f"+{repo.ref}:refs/remotes/{repo.remote}/{repo.branch}"
+    _git(handle, "fetch", "--prune", "--no-tags", "--", repo.remote, refspec, timeout=timeout)
+    output(f"fetched {repo.branch} from {repo.remote}")
+    if not has_commit(handle, sha):
+        # A sha that is no longer the tip (a coalesced or rolled-back push): ask for it.
+        try:
+            _git(handle, "fetch", "--no-tags", "--", repo.remote, sha, timeout=timeout)
+        except StepFailed as exc:
+            output(str(exc))
+        if not has_commit(handle, sha):
+            raise StepFailed(f"commit {sha[:12]} is not on {repo.remote} (was it force-pushed "
+                             "away?)")
+
+
+def local_changes(handle: git.Repo) -> list[str]:
+    """Tracked files modified (or staged) in the work tree; untracked files don't count."""
+    out = _git(handle, "status", "--porcelain=v1", "-z", "--no-renames", "--untracked-files=no")
+    return sorted({entry[3:] for entry in out.split("\0") if len(entry) > 3})
+
+
+def checkout(repo: Repo, sha: str, *, output: Callable[[str], None]) -> str | None:
+    """Move the checkout's branch to exactly sha, keeping it attached; return the old head.
+
+    `git reset --keep` moves the branch (fast-forward or not) and refuses to overwrite
+    local changes or untracked files, so `.env` and certificates are never touched.
+    """
+    handle = _open(repo)
+    changed = local_changes(handle)
+    if changed:
+        shown = ", ".join(changed[:10]) + (f" and {len(changed) - 10} more" if
+                                           len(changed) > 10 else "")
+        if repo.on_local_changes != "reset":
+            raise StepFailed(f"local changes to tracked files: {shown} "
+                             "(on_local_changes: fail; commit, stash or discard them)")
+        output(f"discarding local changes to tracked files: {shown}")
+        _git(handle, "reset", "--hard", "--quiet", "HEAD")
+    previous = head(repo)
+    current = None if handle.head.is_detached else handle.active_branch.name
+    if current != repo.branch:
+        start = previous or sha
+        _git(handle, "checkout", "--quiet", "-B", repo.branch, start)
+        output(f"switched to branch {repo.branch}")
+    if previous != sha:
+        _git(handle, "reset", "--keep", "--quiet", sha)
+    output(f"{repo.branch} is at {sha[:12]}" + (f" (was {previous[:12]})" if previous and
+                                                 previous != sha else ""))
+    return previous
+
+
+def update_submodules(repo: Repo, *, timeout: float, output: Callable[[str], None]) -> None:
+    handle = _open(repo)
+    out = _git(handle, "submodule", "update", "--init", "--recursive", timeout=timeout)
+    for line in out.splitlines():
+        output(line)

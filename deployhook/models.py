@@ -1,0 +1,150 @@
+"""The values the store keeps and the API shows: jobs, steps, ledger rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def ended(self) -> bool:
+        return self not in {Status.QUEUED, Status.RUNNING}
+
+
+class Trigger(StrEnum):
+    PUSH = "push"
+    MANUAL = "manual"
+    ROLLBACK = "rollback"
+    RETRY = "retry"
+    RECONCILE = "reconcile"
+
+
+class Outcome(StrEnum):
+    """What became of one delivery, as the ledger records it."""
+
+    QUEUED = "queued"
+    COALESCED = "coalesced"
+    DUPLICATE = "duplicate"
+    IGNORED = "ignored"
+    HELD = "held"
+    REJECTED = "rejected"
+
+
+class StepStatus(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+def iso(ts: float | None) -> str | None:
+    """Render an epoch timestamp as ISO 8601 UTC, or None."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    name: str
+    status: StepStatus
+    started_at: float | None
+    finished_at: float | None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "status": str(self.status),
+                "started_at": iso(self.started_at), "finished_at": iso(self.finished_at),
+                "error": self.error}
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: int
+    repo: str
+    status: Status
+    trigger: Trigger
+    sha: str
+    ref: str | None
+    delivery: str | None
+    previous_sha: str | None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    worker: str | None = None
+    node: str = ""
+    repo_url: str | None = None
+    cancel_requested: bool = False
+    steps: tuple[Step, ...] = field(default=())
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None:
+            return None
+        if self.finished_at is None:
+            return None
+        return round(self.finished_at - self.started_at, 3)
+
+    @property
+    def commit_url(self) -> str | None:
+        return f"{self.repo_url}/commit/{self.sha}" if self.repo_url else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JOB shape of the HTTP contract."""
+        return {
+            "id": self.id, "repo": self.repo, "status": str(self.status),
+            "trigger": str(self.trigger), "sha": self.sha, "ref": self.ref,
+            "delivery": self.delivery, "previous_sha": self.previous_sha,
+            "created_at": iso(self.created_at), "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at), "duration_s": self.duration_s,
+            "error": self.error, "steps": [s.to_dict() for s in self.steps],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One ledger row: a delivery and what became of it."""
+
+    id: int
+    repo: str
+    delivery_id: str | None
+    event: str | None
+    received_at: float
+    outcome: Outcome
+    reason: str | None
+    job: int | None
+    http_status: int
+    sha: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.delivery_id, "event": self.event, "received_at": iso(self.received_at),
+                "outcome": str(self.outcome), "reason": self.reason, "job": self.job,
+                "http_status": self.http_status, "sha": self.sha, "seq": self.id}
+
+
+@dataclass(frozen=True, slots=True)
+class RepoState:
+    """What the store knows of one repo beyond its jobs."""
+
+    repo: str
+    held: bool = False
+    held_at: float | None = None
+    held_sha: str | None = None
+    held_ref: str | None = None
+    held_delivery: str | None = None
+    seen_head: str | None = None
+    seen_at: float | None = None
+    repo_url: str | None = None
+    problem: str | None = None

@@ -1,0 +1,116 @@
+"""Child processes of a deploy: argv lists, their own process group, a deadline, a cancel.
+
+Output is captured line by line as it is produced. On timeout or cancel the whole group
+is stopped (SIGTERM, then SIGKILL), so `docker compose` and everything it started go
+together and nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from deployhook.errors import JobCancelled, JobTimedOut, StepFailed
+
+TERM_GRACE_S = 5.0
+_POLL_S = 0.05
+# The environment marker that lets a restarted worker recognise (and stop) the
+# processes of a job whose worker died, without trusting a recycled pid.
+JOB_ENV = "DEPLOYHOOK_JOB_ID"
+
+
+class Deadline:
+    """The end of a job's time budget, and what to say when it is reached."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
+
+    def check(self) -> None:
+        if self.remaining() <= 0:
+            raise JobTimedOut(f"timed out after {self.seconds:g} s")
+
+
+def stop_group(pgid: int, *, grace: float = TERM_GRACE_S) -> None:
+    """SIGTERM a process group, then SIGKILL whatever is left after grace seconds."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    end = time.monotonic() + grace
+    while time.monotonic() < end:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(_POLL_S)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def group_of_job(pgid: int, job_id: int) -> bool:
+    """True if pgid still leads a process group started for job_id (read from /proc)."""
+    try:
+        environ = Path(f"/proc/{pgid}/environ").read_bytes()
+    except OSError:
+        return False
+    return f"{JOB_ENV}={job_id}".encode() in environ.split(b"\0")
+
+
+def run(argv: Sequence[str], *, cwd: Path, output: Callable[[str], None], deadline: Deadline,
+        cancel: threading.Event, env: Mapping[str, str] | None = None,
+        on_start: Callable[[int], None] | None = None, job_id: int | None = None) -> int:
+    """Run argv to completion and return its exit status.
+
+    Raises JobTimedOut past the deadline and JobCancelled when cancel is set, after the
+    process group was stopped.
+    """
+    deadline.check()
+    child_env = dict(os.environ if env is None else env)
+    if job_id is not None:
+        child_env[JOB_ENV] = str(job_id)
+    try:
+        proc = subprocess.Popen(list(argv), cwd=cwd, env=child_env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    except OSError as exc:
+        raise StepFailed(f"cannot run {argv[0]}: {exc.strerror}") from None
+    if on_start is not None:
+        on_start(proc.pid)
+    reader = threading.Thread(target=_pump, args=(proc, output), daemon=True)
+    reader.start()
+    try:
+        while proc.poll() is None:
+            if cancel.is_set():
+                stop_group(proc.pid)
+                raise JobCancelled("cancelled")
+            if deadline.remaining() <= 0:
+                stop_group(proc.pid)
+                raise JobTimedOut(f"timed out after {deadline.seconds:g} s")
+            cancel.wait(min(_POLL_S * 4, max(deadline.remaining(), 0.01)))
+    finally:
+        if proc.poll() is None:
+            stop_group(proc.pid, grace=0)
+            proc.wait()
+        # Anything the leader left behind in its group goes with it.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        reader.join(timeout=5)
+        if proc.stdout:
+            proc.stdout.close()
+    return proc.returncode
+
+
+def _pump(proc: subprocess.Popen[bytes], output: Callable[[str], None]) -> None:
+    assert proc.stdout is not None
+    for raw in iter(proc.stdout.readline, b""):
+        output(raw.decode("utf-8", "replace").rstrip("\r\n"))

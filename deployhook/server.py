@@ -1,0 +1,155 @@
+"""`deployhook serve`: gunicorn for the web part, one deploy worker beside it, supervised.
+
+Three kinds of process: this supervisor (small, forwards signals, restarts the worker if
+it dies), the gunicorn master with its web processes, and the deploy worker. Deploys
+never run in a web process, so a web timeout or restart never touches a deploy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import structlog
+from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger as GunicornLogger
+
+from deployhook import log as logsetup
+from deployhook.config import Settings
+
+log = structlog.get_logger()
+
+_RESTART_BACKOFF_MAX = 30.0
+
+
+class _StructuredGunicornLogger(GunicornLogger):
+    """Gunicorn's own messages go through the root handler, i.e. through structlog."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for logger in (self.error_log, self.access_log):
+            logger.handlers[:] = []
+            logger.propagate = True
+        self.error_log.setLevel(logging.INFO)
+
+
+class WebApplication(BaseApplication):  # type: ignore[misc]
+    """The WSGI app under gunicorn's threaded workers, configured from Settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        options = {
+            "bind": [s.bind],
+            "workers": s.web_processes,
+            "worker_class": "gthread",
+            "threads": s.web_threads,
+            "timeout": 30,
+            "graceful_timeout": 20,
+            "keepalive": 5,
+            "backlog": 2048,
+            "limit_request_line": 8190,
+            "limit_request_fields": 100,
+            "limit_request_field_size": 8190,
+            "proc_name": "deployhook-web",
+            "preload_app": False,
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": s.log_level,
+            "logger_class": _StructuredGunicornLogger,
+            "forwarded_allow_ips": "127.0.0.1,::1",
+        }
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from deployhook.web import create_app
+
+        return create_app(self.settings)
+
+
+def run_web(settings: Settings) -> None:
+    """Run gunicorn in this process (the master) until it is told to stop."""
+    logsetup.configure(fmt=settings.log_format, level=settings.log_level)
+    WebApplication(settings).run()
+
+
+class Supervisor:
+    """Starts the web and worker processes, forwards signals, restarts a dead worker."""
+
+    def __init__(self, settings: Settings, *, with_worker: bool) -> None:
+        self.settings = settings
+        self.with_worker = with_worker
+        self.env = {**os.environ, **settings.to_environ()}
+        self.web: subprocess.Popen[bytes] | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.stopping = False
+        self._backoff = 1.0
+
+    def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "deployhook", *args], env=self.env)
+
+    def _signal(self, signum: int, _frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            if self.web and self.web.poll() is None:
+                self.web.send_signal(signal.SIGHUP)
+            return
+        self.stopping = True
+        for proc in (self.web, self.worker):
+            if proc and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._signal)
+        self.web = self._spawn("_web")
+        if self.with_worker:
+            self.worker = self._spawn("worker")
+        log.info("serve_started", bind=self.settings.bind, web_pid=self.web.pid,
+                 worker_pid=self.worker.pid if self.worker else None)
+        next_restart = 0.0
+        while not self.stopping:
+            time.sleep(0.2)
+            if self.web.poll() is not None:
+                log.error("web_exited", code=self.web.returncode)
+                self.stopping = True
+                break
+            if self.worker is not None and self.worker.poll() is not None:
+                now = time.monotonic()
+                if not next_restart:
+                    log.error("worker_exited", code=self.worker.returncode,
+                              restart_in_s=self._backoff)
+                    next_restart = now + self._backoff
+                    self._backoff = min(self._backoff * 2, _RESTART_BACKOFF_MAX)
+                elif now >= next_restart:
+                    self.worker = self._spawn("worker")
+                    log.info("worker_restarted", pid=self.worker.pid)
+                    next_restart = 0.0
+        return self._shutdown()
+
+    def _shutdown(self) -> int:
+        for proc in (self.web, self.worker):
+            if proc and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        code = 0
+        # The worker may be finishing a deploy: give it the grace period it asks for.
+        for proc, grace in ((self.web, 30.0), (self.worker, self.settings.stop_grace + 10.0)):
+            if proc is None:
+                continue
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc is self.web and proc.returncode not in (0, -signal.SIGTERM):
+                code = 1
+        log.info("serve_stopped")
+        return code

@@ -1,0 +1,96 @@
+"""The operations the HTTP API and the CLI share, over one store and one registry."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from deployhook import gitsync
+from deployhook.config import Settings
+from deployhook.errors import Conflict, StepFailed
+from deployhook.models import Job, Trigger
+from deployhook.registry import Registry, Repo
+from deployhook.store import Store, open_store
+
+# A worker beats every few seconds; one silent for this long is taken for dead.
+WORKER_STALE_S = 30.0
+
+
+@dataclass
+class Service:
+    """Settings, store and registry, opened once per process."""
+
+    settings: Settings
+    store: Store
+    registry: Registry
+
+    @classmethod
+    def open(cls, settings: Settings) -> Service:
+        registry = Registry(settings.registry)
+        registry.refresh(force=True)
+        return cls(settings=settings, store=open_store(settings), registry=registry)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- deploys ---------------------------------------------------------------------
+
+    def run(self, repo: Repo, *, sha: str | None = None) -> tuple[Job, bool]:
+        """Queue a manual deploy of sha, by default the remote branch head."""
+        remote_head = sha is None
+        if sha is None:
+            try:
+                sha = gitsync.remote_head(repo, timeout=20)
+            except StepFailed as exc:
+                raise Conflict(f"cannot read the head of {repo.branch} on {repo.remote}: "
+                               f"{exc}") from None
+        return self.store.enqueue(repo=repo.name, sha=gitsync.check_sha(sha), ref=repo.ref,
+                                  trigger=Trigger.MANUAL, node=repo.node or "",
+                                  remote_head=remote_head)
+
+    def rollback(self, repo: Repo, *, to: str | None = None) -> tuple[Job, bool]:
+        """Queue a rollback to `to`, by default the newest good sha other than the deployed one."""
+        if to is None:
+            deployed = self.store.newest_good_sha(repo.name)
+            to = self.store.newest_good_sha(repo.name, other_than=deployed)
+            if to is None:
+                raise Conflict(f"{repo.name} has no earlier good deploy to roll back to")
+        return self.store.enqueue(repo=repo.name, sha=gitsync.check_sha(to), ref=repo.ref,
+                                  trigger=Trigger.ROLLBACK, node=repo.node or "")
+
+    def release(self, repo: Repo) -> Job | None:
+        return self.store.release(repo.name, node=repo.node or "")
+
+    # -- status ----------------------------------------------------------------------
+
+    def repo_status(self, repo: Repo) -> dict[str, Any]:
+        """The body of GET /deploy/<repo>."""
+        view = self.store.overview(repo.name)
+        state = view["state"]
+        last: Job | None = view["last_job"]
+        return {
+            "repo": repo.name, "branch": repo.branch, "deployed_sha": view["deployed_sha"],
+            "held": state.held, "last_job": last.to_dict() if last else None,
+            "queued": 1 if view["queued"] else 0, "problem": state.problem,
+        }
+
+    def live_workers(self) -> list[dict[str, Any]]:
+        return self.store.workers(since=time.time() - WORKER_STALE_S)
+
+    def problems(self) -> list[str]:
+        """What /healthz reports as degraded (deliveries are still accepted)."""
+        found = []
+        self.registry.refresh()
+        if self.registry.error:
+            found.append(f"registry invalid, last good one in use: {self.registry.error}")
+        workers = self.live_workers()
+        nodes = {w["node"] for w in workers}
+        needed = {repo.node or "" for repo in self.registry}
+        if not workers:
+            found.append("no deploy worker is alive: pushes are queued but not deployed")
+        else:
+            for node in sorted(needed - nodes):
+                label = f"node {node!r}" if node else "the default node"
+                found.append(f"no live worker for {label}: its repos' jobs wait")
+        return found

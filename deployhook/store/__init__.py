@@ -1,0 +1,373 @@
+"""The store: the delivery ledger and the job queue, shared by every process.
+
+The store *is* the queue. Web processes, the deploy worker and the CLI all open it;
+every change is one transaction under the store's write lock, so the rules of
+CONTRACT §4.1-4.2 hold across processes.
+"""
+
+from __future__ import annotations
+
+import os
+import queue as queue_mod
+import socket
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any
+
+import structlog
+
+from deployhook.config import Settings
+from deployhook.errors import Conflict, StoreUnavailable, UnknownJob
+from deployhook.models import Delivery, Job, RepoState, Status, StepStatus, Trigger
+from deployhook.store import ledger, queue
+from deployhook.store.backend import Backend, Row, Tx
+from deployhook.store.ledger import Answer, Intake
+
+log = structlog.get_logger()
+
+__all__ = ["Answer", "Intake", "Store", "Tx", "open_store"]
+
+_BATCH_MAX = 256
+# Gitea gives up after 5 s: past this, answer 503 rather than hang.
+SUBMIT_TIMEOUT = 4.5
+
+
+class _GroupCommit:
+    """Turns concurrent deliveries into few transactions: one writer thread per process.
+
+    Request threads hand their delivery over and wait; the writer takes everything that
+    queued up meanwhile and admits it in one transaction. Under load that is one lock
+    round and one fsync per batch instead of per request.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._queue: queue_mod.SimpleQueue[tuple[Intake, Future[Answer] | None]]
+
+    def _ensure_thread(self) -> None:
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._queue = queue_mod.SimpleQueue()
+            threading.Thread(target=self._run, name="deployhook-group-commit",
+                             daemon=True).start()
+            self._pid = os.getpid()
+
+    def submit(self, item: Intake, *, wait: bool) -> Answer | None:
+        self._ensure_thread()
+        future: Future[Answer] | None = Future() if wait else None
+        self._queue.put((item, future))
+        if future is None:
+            return None
+        try:
+            return future.result(timeout=SUBMIT_TIMEOUT)
+        except TimeoutError:
+            raise StoreUnavailable("store busy: the delivery could not be stored in time") \
+                from None
+
+    def _run(self) -> None:
+        q = self._queue
+        while True:
+            batch = [q.get()]
+            while len(batch) < _BATCH_MAX:
+                try:
+                    batch.append(q.get_nowait())
+                except queue_mod.Empty:
+                    break
+            self._commit(batch)
+
+    def _commit(self, batch: list[tuple[Intake, Future[Answer] | None]]) -> None:
+        results: list[Answer | BaseException] = []
+        try:
+            with self._backend.write() as tx:
+                for item, _future in batch:
+                    try:
+                        with tx.savepoint():
+                            results.append(ledger.admit(tx, item))
+                    except Exception as exc:  # one bad item must not sink the batch
+                        log.exception("delivery_admit_failed", repo=item.repo)
+                        results.append(exc)
+        except Exception as exc:
+            if not isinstance(exc, StoreUnavailable):
+                log.exception("delivery_batch_failed", size=len(batch))
+            for item, future in batch:
+                if future is not None:
+                    future.set_exception(exc)
+                else:
+                    log.warning("delivery_not_recorded", repo=item.repo, error=str(exc))
+            return
+        woke = False
+        for (_item, future), result in zip(batch, results, strict=True):
+            if isinstance(result, Answer) and result.job is not None and not woke:
+                self._backend.wake()
+                woke = True
+            if future is None:
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+
+class Store:
+    """Domain operations on the ledger and the queue, each one transaction."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._group = _GroupCommit(backend)
+        self.host = socket.gethostname()
+
+    @property
+    def skip_locked(self) -> str:
+        return "FOR UPDATE SKIP LOCKED" if self.backend.name == "postgres" else ""
+
+    def migrate(self) -> int:
+        return self.backend.migrate()
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def read(self) -> Any:
+        return self.backend.read()
+
+    def write(self) -> Any:
+        return self.backend.write()
+
+    # -- intake ------------------------------------------------------------------
+
+    def submit(self, item: Intake) -> Answer:
+        """Admit a delivery durably; return the answer once it is committed."""
+        answer = self._group.submit(item, wait=True)
+        assert answer is not None
+        return answer
+
+    def record_rejection(self, item: Intake) -> None:
+        """Add a rejected delivery to the ledger; its answer stands even if that fails."""
+        try:
+            self._group.submit(item, wait=True)
+        except StoreUnavailable as exc:
+            log.warning("delivery_not_recorded", repo=item.repo, error=str(exc))
+
+    # -- jobs ----------------------------------------------------------------------
+
+    def enqueue(self, *, repo: str, sha: str, ref: str | None, trigger: Trigger, node: str,
+                delivery: str | None = None, repo_url: str | None = None,
+                remote_head: bool = False) -> tuple[Job, bool]:
+        """Queue a deploy (or join the queued one); wakes the worker.
+
+        remote_head: sha is the remote branch head just read, so reconcile need not
+        deploy it again.
+        """
+        now = time.time()
+        with self.backend.write() as tx:
+            if remote_head:
+                ledger.see_head(tx, repo, sha, now=now)
+            job, coalesced = queue.enqueue(tx, repo=repo, sha=sha, ref=ref, trigger=trigger,
+                                           delivery=delivery, node=node, now=now,
+                                           repo_url=repo_url)
+        self.backend.wake()
+        return job, coalesced
+
+    def job(self, job_id: int) -> Job:
+        with self.backend.read() as tx:
+            job = queue.get(tx, job_id)
+        if job is None:
+            raise UnknownJob(f"no job {job_id}")
+        return job
+
+    def jobs(self, repo: str, *, limit: int = 20) -> list[Job]:
+        with self.backend.read() as tx:
+            return queue.history(tx, repo, limit=limit)
+
+    def deliveries(self, repo: str, *, limit: int = 50) -> list[Delivery]:
+        with self.backend.read() as tx:
+            return ledger.deliveries(tx, repo, limit=limit)
+
+    def overview(self, repo: str) -> dict[str, Any]:
+        """What GET /deploy/<repo> shows: state, deployed sha, last job, queue."""
+        with self.backend.read() as tx:
+            last = queue.history(tx, repo, limit=1)
+            return {
+                "state": ledger.state(tx, repo),
+                "deployed_sha": queue.newest_good_sha(tx, repo),
+                "last_job": last[0] if last else None,
+                "queued": queue.in_state(tx, repo, Status.QUEUED) is not None,
+                "running": queue.in_state(tx, repo, Status.RUNNING),
+            }
+
+    def repo_state(self, repo: str) -> RepoState:
+        with self.backend.read() as tx:
+            return ledger.state(tx, repo)
+
+    def newest_good_sha(self, repo: str, *, other_than: str | None = None) -> str | None:
+        with self.backend.read() as tx:
+            return queue.newest_good_sha(tx, repo, other_than=other_than)
+
+    def cancel(self, job_id: int) -> Job:
+        """Cancel a queued job now, or ask a running one's worker to stop it."""
+        with self.backend.write() as tx:
+            job = queue.get(tx, job_id)
+            if job is None:
+                raise UnknownJob(f"no job {job_id}")
+            if job.status.ended:
+                raise Conflict(f"job {job_id} already ended ({job.status})")
+            if job.status == Status.QUEUED:
+                queue.finish(tx, job_id, status=Status.CANCELLED, error="cancelled by an admin",
+                             now=time.time())
+            else:
+                tx.run("UPDATE jobs SET cancel_requested = 1 WHERE id = :id", id=job_id)
+            job = queue.get(tx, job_id)
+        assert job is not None
+        return job
+
+    def hold(self, repo: str) -> RepoState:
+        with self.backend.write() as tx:
+            return ledger.set_hold(tx, repo, held=True, now=time.time())
+
+    def release(self, repo: str, *, node: str) -> Job | None:
+        """Lift a hold; queue the newest push that arrived while held, if any."""
+        now = time.time()
+        with self.backend.write() as tx:
+            state = ledger.state(tx, repo)
+            ledger.set_hold(tx, repo, held=False, now=now)
+            if not state.held_sha:
+                return None
+            job, _ = queue.enqueue(tx, repo=repo, sha=state.held_sha, ref=state.held_ref,
+                                   trigger=Trigger.PUSH, delivery=state.held_delivery,
+                                   node=node, now=now, repo_url=state.repo_url)
+        self.backend.wake()
+        return job
+
+    def see_head(self, repo: str, sha: str) -> None:
+        with self.backend.write() as tx:
+            ledger.see_head(tx, repo, sha, now=time.time())
+
+    # -- the worker's side ----------------------------------------------------------
+
+    def claim(self, *, worker: str, node: str, lease_s: float,
+              exclude: tuple[str, ...] = ()) -> Job | None:
+        with self.backend.write() as tx:
+            return queue.claim(tx, worker=worker, node=node, host=self.host, lease_s=lease_s,
+                               now=time.time(), skip_locked=self.skip_locked, exclude=exclude)
+
+    def renew(self, *, worker: str, job_ids: list[int], lease_s: float) -> set[int]:
+        with self.backend.write() as tx:
+            return queue.renew(tx, worker=worker, job_ids=job_ids, lease_s=lease_s,
+                               now=time.time())
+
+    def set_job_fields(self, job_id: int, **fields: Any) -> None:
+        with self.backend.write() as tx:
+            queue.set_fields(tx, job_id, **fields)
+
+    def start_step(self, job_id: int, name: str) -> int:
+        with self.backend.write() as tx:
+            return queue.start_step(tx, job_id, name, now=time.time())
+
+    def finish_step(self, job_id: int, idx: int, *, status: StepStatus,
+                    error: str | None = None) -> None:
+        with self.backend.write() as tx:
+            queue.finish_step(tx, job_id, idx, status=status, error=error, now=time.time())
+
+    def append_log(self, job_id: int, lines: list[tuple[float, str]]) -> None:
+        if lines:
+            with self.backend.write() as tx:
+                queue.append_log(tx, job_id, lines)
+
+    def log_lines(self, job_id: int, *, after: int = 0, limit: int = 5000) -> list[Row]:
+        with self.backend.read() as tx:
+            return queue.log_lines(tx, job_id, after=after, limit=limit)
+
+    def finish(self, job_id: int, *, status: Status, error: str | None,
+               worker: str | None = None) -> bool:
+        with self.backend.write() as tx:
+            return queue.finish(tx, job_id, status=status, error=error, now=time.time(),
+                                worker=worker)
+
+    def enqueue_if_idle(self, *, repo: str, sha: str, ref: str | None, trigger: Trigger,
+                        node: str, repo_url: str | None = None) -> Job | None:
+        with self.backend.write() as tx:
+            job = queue.enqueue_if_idle(tx, repo=repo, sha=sha, ref=ref, trigger=trigger,
+                                        node=node, now=time.time(), repo_url=repo_url)
+        if job is not None:
+            self.backend.wake()
+        return job
+
+    def interrupt(self, job: Job, *, reason: str) -> Job | None:
+        with self.backend.write() as tx:
+            retry = queue.interrupt(tx, job, reason=reason, now=time.time())
+        if retry is not None:
+            self.backend.wake()
+        return retry
+
+    def running_jobs(self) -> list[Row]:
+        with self.backend.read() as tx:
+            return queue.running(tx)
+
+    def expired_jobs(self) -> list[Job]:
+        with self.backend.read() as tx:
+            return queue.orphaned(tx, now=time.time())
+
+    def prune(self, *, repos: list[str], keep_jobs: int, keep_deliveries: int) -> int:
+        removed = 0
+        for repo in repos:
+            with self.backend.write() as tx:
+                removed += queue.prune(tx, repo, keep=keep_jobs)
+        with self.backend.write() as tx:
+            removed += ledger.prune(tx, keep=keep_deliveries, known=repos)
+        return removed
+
+    # -- workers ---------------------------------------------------------------------
+
+    def register_worker(self, *, worker: str, node: str, slots: int) -> None:
+        now = time.time()
+        self.backend.hold_worker_lock(worker)
+        with self.backend.write() as tx:
+            tx.run("INSERT INTO workers (id, node, host, pid, slots, started_at, heartbeat_at)"
+                   " VALUES (:id, :node, :host, :pid, :slots, :now, :now)"
+                   " ON CONFLICT (id) DO UPDATE SET heartbeat_at = :now, stopped_at = NULL",
+                   id=worker, node=node, host=self.host, pid=os.getpid(), slots=slots, now=now)
+
+    def heartbeat(self, worker: str) -> None:
+        with self.backend.write() as tx:
+            tx.run("UPDATE workers SET heartbeat_at = :now WHERE id = :id",
+                   now=time.time(), id=worker)
+
+    def stop_worker(self, worker: str) -> None:
+        with self.backend.write() as tx:
+            tx.run("UPDATE workers SET stopped_at = :now WHERE id = :id",
+                   now=time.time(), id=worker)
+
+    def workers(self, *, since: float) -> list[Row]:
+        """Workers that have not stopped and beat since `since`."""
+        with self.backend.read() as tx:
+            return tx.all("SELECT * FROM workers WHERE stopped_at IS NULL AND"
+                          " heartbeat_at >= :since ORDER BY node, started_at", since=since)
+
+    def worker_alive(self, worker: str) -> bool | None:
+        return self.backend.worker_alive(worker)
+
+    def writable(self) -> str | None:
+        return self.backend.writable()
+
+
+def open_store(settings: Settings, *, migrate: bool = True) -> Store:
+    """Open the configured store (SQLite in the data dir, or PostgreSQL) and migrate it."""
+    backend: Backend
+    if settings.database_url:
+        from deployhook.store.postgres import PostgresBackend
+
+        backend = PostgresBackend(settings.database_url)
+    else:
+        from deployhook.store.sqlite import SqliteBackend
+
+        backend = SqliteBackend(settings.database_path)
+    store = Store(backend)
+    if migrate:
+        store.migrate()
+    return store
+

@@ -1,0 +1,95 @@
+"""The versioned schema: an ordered list of migrations, shared by every backend.
+
+A migration is SQL text in which `{id}` and `{real}` stand for the backend's
+auto-increment primary key and floating-point types. Never edit a released migration:
+append a new one.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the ledger, the queue, job steps and output, per-repo state, workers.
+    """
+    CREATE TABLE repo_state (
+        repo TEXT PRIMARY KEY,
+        held INTEGER NOT NULL DEFAULT 0,
+        held_at {real},
+        held_sha TEXT,
+        held_ref TEXT,
+        held_delivery TEXT,
+        seen_head TEXT,
+        seen_at {real},
+        repo_url TEXT,
+        problem TEXT
+    );
+    CREATE TABLE jobs (
+        id {id},
+        repo TEXT NOT NULL,
+        status TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        sha TEXT NOT NULL,
+        ref TEXT,
+        delivery TEXT,
+        previous_sha TEXT,
+        created_at {real} NOT NULL,
+        started_at {real},
+        finished_at {real},
+        error TEXT,
+        worker TEXT,
+        node TEXT NOT NULL DEFAULT '',
+        lease_until {real},
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        repo_url TEXT,
+        pgid INTEGER,
+        host TEXT
+    );
+    CREATE UNIQUE INDEX jobs_one_queued_per_repo ON jobs (repo) WHERE status = 'queued';
+    CREATE UNIQUE INDEX jobs_one_running_per_repo ON jobs (repo) WHERE status = 'running';
+    CREATE INDEX jobs_by_repo ON jobs (repo, id);
+    CREATE INDEX jobs_by_status ON jobs (status, id);
+    CREATE TABLE job_steps (
+        job_id INTEGER NOT NULL,
+        idx INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        started_at {real},
+        finished_at {real},
+        error TEXT,
+        PRIMARY KEY (job_id, idx)
+    );
+    CREATE TABLE job_log (
+        id {id},
+        job_id INTEGER NOT NULL,
+        ts {real} NOT NULL,
+        line TEXT NOT NULL
+    );
+    CREATE INDEX job_log_by_job ON job_log (job_id, id);
+    CREATE TABLE deliveries (
+        id {id},
+        repo TEXT NOT NULL,
+        delivery_id TEXT,
+        event TEXT,
+        received_at {real} NOT NULL,
+        outcome TEXT NOT NULL,
+        reason TEXT,
+        job_id INTEGER,
+        http_status INTEGER NOT NULL,
+        answer TEXT,
+        sha TEXT,
+        ref TEXT
+    );
+    CREATE INDEX deliveries_by_repo ON deliveries (repo, id);
+    CREATE INDEX deliveries_by_delivery_id ON deliveries (repo, delivery_id)
+        WHERE delivery_id IS NOT NULL;
+    CREATE TABLE workers (
+        id TEXT PRIMARY KEY,
+        node TEXT NOT NULL DEFAULT '',
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        slots INTEGER NOT NULL,
+        started_at {real} NOT NULL,
+        heartbeat_at {real} NOT NULL,
+        stopped_at {real}
+    );
+    """,
+)

@@ -1,0 +1,79 @@
+"""The HTTP API: create_app builds everything once and keeps it on app.extensions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, current_app, jsonify
+from werkzeug.exceptions import HTTPException
+
+from deployhook import errors
+from deployhook.config import Settings
+from deployhook.service import Service
+
+# The single place where domain errors become HTTP statuses.
+STATUS_OF: dict[type[errors.DeployhookError], int] = {
+    errors.UnknownRepo: 404,
+    errors.UnknownJob: 404,
+    errors.InvalidRequest: 400,
+    errors.Unauthorized: 401,
+    errors.AdminDisabled: 403,
+    errors.Conflict: 409,
+    errors.StoreUnavailable: 503,
+    errors.ConfigError: 503,
+}
+
+
+def service() -> Service:
+    """The Service of the app handling this request."""
+    return current_app.extensions["deployhook"]  # type: ignore[no-any-return]
+
+
+def create_app(settings: Settings | None = None, *, service_: Service | None = None,
+               configure_logging: bool = True) -> Flask:
+    """Build the WSGI app. Nothing is opened at import time, only here."""
+    from deployhook import log
+    from deployhook.web import admin, intake, status
+
+    settings = settings or Settings.load()
+    if configure_logging:
+        log.configure(fmt=settings.log_format, level=settings.log_level)
+    log.redact([settings.secret, settings.admin_token])
+    app = Flask("deployhook")
+    app.config["JSON_SORT_KEYS"] = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["deployhook"] = service_ or Service.open(settings)
+    for module in (intake, status, admin):
+        app.register_blueprint(module.bp)
+    _register_optional_blueprints(app)
+
+    @app.errorhandler(errors.DeployhookError)
+    def domain_error(exc: errors.DeployhookError) -> Any:
+        code = next((c for cls, c in STATUS_OF.items() if isinstance(exc, cls)), 500)
+        response = jsonify(error=str(exc))
+        response.status_code = code
+        if code == 401:
+            response.headers["WWW-Authenticate"] = 'Basic realm="deployhook", charset="UTF-8"'
+        return response
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Any:
+        response = jsonify(error=exc.description or exc.name)
+        response.status_code = exc.code or 500
+        return response
+
+    return app
+
+
+def _register_optional_blueprints(app: Flask) -> None:
+    """Blueprints of the status surface that live in their own modules."""
+    import importlib
+
+    for name in ("deployhook.web.ui", "deployhook.web.metrics"):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        app.register_blueprint(module.bp)

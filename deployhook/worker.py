@@ -1,0 +1,324 @@
+"""The deploy worker: claims jobs from the store and runs them, plus the periodic duties.
+
+One process (started by `serve`, or alone as `deployhook worker`) runs up to
+DEPLOYHOOK_WORKERS deploys at once, never two of one repo. It wakes the moment a job is
+queued, renews the leases of its running jobs, notices cancels, interrupts the jobs of
+dead workers (queueing their retries), reconciles remote heads and prunes old history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from deployhook import gitsync, process
+from deployhook.config import Settings
+from deployhook.errors import StepFailed, StoreUnavailable
+from deployhook.models import Job, Status, Trigger
+from deployhook.registry import Repo
+from deployhook.runner import Deploy
+from deployhook.service import Service
+
+log = structlog.get_logger()
+
+LEASE_S = 30.0
+BEAT_S = 1.0
+HEARTBEAT_ROW_S = 5.0
+IDLE_POLL_S = 2.0
+PRUNE_EVERY_S = 600.0
+RECONCILE_TIMEOUT_S = 20.0
+
+
+@dataclass
+class _Active:
+    job: Job
+    cancel: threading.Event = field(default_factory=threading.Event)
+    stopping: bool = False
+    thread: threading.Thread | None = None
+
+
+class Worker:
+    """Claims and runs jobs; `work(burst=True)` runs what is queued and returns (tests)."""
+
+    def __init__(self, service: Service, *, slots: int | None = None) -> None:
+        self.service = service
+        self.store = service.store
+        self.settings: Settings = service.settings
+        self.slots = slots or self.settings.workers
+        self.node = self.settings.node or ""
+        self.id = self.settings.worker_id or \
+            f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.active: dict[int, _Active] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._last_prune = 0.0
+        self._last_reconcile = 0.0
+        self._last_row_beat = 0.0
+
+    # -- the main loop -------------------------------------------------------------
+
+    def work(self, *, burst: bool = False) -> None:
+        """Run until stopped; with burst, until nothing is claimable, one job at a time."""
+        with structlog.contextvars.bound_contextvars(worker=self.id):
+            self._work(burst=burst)
+
+    def _work(self, *, burst: bool) -> None:
+        self.store.register_worker(worker=self.id, node=self.node, slots=self.slots)
+        log.info("worker_started", node=self.node or None, slots=self.slots)
+        self.recover()
+        if burst:
+            while (job := self._claim()) is not None:
+                self._execute(job, _Active(job))
+            self.store.stop_worker(self.id)
+            return
+        waiter = self.store.backend.waiter()
+        beat = threading.Thread(target=self._beat_loop, name="worker-beat", daemon=True)
+        beat.start()
+        duties = threading.Thread(target=self._duties_loop, name="worker-duties", daemon=True)
+        duties.start()
+        try:
+            while not self._stop.is_set():
+                self._fill_slots()
+                waiter.wait(IDLE_POLL_S)
+        finally:
+            waiter.close()
+            self._drain()
+            self.store.stop_worker(self.id)
+            log.info("worker_stopped")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.store.backend.wake()
+
+    def _fill_slots(self) -> None:
+        while len(self.active) < self.slots and not self._stop.is_set():
+            try:
+                job = self._claim()
+            except StoreUnavailable as exc:
+                log.error("claim_failed", error=str(exc))
+                return
+            if job is None:
+                return
+            entry = _Active(job)
+            entry.thread = threading.Thread(target=self._execute, args=(job, entry),
+                                            name=f"job-{job.id}", daemon=True)
+            with self._lock:
+                self.active[job.id] = entry
+            entry.thread.start()
+
+    def _claim(self) -> Job | None:
+        with self._lock:
+            busy = tuple(a.job.repo for a in self.active.values())
+        return self.store.claim(worker=self.id, node=self.node, lease_s=LEASE_S, exclude=busy)
+
+    # -- one job ---------------------------------------------------------------------
+
+    def _execute(self, job: Job, entry: _Active) -> None:
+        structlog.contextvars.bind_contextvars(repo=job.repo, job=job.id,
+                                               delivery=job.delivery)
+        started = time.monotonic()
+        try:
+            self._run_job(job, entry)
+        except Exception:  # nothing around one job may kill the worker
+            log.exception("job_crashed")
+            with contextlib.suppress(Exception):
+                self.store.finish(job.id, status=Status.FAILED,
+                                  error="internal error in the worker (see its log)")
+        finally:
+            with self._lock:
+                self.active.pop(job.id, None)
+            log.info("job_ended", duration_s=round(time.monotonic() - started, 3))
+            structlog.contextvars.unbind_contextvars("repo", "job", "delivery")
+            self.store.backend.wake()  # a slot is free
+
+    def _run_job(self, job: Job, entry: _Active) -> None:
+        repo = self.service.registry.find(job.repo)
+        log.info("job_started", trigger=str(job.trigger), sha=job.sha)
+        if repo is None:
+            self.store.finish(job.id, status=Status.FAILED, worker=self.id,
+                              error=f"repo {job.repo!r} is no longer in the registry")
+            return
+        deploy = Deploy(job=job, repo=repo, settings=self.settings, store=self.store,
+                        cancel=entry.cancel)
+        result = deploy.run()
+        if entry.stopping and result.status == Status.CANCELLED:
+            # Stopped by a shutdown, not by an admin: retried when a worker is back.
+            retry = self.store.interrupt(job, reason="interrupted: the worker was stopped")
+            log.warning("job_interrupted", retry=retry.id if retry else None)
+            return
+        if not self.store.finish(job.id, status=result.status, error=result.error,
+                                 worker=self.id):
+            log.warning("job_already_ended")  # its lease expired and someone else ended it
+            return
+        log.info("job_finished", status=str(result.status), error=result.error)
+        ended = self.store.job(job.id)
+        deploy.report_finished(ended)
+        if result.status == Status.FAILED:
+            self._maybe_roll_back(ended, repo, changed=result.changed)
+
+    def _maybe_roll_back(self, job: Job, repo: Repo, *, changed: bool) -> None:
+        """CONTRACT §4.5: redeploy the newest good sha, unless a newer job is queued."""
+        if not repo.rollback or job.trigger == Trigger.ROLLBACK or not changed:
+            return
+        target = self.store.newest_good_sha(repo.name)
+        if target is None or target == job.sha:
+            return
+        rollback = self.store.enqueue_if_idle(repo=repo.name, sha=target, ref=repo.ref,
+                                              trigger=Trigger.ROLLBACK, node=repo.node or "",
+                                              repo_url=job.repo_url)
+        log.info("rollback_queued" if rollback else "rollback_skipped_newer_job_queued",
+                 to=target, rollback_job=rollback.id if rollback else None)
+
+    # -- leases, cancels, dead workers -------------------------------------------------
+
+    def _beat_loop(self) -> None:
+        while not self._stop.wait(BEAT_S):
+            try:
+                self.beat()
+            except Exception:
+                log.exception("beat_failed")
+
+    def beat(self) -> None:
+        """Renew leases, pick up cancels, and end the jobs of workers that died."""
+        with self._lock:
+            ids = list(self.active)
+        if ids:
+            for job_id in self.store.renew(worker=self.id, job_ids=ids, lease_s=LEASE_S):
+                entry = self.active.get(job_id)
+                if entry is not None and not entry.cancel.is_set():
+                    log.info("job_cancel_requested", job=job_id)
+                    entry.cancel.set()
+        now = time.monotonic()
+        if now - self._last_row_beat >= HEARTBEAT_ROW_S:
+            self.store.heartbeat(self.id)
+            self._last_row_beat = now
+            self.recover()
+
+    def recover(self) -> None:
+        """Interrupt running jobs whose worker is gone (lock released, or lease expired)."""
+        for row in self.store.running_jobs():
+            if row["worker"] == self.id:
+                continue
+            alive = self.store.worker_alive(row["worker"]) if row["host"] == self.store.host \
+                else None
+            if alive is not False:
+                continue
+            self._interrupt(int(row["id"]), row, "interrupted: its worker died")
+        for job in self.store.expired_jobs():
+            if job.worker != self.id:
+                self._interrupt(job.id, None, "interrupted: its worker stopped renewing its "
+                                "lease")
+
+    def _interrupt(self, job_id: int, row: dict[str, Any] | None, reason: str) -> None:
+        job = self.store.job(job_id)
+        if job.status != Status.RUNNING:
+            return
+        if row is not None and row["pgid"] and process.group_of_job(int(row["pgid"]), job_id):
+            # The dead worker's compose may still run: it must not overlap the retry.
+            process.stop_group(int(row["pgid"]), grace=2)
+        retry = self.store.interrupt(job, reason=reason)
+        log.warning("job_interrupted", job=job_id, repo=job.repo, reason=reason,
+                    retry=retry.id if retry else None)
+
+    # -- periodic duties ---------------------------------------------------------------
+
+    def _duties_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.duties()
+            except Exception:
+                log.exception("duties_failed")
+            self._stop.wait(5.0)
+
+    def duties(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        interval = self.settings.reconcile_interval
+        if interval and (force or not self._last_reconcile or
+                         now - self._last_reconcile >= interval):
+            self._last_reconcile = now
+            self.reconcile()
+        if force or not self._last_prune or now - self._last_prune >= PRUNE_EVERY_S:
+            self._last_prune = now
+            removed = self.store.prune(repos=self.service.registry.names(),
+                                       keep_jobs=self.settings.keep_jobs,
+                                       keep_deliveries=self.settings.keep_deliveries)
+            if removed:
+                log.info("history_pruned", rows=removed)
+
+    def reconcile(self) -> list[Job]:
+        """CONTRACT §4.8: deploy a remote head that no webhook announced."""
+        repos = [r for r in self.service.registry if (r.node or "") == self.node]
+        if not repos:
+            return []
+        with ThreadPoolExecutor(max_workers=min(8, len(repos))) as pool:
+            heads = list(pool.map(self._remote_head, repos))
+        queued = []
+        for repo, head in zip(repos, heads, strict=True):
+            if head is None:
+                continue
+            seen = self.store.repo_state(repo.name).seen_head
+            if seen is None:
+                self.store.see_head(repo.name, head)
+                log.info("reconcile_first_sight", repo=repo.name, head=head)
+            elif seen != head:
+                job, _ = self.store.enqueue(repo=repo.name, sha=head, ref=repo.ref,
+                                            trigger=Trigger.RECONCILE, node=repo.node or "",
+                                            remote_head=True)
+                log.info("reconcile_queued", repo=repo.name, head=head, seen=seen, job=job.id)
+                queued.append(job)
+        return queued
+
+    @staticmethod
+    def _remote_head(repo: Repo) -> str | None:
+        try:
+            return gitsync.remote_head(repo, timeout=RECONCILE_TIMEOUT_S)
+        except StepFailed as exc:
+            log.warning("reconcile_failed", repo=repo.name, error=str(exc))
+            return None
+
+    # -- shutdown --------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        """Let running deploys finish within the grace period, then interrupt them."""
+        end = time.monotonic() + self.settings.stop_grace
+        if self.active:
+            log.info("worker_draining", jobs=list(self.active),
+                     grace_s=self.settings.stop_grace)
+        while self.active and time.monotonic() < end:
+            time.sleep(0.2)
+            with contextlib.suppress(Exception):
+                self.beat()
+        with self._lock:
+            left = list(self.active.values())
+        for entry in left:
+            entry.stopping = True
+            entry.cancel.set()
+        for entry in left:
+            if entry.thread is not None:
+                entry.thread.join(timeout=process.TERM_GRACE_S + 10)
+
+
+def run_worker(settings: Settings) -> int:
+    """Run a worker process until SIGTERM or SIGINT."""
+    service = Service.open(settings)
+    worker = Worker(service)
+
+    def stop(signum: int, _frame: Any) -> None:
+        log.info("worker_signal", signal=signal.Signals(signum).name)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    worker.work()
+    service.close()
+    return 0

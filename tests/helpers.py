@@ -1,0 +1,231 @@
+"""Test helpers: real git remotes, a recording fake docker, signed Gitea deliveries."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import stat
+import subprocess
+import textwrap
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
+if not FIXTURES.is_dir():  # a checkout elsewhere: look beside it, or use the copy in tests/
+    FIXTURES = Path(os.environ.get("DEPLOYHOOK_FIXTURES", Path(__file__).parent / "fixtures"))
+
+SECRET = "s3cr3t-for-tests-only"
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def sign(body: bytes, secret: str = SECRET) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def gitea_headers(body: bytes, *, secret: str | None = SECRET, event: str = "push",
+                  delivery: str | None = None, signed: bytes | None = None,
+                  content_type: str = "application/json") -> dict[str, str]:
+    """The header block Gitea sends (HEADERS.md), signed over `signed` (default: body)."""
+    delivery = delivery or str(uuid.uuid4())
+    digest = sign(signed if signed is not None else body, secret) if secret else ""
+    sha1 = hmac.new(secret.encode(), signed if signed is not None else body,
+                    hashlib.sha1).hexdigest() if secret else ""
+    return {
+        "User-Agent": "Go-http-client/1.1",
+        "Content-Type": content_type,
+        "X-Gitea-Delivery": delivery,
+        "X-Gitea-Event": event,
+        "X-Gitea-Event-Type": event,
+        "X-Gitea-Signature": digest,
+        "X-Gogs-Delivery": delivery,
+        "X-Gogs-Event": event,
+        "X-Gogs-Event-Type": event,
+        "X-Gogs-Signature": digest,
+        "X-Hub-Signature": f"sha1={sha1}",
+        "X-Hub-Signature-256": f"sha256={digest}",
+        "X-GitHub-Delivery": delivery,
+        "X-GitHub-Event": event,
+        "X-GitHub-Event-Type": event,
+        "Accept-Encoding": "gzip",
+    }
+
+
+def github_headers(body: bytes, *, secret: str = SECRET, event: str = "push",
+                   delivery: str | None = None,
+                   content_type: str = "application/json") -> dict[str, str]:
+    delivery = delivery or str(uuid.uuid1())
+    return {
+        "User-Agent": "GitHub-Hookshot/8c2f1e7",
+        "Accept": "*/*",
+        "Content-Type": content_type,
+        "X-GitHub-Delivery": delivery,
+        "X-GitHub-Event": event,
+        "X-GitHub-Hook-ID": "551023874",
+        "X-Hub-Signature": "sha1=" + hmac.new(secret.encode(), body, hashlib.sha1).hexdigest(),
+        "X-Hub-Signature-256": "sha256=" + sign(body, secret),
+    }
+
+
+def gitea_push_body(*, sha: str, ref: str = "refs/heads/main", before: str | None = None,
+                    full_name: str = "jeff/site", pad_to: int = 0) -> bytes:
+    """A push payload in Gitea's wire layout (MarshalIndent, two spaces, no newline)."""
+    before = before or "0" * 40
+    doc: dict[str, Any] = {
+        "ref": ref, "before": before, "after": sha,
+        "compare_url": f"https://git.example.com/{full_name}/compare/{before}...{sha}",
+        "commits": [{"id": sha, "message": "Update\n",
+                     "url": f"https://git.example.com/{full_name}/commit/{sha}",
+                     "author": {"name": "Jeff", "email": "jeff@example.com",
+                                "username": "jeff"},
+                     "committer": {"name": "Jeff", "email": "jeff@example.com",
+                                   "username": "jeff"},
+                     "verification": None, "timestamp": "2026-11-20T10:00:00Z",
+                     "added": [], "removed": [], "modified": ["index.html"]}],
+        "total_commits": 1,
+        "head_commit": {"id": sha, "message": "Update\n"},
+        "repository": {"id": 7, "name": full_name.split("/")[-1], "full_name": full_name,
+                       "html_url": f"https://git.example.com/{full_name}"},
+        "pusher": {"id": 1, "login": "jeff", "username": "jeff"},
+        "sender": {"id": 1, "login": "jeff", "username": "jeff"},
+    }
+    body = json.dumps(doc, indent=2)
+    if pad_to and len(body) < pad_to:
+        doc["commits"][0]["message"] = "x" * (pad_to - len(body)) + "\n"
+        body = json.dumps(doc, indent=2)
+    return body.encode()
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+@dataclass
+class Remote:
+    """A bare origin, a developer clone that pushes to it, and a deploy checkout."""
+
+    origin: Path
+    dev: Path
+    checkout: Path
+    branch: str = "main"
+
+    def commit(self, files: dict[str, str], message: str = "change") -> str:
+        for name, content in files.items():
+            path = self.dev / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content)
+        git(self.dev, "add", "-A")
+        git(self.dev, "commit", "-q", "-m", message)
+        return git(self.dev, "rev-parse", "HEAD")
+
+    def push(self, *, force: bool = False) -> str:
+        args = ["push", "-q", "origin", f"HEAD:refs/heads/{self.branch}"]
+        if force:
+            args.insert(1, "--force")
+        git(self.dev, *args)
+        return git(self.dev, "rev-parse", "HEAD")
+
+    def commit_and_push(self, files: dict[str, str], message: str = "change") -> str:
+        self.commit(files, message)
+        return self.push()
+
+    def deployed(self) -> str:
+        return git(self.checkout, "rev-parse", "HEAD")
+
+
+def make_remote(root: Path, name: str = "site", *,
+                files: dict[str, str] | None = None) -> Remote:
+    origin = root / f"{name}-origin.git"
+    dev = root / f"{name}-dev"
+    checkout = root / "deploy" / name
+    git(root, "init", "-q", "--bare", "-b", "main", str(origin))
+    git(root, "init", "-q", "-b", "main", str(dev))
+    git(dev, "remote", "add", "origin", str(origin))
+    remote = Remote(origin, dev, checkout)
+    remote.commit(files or {"docker-compose.yml": "services: {}\n", "index.html": "v1\n"},
+                  "initial")
+    remote.push()
+    checkout.parent.mkdir(parents=True, exist_ok=True)
+    git(root, "clone", "-q", str(origin), str(checkout))
+    return remote
+
+
+FAKE_DOCKER = textwrap.dedent("""\
+    #!{python}
+    # A recording fake `docker`: appends one JSON line per call (argv, cwd, times, the
+    # checkout's HEAD) and behaves as told by files next to the record.
+    import json, os, subprocess, sys, time
+    record = {record!r}
+    args = sys.argv[1:]
+    if args[:2] == ["compose", "version"]:
+        print("Docker Compose version v2.99.0-fake"); sys.exit(0)
+    start = time.time()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=os.getcwd()).stdout.strip()
+    control = os.path.join(os.path.dirname(record), "control.json")
+    try:
+        with open(control) as fh:
+            ctl = json.load(fh)
+    except OSError:
+        ctl = {{}}
+    print("fake compose: " + " ".join(args), flush=True)
+    sleep = float(ctl.get("sleep", 0))
+    fail_sha = ctl.get("fail_sha")
+    if sleep:
+        print("building...", flush=True)
+        time.sleep(sleep)
+    code = 1 if (fail_sha and head.startswith(fail_sha)) or ctl.get("fail") else 0
+    with open(record, "a") as fh:
+        fh.write(json.dumps({{"argv": args, "cwd": os.getcwd(), "head": head, "start": start,
+                             "end": time.time(), "pid": os.getpid(), "code": code}}) + "\\n")
+    if code:
+        print("fake compose: failing as asked", flush=True)
+    sys.exit(code)
+""")
+
+
+@dataclass
+class FakeDocker:
+    path: Path
+    record: Path
+    control: Path
+
+    def calls(self) -> list[dict[str, Any]]:
+        if not self.record.exists():
+            return []
+        return [json.loads(line) for line in self.record.read_text().splitlines() if line]
+
+    def set(self, **control: Any) -> None:
+        self.control.write_text(json.dumps(control))
+
+    def ups(self) -> list[dict[str, Any]]:
+        return [c for c in self.calls() if "up" in c["argv"]]
+
+
+def make_fake_docker(root: Path) -> FakeDocker:
+    import sys
+
+    root.mkdir(parents=True, exist_ok=True)
+    record = root / "calls.jsonl"
+    script = root / "docker"
+    script.write_text(FAKE_DOCKER.format(python=sys.executable, record=str(record)))
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return FakeDocker(script, record, root / "control.json")
+
+
+def overlapping(calls: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """Pairs of calls whose [start, end] intervals overlap."""
+    pairs = []
+    ordered = sorted(calls, key=lambda c: c["start"])
+    for i, a in enumerate(ordered):
+        for b in ordered[i + 1:]:
+            if b["start"] < a["end"]:
+                pairs.append((a["pid"], b["pid"]))
+    return pairs
