@@ -59,7 +59,7 @@ def main() -> None:
 def _register() -> None:
     import importlib
 
-    for name in ("serve", "repos", "jobs", "hook", "deliver"):
+    for name in ("serve", "repos", "jobs", "status", "hook", "deliver"):
         try:
             importlib.import_module(f"deployhook.cli.{name}")
         except ModuleNotFoundError as exc:
