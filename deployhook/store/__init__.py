@@ -20,7 +20,7 @@ import structlog
 from deployhook.config import Settings
 from deployhook.errors import Conflict, StoreUnavailable, UnknownJob
 from deployhook.models import Delivery, Job, RepoState, Status, StepStatus, Trigger
-from deployhook.store import ledger, queue
+from deployhook.store import ledger, queue, totals
 from deployhook.store.backend import Backend, Row, Tx
 from deployhook.store.ledger import Answer, Intake
 
@@ -199,6 +199,39 @@ class Store:
                 "queued": queue.in_state(tx, repo, Status.QUEUED) is not None,
                 "running": queue.in_state(tx, repo, Status.RUNNING),
             }
+
+    def overviews(self, repos: list[str]) -> list[dict[str, Any]]:
+        """overview() of each repo, plus its newest good job, in one snapshot."""
+        with self.backend.read() as tx:
+            views = []
+            for repo in repos:
+                last = queue.history(tx, repo, limit=1)
+                running = queue.in_state(tx, repo, Status.RUNNING)
+                good = queue.newest_good(tx, repo)
+                views.append({
+                    "state": ledger.state(tx, repo),
+                    "deployed_sha": good.sha if good else None,
+                    "good_job": good,
+                    "last_job": last[0] if last else None,
+                    "queued": queue.in_state(tx, repo, Status.QUEUED) is not None,
+                    "running": queue.get(tx, running.id) if running else None,
+                })
+            return views
+
+    def tail(self, job_id: int, *, after: int = 0,
+             limit: int = 5000) -> tuple[Status | None, list[Row]]:
+        """The job's status, then its output lines past `after`, in one snapshot.
+
+        Status is read first: once it says ended, every line written before the end
+        is among the lines returned. None: no such job.
+        """
+        with self.backend.read() as tx:
+            status = queue.status_of(tx, job_id)
+            return status, queue.log_lines(tx, job_id, after=after, limit=limit)
+
+    def metrics_snapshot(self) -> totals.Snapshot:
+        with self.backend.read() as tx:
+            return totals.snapshot(tx)
 
     def repo_state(self, repo: str) -> RepoState:
         with self.backend.read() as tx:

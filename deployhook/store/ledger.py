@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 from deployhook.models import Delivery, Job, Outcome, RepoState, Trigger
-from deployhook.store import queue
+from deployhook.store import queue, totals
 from deployhook.store.backend import Row, Tx
 
 
@@ -158,10 +159,14 @@ def set_hold(tx: Tx, repo: str, *, held: bool, now: float) -> RepoState:
 def prune(tx: Tx, *, keep: int, known: list[str]) -> int:
     """Keep the newest `keep` rows per known repo, and `keep` in all for unknown names."""
     removed = 0
+    pruned: totals.Totals = defaultdict(float)
     for repo in known:
         cutoff = tx.value("SELECT id FROM deliveries WHERE repo = :repo ORDER BY id DESC"
                           " LIMIT 1 OFFSET :keep", repo=repo, keep=keep)
         if cutoff is not None:
+            for row in tx.all("SELECT outcome, COUNT(*) AS n FROM deliveries WHERE repo = :repo"
+                              " AND id <= :cutoff GROUP BY outcome", repo=repo, cutoff=cutoff):
+                pruned[(totals.DELIVERIES, repo, row["outcome"])] += row["n"]
             removed += tx.run("DELETE FROM deliveries WHERE repo = :repo AND id <= :cutoff",
                               repo=repo, cutoff=cutoff)
     names = {f"k{i}": name for i, name in enumerate(known)}
@@ -170,6 +175,10 @@ def prune(tx: Tx, *, keep: int, known: list[str]) -> int:
     cutoff = tx.value("SELECT id FROM deliveries" + not_known + " ORDER BY id DESC"
                       " LIMIT 1 OFFSET :keep", keep=keep, **names)
     if cutoff is not None:
-        removed += tx.run("DELETE FROM deliveries" + (not_known + " AND" if names else " WHERE")
-                          + " id <= :cutoff", cutoff=cutoff, **names)
+        where = (not_known + " AND" if names else " WHERE") + " id <= :cutoff"
+        for row in tx.all("SELECT outcome, COUNT(*) AS n FROM deliveries" + where +
+                          " GROUP BY outcome", cutoff=cutoff, **names):
+            pruned[(totals.DELIVERIES, totals.OTHER_REPO, row["outcome"])] += row["n"]
+        removed += tx.run("DELETE FROM deliveries" + where, cutoff=cutoff, **names)
+    totals.add(tx, pruned)
     return removed

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from deployhook.models import Job, Status, Step, StepStatus, Trigger
+from deployhook.store import totals
 from deployhook.store.backend import Row, Tx
 
 # After this many interrupted runs of one sha in a row (the first and two retries), the
@@ -211,14 +212,32 @@ def log_lines(tx: Tx, job_id: int, *, after: int = 0, limit: int = 5000) -> list
 
 
 def prune(tx: Tx, repo: str, *, keep: int) -> int:
-    """Drop all but the newest `keep` ended jobs of a repo, never its last good one."""
+    """Drop all but the newest `keep` ended jobs of a repo, never its last good one.
+
+    What is dropped is added to the pruned totals first, so counters stay monotonic.
+    """
     keep_good = tx.value("SELECT id FROM jobs WHERE repo = :repo AND status = 'succeeded'"
                          " ORDER BY finished_at DESC, id DESC LIMIT 1", repo=repo)
-    rows = tx.all("SELECT id FROM jobs WHERE repo = :repo AND status NOT IN"
-                  " ('queued', 'running') ORDER BY id DESC", repo=repo)
-    doomed = [int(r["id"]) for r in rows[keep:] if r["id"] != keep_good]
+    rows = tx.all("SELECT id, repo, status, started_at, finished_at FROM jobs"
+                  " WHERE repo = :repo AND status NOT IN ('queued', 'running')"
+                  " ORDER BY id DESC", repo=repo)
+    doomed_rows = [r for r in rows[keep:] if r["id"] != keep_good]
+    totals.add(tx, totals.count_jobs(doomed_rows))
+    doomed = [int(r["id"]) for r in doomed_rows]
     for job_id in doomed:
         tx.run("DELETE FROM job_log WHERE job_id = :id", id=job_id)
         tx.run("DELETE FROM job_steps WHERE job_id = :id", id=job_id)
         tx.run("DELETE FROM jobs WHERE id = :id", id=job_id)
     return len(doomed)
+
+
+def newest_good(tx: Tx, repo: str) -> Job | None:
+    """The repo's newest succeeded job: what is deployed now."""
+    row = tx.one("SELECT * FROM jobs WHERE repo = :repo AND status = 'succeeded'"
+                 " ORDER BY finished_at DESC, id DESC LIMIT 1", repo=repo)
+    return None if row is None else job_from_row(row)
+
+
+def status_of(tx: Tx, job_id: int) -> Status | None:
+    value = tx.value("SELECT status FROM jobs WHERE id = :id", id=job_id)
+    return None if value is None else Status(value)

@@ -92,4 +92,15 @@ MIGRATIONS: tuple[str, ...] = (
         stopped_at {real}
     );
     """,
+    # 2: what pruning removed, by metric and label, so /metrics counters (rows still kept
+    # plus rows pruned) never go backwards.
+    """
+    CREATE TABLE pruned_totals (
+        metric TEXT NOT NULL,
+        repo TEXT NOT NULL,
+        label TEXT NOT NULL,
+        value {real} NOT NULL DEFAULT 0,
+        PRIMARY KEY (metric, repo, label)
+    );
+    """,
 )
