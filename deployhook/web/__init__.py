@@ -69,7 +69,7 @@ def _register_optional_blueprints(app: Flask) -> None:
     """Blueprints of the status surface that live in their own modules."""
     import importlib
 
-    for name in ("deployhook.web.ui", "deployhook.web.metrics"):
+    for name in ("deployhook.web.ui", "deployhook.web.metrics", "deployhook.web.logs"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:

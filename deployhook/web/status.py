@@ -1,18 +1,23 @@
-"""The JSON status endpoints and /healthz."""
+"""The JSON status endpoints, the badge and /healthz (CONTRACT §3)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
+from deployhook import badge, summary
 from deployhook.errors import InvalidRequest, StoreUnavailable
+from deployhook.models import iso
 from deployhook.web import service
 from deployhook.web.auth import status_access
 
 bp = Blueprint("status", __name__)
 
 MAX_LIMIT = 1000
+BADGE_MAX_AGE_S = 5
+MAX_LABEL = 40
 
 
 def limit_arg(default: int) -> int:
@@ -56,6 +61,28 @@ def repo_deliveries(repo: str) -> Any:
 @status_access
 def job(job_id: int) -> Any:
     return jsonify(service().store.job(job_id).to_dict())
+
+
+@bp.get("/api/overview")
+@status_access
+def overview() -> Any:
+    """Every repo at a glance: what the status page shows and refreshes from."""
+    svc = service()
+    repos = [r.to_dict() for r in summary.summarize(svc)]
+    return jsonify(repos=repos, generated_at=iso(time.time()),
+                   registry_error=svc.registry.error)
+
+
+@bp.get("/deploy/<repo>/badge.svg")
+def repo_badge(repo: str) -> Any:
+    """Always public: a README shows it to anyone."""
+    svc = service()
+    [line] = summary.summarize(svc, [svc.registry.get(repo).name])
+    message = "running" if line.running else line.status
+    label = request.args.get("label", "deploy")[:MAX_LABEL] or "deploy"
+    response = Response(badge.render(message, label=label), mimetype="image/svg+xml")
+    response.headers["Cache-Control"] = f"public, max-age={BADGE_MAX_AGE_S}"
+    return response
 
 
 @bp.get("/healthz")

@@ -1,0 +1,109 @@
+"""One line per repo: what the status page, its JSON feed and `deployhook status` show."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from deployhook.models import Job, Step, StepStatus, iso
+from deployhook.service import Service
+
+NEVER = "never"
+
+
+@dataclass(frozen=True, slots=True)
+class RepoSummary:
+    """A repo's state at a glance: its last deploy, what is deployed, what waits."""
+
+    repo: str
+    branch: str
+    status: str                 # the last job's status, or "never"
+    held: bool
+    queued: bool
+    last_job: Job | None
+    running: Job | None
+    deployed_sha: str | None
+    deployed_url: str | None
+    deployed_at: float | None
+    problem: str | None
+
+    @property
+    def when(self) -> float | None:
+        """When the last job last changed: its end, start or creation."""
+        job = self.last_job
+        if job is None:
+            return None
+        return job.finished_at or job.started_at or job.created_at
+
+    @property
+    def current_step(self) -> str | None:
+        steps: tuple[Step, ...] = self.running.steps if self.running else ()
+        active = [s.name for s in steps if s.status == StepStatus.RUNNING]
+        return active[-1] if active else None
+
+    def to_dict(self) -> dict[str, Any]:
+        last = self.last_job
+        return {
+            "repo": self.repo, "branch": self.branch, "status": self.status,
+            "held": self.held, "queued": 1 if self.queued else 0,
+            "running": self.running.id if self.running else None,
+            "current_step": self.current_step,
+            "deployed_sha": self.deployed_sha, "deployed_url": self.deployed_url,
+            "deployed_at": iso(self.deployed_at),
+            "last_job": None if last is None else {
+                "id": last.id, "status": str(last.status), "trigger": str(last.trigger),
+                "sha": last.sha, "commit_url": last.commit_url,
+                "created_at": iso(last.created_at), "started_at": iso(last.started_at),
+                "finished_at": iso(last.finished_at), "duration_s": last.duration_s,
+                "error": last.error,
+            },
+            "when": iso(self.when), "problem": self.problem,
+        }
+
+
+def summarize(service: Service, names: list[str] | None = None) -> list[RepoSummary]:
+    """Summaries of the named repos (default: every repo in the registry), in name order."""
+    repos = {r.name: r for r in service.registry}
+    wanted = sorted(repos) if names is None else names
+    views = service.store.overviews(wanted)
+    out = []
+    for name, view in zip(wanted, views, strict=True):
+        state = view["state"]
+        last: Job | None = view["last_job"]
+        good: Job | None = view["good_job"]
+        url = None
+        if good is not None:
+            url = good.commit_url or (f"{state.repo_url}/commit/{good.sha}"
+                                      if state.repo_url else None)
+        out.append(RepoSummary(
+            repo=name, branch=repos[name].branch, status=str(last.status) if last else NEVER,
+            held=state.held, queued=view["queued"], last_job=last, running=view["running"],
+            deployed_sha=view["deployed_sha"], deployed_url=url,
+            deployed_at=good.finished_at if good else None, problem=state.problem))
+    return out
+
+
+def ago(ts: float | None, *, now: float | None = None) -> str:
+    """'12 s ago', '5 min ago', '3 h ago', '2 d ago' (the page's JS says the same)."""
+    if ts is None:
+        return "—"
+    delta = max(0, int((time.time() if now is None else now) - ts))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if delta >= size:
+            return f"{delta // size} {unit} ago"
+    return f"{delta} s ago"
+
+
+def duration(seconds: float | None) -> str:
+    """'42 s', '3 min 12 s', '1 h 4 min'."""
+    if seconds is None:
+        return "—"
+    total = round(seconds)
+    if total < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{total} s"
+    minutes, secs = divmod(total, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
