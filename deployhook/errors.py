@@ -67,6 +67,10 @@ class StoreUnavailable(DeployhookError):
     """Raised when the store cannot be written (disk full, read-only, locked for too long)."""
 
 
+class WriteFailed(DeployhookError):
+    """Raised when an edited file (repos.yml) cannot be written; the old one is left intact."""
+
+
 class InvalidRequest(DeployhookError):
     """Raised when an API or CLI argument is malformed (a sha that is not a commit id)."""
 
