@@ -195,8 +195,8 @@ def running(tx: Tx) -> list[Row]:
 
 def newest_good_sha(tx: Tx, repo: str, *, other_than: str | None = None) -> str | None:
     row = tx.one("SELECT sha FROM jobs WHERE repo = :repo AND status = 'succeeded'"
-                 " AND (:other IS NULL OR sha <> :other) ORDER BY finished_at DESC, id DESC"
-                 " LIMIT 1", repo=repo, other=other_than)
+                 " AND (CAST(:other AS TEXT) IS NULL OR sha <> :other)"
+                 " ORDER BY finished_at DESC, id DESC LIMIT 1", repo=repo, other=other_than)
     return None if row is None else str(row["sha"])
 
 
