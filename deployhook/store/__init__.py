@@ -384,6 +384,11 @@ class Store:
     def worker_alive(self, worker: str) -> bool | None:
         return self.backend.worker_alive(worker)
 
+    @property
+    def liveness_across_hosts(self) -> bool:
+        """Whether worker_alive can tell for workers on other hosts (a database lock)."""
+        return bool(getattr(self.backend, "liveness_across_hosts", False))
+
     def writable(self) -> str | None:
         return self.backend.writable()
 

@@ -1,0 +1,226 @@
+"""The project's containers after `compose up`: are they healthy; its dangling images.
+
+Containers are found by the labels Compose sets (the project name as `project` computes
+it). This module is the only one that talks to the Docker SDK.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import requests
+import structlog
+from docker.client import DockerClient
+from docker.errors import APIError, DockerException, NotFound
+
+from deployhook import compose, process
+from deployhook.errors import JobCancelled, StepFailed
+from deployhook.project import current_services, project_name
+from deployhook.registry import Repo
+
+__all__ = ["ContainerState", "project_name", "prune_images", "wait_healthy"]
+
+log = structlog.get_logger()
+
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+ONEOFF_LABEL = "com.docker.compose.oneoff"
+WORKDIR_LABEL = "com.docker.compose.project.working_dir"
+POLL_S = 0.5
+REMIND_S = 5.0
+API_TIMEOUT_S = 30
+
+# -- the engine ----------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _engine() -> Iterator[DockerClient]:
+    """A Docker client from the environment (DOCKER_HOST); engine errors become StepFailed."""
+    client = None
+    try:
+        client = DockerClient.from_env(timeout=API_TIMEOUT_S)
+        yield client
+    except APIError as exc:
+        raise StepFailed(f"docker engine error: {_one_line(str(exc.explanation or exc))}") \
+            from None
+    except (DockerException, requests.exceptions.RequestException) as exc:
+        raise StepFailed(f"docker engine unreachable: {_one_line(str(exc))}") from None
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+class Verdict(Enum):
+    READY = "ready"
+    WAITING = "waiting"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerState:
+    """What `docker inspect` says about one container, reduced to what the wait needs."""
+
+    name: str
+    service: str
+    status: str
+    health: str | None
+    exit_code: int
+    oom_killed: bool
+    last_output: str
+    error: str
+
+    @classmethod
+    def from_inspect(cls, attrs: dict[str, Any]) -> ContainerState:
+        state = attrs.get("State") or {}
+        health = state.get("Health") or {}
+        logs = health.get("Log") or []
+        labels = (attrs.get("Config") or {}).get("Labels") or {}
+        return cls(name=str(attrs.get("Name", "")).lstrip("/"),
+                   service=labels.get(SERVICE_LABEL, ""),
+                   status=state.get("Status", "unknown"),
+                   health=health.get("Status") or None,
+                   exit_code=int(state.get("ExitCode") or 0),
+                   oom_killed=bool(state.get("OOMKilled")),
+                   last_output=_one_line(logs[-1].get("Output", "")) if logs else "",
+                   error=_one_line(state.get("Error") or ""))
+
+    @property
+    def verdict(self) -> Verdict:
+        if self.status == "running":
+            return {"unhealthy": Verdict.FAILED, "starting": Verdict.WAITING}.get(
+                self.health or "", Verdict.READY)
+        if self.status == "exited":
+            return Verdict.READY if self.exit_code == 0 and not self.oom_killed \
+                else Verdict.FAILED
+        if self.status in {"created", "removing"}:
+            return Verdict.WAITING
+        return Verdict.FAILED  # restarting, dead, paused
+
+    def describe(self) -> str:
+        """One line: the container, its state, and its last health output."""
+        if self.status == "running" and self.health:
+            text = f"{self.name} is {self.health}"
+            return text + (f": {self.last_output}" if self.last_output else "")
+        if self.status == "exited":
+            text = f"{self.name} exited with code {self.exit_code}"
+            return text + (" (out of memory)" if self.oom_killed else "")
+        if self.status == "restarting":
+            return f"{self.name} is restarting (last exit code {self.exit_code})"
+        text = f"{self.name} is {self.status}"
+        return text + (f": {self.error}" if self.error else "")
+
+
+def _states(client: DockerClient, project: str,
+            services: set[str] | None) -> list[ContainerState]:
+    found = client.api.containers(all=True, filters={
+        "label": [f"{PROJECT_LABEL}={project}", f"{ONEOFF_LABEL}=False"]})
+    states = []
+    for summary in found:
+        labels = summary.get("Labels") or {}
+        if services is not None and labels.get(SERVICE_LABEL) not in services:
+            continue
+        try:
+            attrs = client.api.inspect_container(summary["Id"])
+        except NotFound:
+            continue  # removed since the listing: an old container compose replaced
+        states.append(ContainerState.from_inspect(attrs))
+    return sorted(states, key=lambda s: s.name)
+
+
+def _none_found(client: DockerClient, repo: Repo, project: str,
+                services: set[str] | None) -> StepFailed:
+    wanted = f" (services {', '.join(sorted(services))})" if services is not None else ""
+    # A hint for a name computed differently from Compose's: what this checkout started.
+    beside = client.api.containers(all=True, filters={
+        "label": f"{WORKDIR_LABEL}={os.path.realpath(repo.path)}"})
+    others = {str((c.get("Labels") or {}).get(PROJECT_LABEL)) for c in beside} - {project}
+    hint = f"; containers from this checkout carry project {', '.join(sorted(others))}" \
+        if others else ""
+    return StepFailed(f"no containers of compose project {project!r}{wanted} found{hint}")
+
+
+def wait_healthy(repo: Repo, *, compose_base: tuple[str, ...], deadline: process.Deadline,
+                 cancel: threading.Event, output: Callable[[str], None]) -> None:
+    """Wait until the project's containers run (healthy where checked) or one fails.
+
+    A one-shot container that exited 0 is done. Unhealthy, exited non-zero, restarting
+    or dead fails at once; still starting after `health_timeout` fails then.
+    """
+    project = project_name(repo, compose_base)
+    services = current_services(repo, compose_base)
+    started = time.monotonic()
+    end = min(started + repo.health_timeout, deadline.at)
+    shown: tuple[tuple[str, str, str | None], ...] = ()
+    reminded = started
+    with _engine() as client:
+        while True:
+            if cancel.is_set():
+                raise JobCancelled("cancelled")
+            deadline.check()
+            states = _states(client, project, services)
+            if not states:
+                raise _none_found(client, repo, project, services)
+            failed = [s for s in states if s.verdict is Verdict.FAILED]
+            if failed:
+                raise StepFailed(failed[0].describe())
+            waiting = [s for s in states if s.verdict is Verdict.WAITING]
+            if not waiting:
+                output(f"{len(states)} container(s) of project {project} ready: " +
+                       ", ".join(_ready(s) for s in states))
+                return
+            now = time.monotonic()
+            if now >= end:
+                deadline.check()
+                more = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
+                raise StepFailed(f"still waiting after {repo.health_timeout} s: "
+                                 f"{waiting[0].describe()}{more}")
+            # A new line when who waits (or in which state) changes, else a reminder now
+            # and then: health output changes every check and would flood the log.
+            current = tuple((s.name, s.status, s.health) for s in waiting)
+            if current != shown or now - reminded >= REMIND_S:
+                output(f"waiting for {len(waiting)} of {len(states)} container(s): " +
+                       "; ".join(s.describe() for s in waiting))
+                shown, reminded = current, now
+            cancel.wait(min(POLL_S, max(end - now, 0.01)))
+
+
+def _ready(state: ContainerState) -> str:
+    if state.status == "exited":
+        return f"{state.name} exited 0"
+    return f"{state.name} {state.health}" if state.health else f"{state.name} running"
+
+
+def prune_images(repo: Repo, *, compose_base: tuple[str, ...],
+                 output: Callable[[str], None]) -> None:
+    """Remove this project's dangling images, never another project's.
+
+    Compose v2 labels the images it builds with the project; v1 labels nothing, and a
+    dangling image has lost its `<project>_<service>` name, so v1 images are left alone.
+    """
+    project = project_name(repo, compose_base)
+    if compose.is_v1(compose_base):
+        output("prune skipped: docker-compose v1 does not label the images it builds, so a "
+               f"dangling image of project {project} cannot be told from another project's")
+        return
+    with _engine() as client:
+        result = client.images.prune(filters={"dangling": True,
+                                              "label": [f"{PROJECT_LABEL}={project}"]})
+    deleted = [d["Deleted"] for d in result.get("ImagesDeleted") or [] if d.get("Deleted")]
+    if not deleted:
+        output(f"no dangling images of project {project}")
+        return
+    mib = (result.get("SpaceReclaimed") or 0) / 2**20
+    output(f"removed {len(deleted)} dangling image(s) of project {project} ({mib:.1f} MiB): " +
+           ", ".join(d.removeprefix("sha256:")[:12] for d in deleted))
+    log.info("images_pruned", project=project, images=len(deleted))
