@@ -209,11 +209,14 @@ class Worker:
         for row in self.store.running_jobs():
             if row["worker"] == self.id:
                 continue
-            alive = self.store.worker_alive(row["worker"]) if row["host"] == self.store.host \
-                else None
+            here = row["host"] == self.store.host
+            alive = self.store.worker_alive(row["worker"]) \
+                if here or self.store.liveness_across_hosts else None
             if alive is not False:
                 continue
-            self._interrupt(int(row["id"]), row, "interrupted: its worker died")
+            # Its processes can only be stopped from its own host.
+            self._interrupt(int(row["id"]), row if here else None,
+                            "interrupted: its worker died")
         for job in self.store.expired_jobs():
             if job.worker != self.id:
                 self._interrupt(job.id, None, "interrupted: its worker stopped renewing its "
