@@ -66,13 +66,21 @@ class WebApplication(BaseApplication):  # type: ignore[misc]
             "loglevel": s.log_level,
             "logger_class": _StructuredGunicornLogger,
             "forwarded_allow_ips": "127.0.0.1,::1",
+            # gunicorn 24+ opens a control socket in ~/.gunicorn by default: several
+            # instances (tests, two receivers) would fight over it, and we don't use it.
+            "control_socket_disable": True,
         }
         for key, value in options.items():
-            self.cfg.set(key, value)
+            if key in self.cfg.settings:
+                self.cfg.set(key, value)
 
     def load(self) -> Any:
         from deployhook.web import create_app
 
+        # Each delivery's commit makes several short GIL-releasing SQLite calls; with the
+        # default 5 ms switch interval, busy request threads make every one of them wait
+        # up to 5 ms for the GIL again (a convoy). 0.5 ms keeps the writer moving.
+        sys.setswitchinterval(0.0005)
         return create_app(self.settings)
 
 
@@ -116,6 +124,7 @@ class Supervisor:
         log.info("serve_started", bind=self.settings.bind, web_pid=self.web.pid,
                  worker_pid=self.worker.pid if self.worker else None)
         next_restart = 0.0
+        worker_started = time.monotonic()
         while not self.stopping:
             time.sleep(0.2)
             if self.web.poll() is not None:
@@ -125,6 +134,9 @@ class Supervisor:
             if self.worker is not None and self.worker.poll() is not None:
                 now = time.monotonic()
                 if not next_restart:
+                    time.sleep(0.3)  # a signal to the whole group may reach us last
+                    if self.stopping:
+                        break
                     log.error("worker_exited", code=self.worker.returncode,
                               restart_in_s=self._backoff)
                     next_restart = now + self._backoff
@@ -133,6 +145,9 @@ class Supervisor:
                     self.worker = self._spawn("worker")
                     log.info("worker_restarted", pid=self.worker.pid)
                     next_restart = 0.0
+                    worker_started = now
+            elif self.worker is not None and time.monotonic() - worker_started > 60:
+                self._backoff = 1.0  # it stayed up: the next crash restarts quickly again
         return self._shutdown()
 
     def _shutdown(self) -> int:

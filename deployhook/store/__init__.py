@@ -81,17 +81,33 @@ class _GroupCommit:
                     break
             self._commit(batch)
 
-    def _commit(self, batch: list[tuple[Intake, Future[Answer] | None]]) -> None:
+    def _admit_all(self, batch: list[tuple[Intake, Future[Answer] | None]], *,
+                   isolate: bool) -> list[Answer | BaseException]:
         results: list[Answer | BaseException] = []
+        with self._backend.write() as tx:
+            for item, _future in batch:
+                if not isolate:
+                    results.append(ledger.admit(tx, item))
+                    continue
+                try:
+                    with tx.savepoint():
+                        results.append(ledger.admit(tx, item))
+                except Exception as exc:  # one bad item must not sink the batch
+                    log.exception("delivery_admit_failed", repo=item.repo)
+                    results.append(exc)
+        return results
+
+    def _commit(self, batch: list[tuple[Intake, Future[Answer] | None]]) -> None:
         try:
-            with self._backend.write() as tx:
-                for item, _future in batch:
-                    try:
-                        with tx.savepoint():
-                            results.append(ledger.admit(tx, item))
-                    except Exception as exc:  # one bad item must not sink the batch
-                        log.exception("delivery_admit_failed", repo=item.repo)
-                        results.append(exc)
+            try:
+                results = self._admit_all(batch, isolate=False)
+            except StoreUnavailable:
+                raise
+            except Exception:
+                # A bug in one item: redo the batch with a savepoint around each item,
+                # so only that delivery fails. Savepoints cost two statements an item,
+                # so the fast path above goes without.
+                results = self._admit_all(batch, isolate=True)
         except Exception as exc:
             if not isinstance(exc, StoreUnavailable):
                 log.exception("delivery_batch_failed", size=len(batch))

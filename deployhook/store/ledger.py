@@ -77,12 +77,18 @@ def state(tx: Tx, repo: str) -> RepoState:
                      seen_at=row["seen_at"], repo_url=row["repo_url"], problem=row["problem"])
 
 
-def see_head(tx: Tx, repo: str, sha: str, *, now: float, repo_url: str | None = None) -> None:
-    """Remember the newest branch head deployhook heard of (reconcile compares with it)."""
-    ensure_state(tx, repo)
-    tx.run("UPDATE repo_state SET seen_head = :sha, seen_at = :now,"
-           " repo_url = COALESCE(:url, repo_url) WHERE repo = :repo",
-           sha=sha, now=now, url=repo_url, repo=repo)
+def see_head(tx: Tx, repo: str, sha: str, *, now: float, repo_url: str | None = None) -> bool:
+    """Remember the newest branch head deployhook heard of (reconcile compares with it).
+
+    Returns whether the repo is on hold, which the intake needs next: one statement.
+    """
+    row = tx.one(
+        "INSERT INTO repo_state (repo, seen_head, seen_at, repo_url)"
+        " VALUES (:repo, :sha, :now, :url) ON CONFLICT (repo) DO UPDATE SET"
+        " seen_head = excluded.seen_head, seen_at = excluded.seen_at,"
+        " repo_url = COALESCE(excluded.repo_url, repo_state.repo_url) RETURNING held",
+        sha=sha, now=now, url=repo_url, repo=repo)
+    return bool(row and row["held"])
 
 
 def _first_answer(tx: Tx, item: Intake) -> Row | None:
@@ -114,9 +120,7 @@ def admit(tx: Tx, item: Intake) -> Answer:
         record(tx, item, outcome=Outcome.IGNORED, http_status=200, reason=reason, answer=body)
         return Answer(200, body, Outcome.IGNORED)
     assert item.kind == "push" and item.sha is not None
-    see_head(tx, item.repo, item.sha, now=item.received_at, repo_url=item.repo_url)
-    current = state(tx, item.repo)
-    if current.held:
+    if see_head(tx, item.repo, item.sha, now=item.received_at, repo_url=item.repo_url):
         tx.run("UPDATE repo_state SET held_sha = :sha, held_ref = :ref, held_delivery = :d"
                " WHERE repo = :repo", sha=item.sha, ref=item.ref, d=item.delivery_id,
                repo=item.repo)

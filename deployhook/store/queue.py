@@ -50,16 +50,15 @@ def enqueue(tx: Tx, *, repo: str, sha: str, ref: str | None, trigger: Trigger,
     Returns the job and whether it was coalesced. With join_running, a running job of
     the same sha is joined too (a redelivered push must not deploy twice).
     """
-    queued = in_state(tx, repo, Status.QUEUED)
-    if queued is not None:
-        tx.run(
-            "UPDATE jobs SET sha = :sha, ref = :ref, trigger = :trigger, delivery = :delivery,"
-            " node = :node, repo_url = COALESCE(:repo_url, repo_url) WHERE id = :id",
-            sha=sha, ref=ref, trigger=str(trigger), delivery=delivery, node=node,
-            repo_url=repo_url, id=queued.id)
-        job = get(tx, queued.id)
-        assert job is not None
-        return job, True
+    # The common case under a burst is one statement: the queued job takes the new sha.
+    joined = tx.one(
+        "UPDATE jobs SET sha = :sha, ref = :ref, trigger = :trigger, delivery = :delivery,"
+        " node = :node, repo_url = COALESCE(:repo_url, repo_url)"
+        " WHERE repo = :repo AND status = 'queued' RETURNING *",
+        sha=sha, ref=ref, trigger=str(trigger), delivery=delivery, node=node,
+        repo_url=repo_url, repo=repo)
+    if joined is not None:
+        return job_from_row(joined), True
     if join_running:
         running = in_state(tx, repo, Status.RUNNING)
         if running is not None and running.sha == sha:
