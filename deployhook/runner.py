@@ -16,7 +16,7 @@ from typing import Protocol
 
 import structlog
 
-from deployhook import compose, gitsync, log, process
+from deployhook import compose, forge, gitsync, log, mirror, notify, process
 from deployhook.config import Settings
 from deployhook.errors import JobCancelled, JobTimedOut, StepFailed
 from deployhook.models import Job, Status, StepStatus
@@ -165,9 +165,12 @@ DEPLOY_STEPS: list[tuple[str, Callable[[Repo], bool], StepFn]] = [
 ]
 # After a good deploy: a failure is recorded on the step and does not undo the deploy.
 POST_STEPS: list[tuple[str, Callable[[Repo], bool], StepFn]] = [
+    ("mirror", lambda repo: repo.mirror is not None, mirror.step),
+    ("mirror_sync", lambda repo: bool(repo.gitea and repo.gitea.mirror_sync),
+     forge.step_mirror_sync),
     ("prune", lambda repo: repo.prune_images, step_prune),
 ]
-REPORTERS: list[Reporter] = []
+REPORTERS: list[Reporter] = [forge.CommitStatus(), notify.Notifier()]
 
 
 @dataclass(frozen=True, slots=True)

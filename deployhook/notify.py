@@ -1,0 +1,189 @@
+"""Notifications through Apprise: a failure, a rollback, and the recovery after a failure.
+
+One message per change of a repo's state, decided from its job history in the store:
+a second failure in a row says nothing new, a rollback always does.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import tenacity
+
+from deployhook import log
+from deployhook.forge import job_url
+from deployhook.models import Job, Status, Trigger
+from deployhook.store import Store
+
+if TYPE_CHECKING:
+    from deployhook.runner import Context
+
+logger = structlog.get_logger()
+
+ATTEMPTS = 3
+BUDGET_S = 15.0  # all URLs, all attempts together
+_TIMEOUT_S = 5.0
+
+
+class State(StrEnum):
+    """Where a repo stands after a job, as far as people need to hear about it."""
+
+    OK = "ok"
+    FAILING = "failing"
+    ROLLED_BACK = "rolled_back"
+
+
+class Kind(StrEnum):
+    FAILURE = "failure"
+    ROLLBACK = "rollback"
+    RECOVERY = "recovery"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    kind: Kind
+    title: str
+    body: str
+
+
+def state_after(job: Job) -> State | None:
+    """The state a job leaves its repo in; None for jobs that say nothing (cancelled)."""
+    if job.status == Status.FAILED:
+        return State.FAILING
+    if job.status == Status.SUCCEEDED:
+        return State.ROLLED_BACK if job.trigger == Trigger.ROLLBACK else State.OK
+    return None
+
+
+def previous_state(store: Store, job: Job) -> State:
+    """The repo's state before job: from its last decisive job that ended earlier."""
+    for earlier in store.jobs(job.repo, limit=50):
+        if earlier.id == job.id or earlier.finished_at is None:
+            continue
+        if job.finished_at is not None and earlier.finished_at > job.finished_at:
+            continue
+        state = state_after(earlier)
+        if state is not None:
+            return state
+    return State.OK
+
+
+def decide(job: Job, before: State, *, public_url: str | None) -> Message | None:
+    """The message job calls for, given the repo's state before it, or None."""
+    after = state_after(job)
+    sha = job.sha[:12]
+    link = job_url(public_url, job.id)
+    tail = f"\n{link}" if link else ""
+    if job.trigger == Trigger.ROLLBACK and after is not None:
+        if after == State.ROLLED_BACK:
+            return Message(Kind.ROLLBACK, f"{job.repo} rolled back to {sha}",
+                           f"{job.repo}: rolled back to {sha} after a failed deploy{tail}")
+        return Message(Kind.ROLLBACK, f"{job.repo}: rollback to {sha} failed",
+                       f"{job.repo}: rollback to {sha} failed: {job.error}{tail}")
+    if after == State.FAILING and before != State.FAILING:
+        return Message(Kind.FAILURE, f"{job.repo}: deploy of {sha} failed",
+                       f"{job.repo}: deploy of {sha} ({job.trigger}) failed: {job.error}{tail}")
+    if after == State.OK and before != State.OK:
+        return Message(Kind.RECOVERY, f"{job.repo} recovered: {sha} deployed",
+                       f"{job.repo}: {sha} deployed ({job.trigger}); the repo is healthy "
+                       f"again{tail}")
+    return None
+
+
+class _NotSent(Exception):
+    """A service did not take the message."""
+
+
+class _StopAt(tenacity.stop.stop_base):
+    """Stop when the next attempt would start past end (a monotonic time)."""
+
+    def __init__(self, end: float) -> None:
+        self.end = end
+
+    def __call__(self, state: tenacity.RetryCallState) -> bool:
+        upcoming = getattr(state, "upcoming_sleep", 0.0) or 0.0
+        return time.monotonic() + upcoming >= self.end
+
+
+def send(urls: str, message: Message) -> tuple[int, list[str]]:
+    """Send message to every Apprise URL in urls; return (sent, URLs that failed).
+
+    Apprise says only whether a service took the message, not why, so every failure is
+    retried a few times with backoff; all of it within BUDGET_S.
+    """
+    import apprise
+
+    notify_type = {Kind.FAILURE: apprise.NotifyType.FAILURE,
+                   Kind.ROLLBACK: apprise.NotifyType.WARNING,
+                   Kind.RECOVERY: apprise.NotifyType.SUCCESS}[message.kind]
+    hub = apprise.Apprise(asset=apprise.AppriseAsset(storage_mode="memory"))
+    valid = hub.add(urls)
+    sent, failed = 0, [] if valid else ["(an invalid Apprise URL)"]
+    end = time.monotonic() + BUDGET_S
+    for service in hub:
+        shown = log.mask(service.url(privacy=True))
+        service.socket_connect_timeout = min(service.socket_connect_timeout, _TIMEOUT_S)
+        service.socket_read_timeout = min(service.socket_read_timeout, _TIMEOUT_S)
+
+        def attempt(service: Any = service) -> None:
+            if not service.notify(body=message.body, title=message.title,
+                                  notify_type=notify_type):
+                raise _NotSent
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(_NotSent),
+            stop=tenacity.stop_after_attempt(ATTEMPTS) | _StopAt(end),
+            wait=tenacity.wait_exponential(multiplier=0.5, max=4), reraise=True)
+        try:
+            retrying(attempt)
+        except _NotSent:
+            failed.append(shown)
+        except Exception as exc:  # a plugin bug must not end the others
+            failed.append(f"{shown} ({type(exc).__name__})")
+        else:
+            sent += 1
+    return sent, failed
+
+
+def urls_for(notify_env: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    if not notify_env:
+        return None
+    raw = ((os.environ if environ is None else environ).get(notify_env) or "").strip()
+    if raw:
+        log.redact([raw, *raw.replace(",", " ").split()])  # URLs often embed tokens
+    return raw or None
+
+
+class Notifier:
+    """Reporter: one message per state change of a repo, to its `notify_env` URLs."""
+
+    def started(self, ctx: Context) -> None:
+        """Nothing to say when a job starts."""
+
+    def finished(self, ctx: Context, job: Job) -> None:
+        if not ctx.repo.notify_env:
+            return
+        message = decide(job, previous_state(ctx.store, job),
+                         public_url=ctx.settings.public_url)
+        if message is None:
+            return
+        urls = urls_for(ctx.repo.notify_env)
+        if urls is None:
+            ctx.output(f"notify: {ctx.repo.notify_env} is unset or empty; no {message.kind} "
+                       "message sent")
+            return
+        sent, failed = send(urls, message)
+        if failed:
+            ctx.output(f"notify: {message.kind} message not delivered to {', '.join(failed)}")
+            logger.warning("notification_failed", kind=str(message.kind), failed=len(failed),
+                           sent=sent)
+        if sent:
+            ctx.output(f"notify: {message.kind} message sent to {sent} "
+                       f"destination{'s' if sent != 1 else ''}")
+            logger.info("notification_sent", kind=str(message.kind), sent=sent)
