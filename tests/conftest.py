@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,7 +12,19 @@ import yaml
 from deployhook.config import Settings
 from deployhook.service import Service
 from deployhook.web import create_app
+from tests.databases import fresh_schema
 from tests.helpers import SECRET, FakeDocker, Remote, make_fake_docker, make_remote
+
+# Test modules whose tests run once per store backend (SQLite, then PostgreSQL when a
+# server is configured): the behaviour suite. Others run on SQLite only, to keep CI fast.
+BOTH_BACKENDS = {"test_webhook", "test_worker", "test_backends", "test_nodes"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if "store_url" in metafunc.fixturenames and module in BOTH_BACKENDS:
+        metafunc.parametrize("store_url", ["sqlite", pytest.param(
+            "postgres", marks=pytest.mark.postgres)], indirect=True)
 
 
 @pytest.fixture(autouse=True)
@@ -19,8 +32,9 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory,
                  monkeypatch: pytest.MonkeyPatch) -> None:
     """No DEPLOYHOOK_* from the caller, an empty git config, a fixed git identity."""
     for name in list(os.environ):
-        if name.startswith("DEPLOYHOOK_") and name not in {"DEPLOYHOOK_REQUIRE_DOCKER",
-                                                           "DEPLOYHOOK_TEST_DATABASE_URL"}:
+        if name.startswith("DEPLOYHOOK_") and name not in {
+                "DEPLOYHOOK_REQUIRE_DOCKER", "DEPLOYHOOK_TEST_DATABASE_URL",
+                "DEPLOYHOOK_REQUIRE_POSTGRES"}:
             monkeypatch.delenv(name)
     home = tmp_path_factory.mktemp("home")
     (home / ".gitconfig").write_text("")
@@ -62,11 +76,23 @@ def settings(tmp_path: Path, remote: Remote, fake_docker: FakeDocker) -> Setting
 
 
 @pytest.fixture
-def open_service() -> Iterator[Callable[[Settings], Service]]:
+def store_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The store under test: None for SQLite in the data dir, or a fresh PostgreSQL schema."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield None
+        return
+    with fresh_schema() as url:
+        yield url
+
+
+@pytest.fixture
+def open_service(store_url: str | None) -> Iterator[Callable[[Settings], Service]]:
     """Open Services (each like a separate process) that are closed after the test."""
     opened: list[Service] = []
 
     def make(settings: Settings) -> Service:
+        if store_url and not settings.database_url:
+            settings = dataclasses.replace(settings, database_url=store_url)
         svc = Service.open(settings)
         opened.append(svc)
         return svc

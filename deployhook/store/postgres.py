@@ -15,7 +15,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import psycopg
@@ -118,10 +118,8 @@ class _ListenWaiter:
 
     def _drop(self) -> None:
         if self._conn is not None:
-            try:
+            with suppress(psycopg.Error):
                 self._conn.close()
-            except psycopg.Error:
-                pass
             self._conn = None
 
     def close(self) -> None:
@@ -163,10 +161,8 @@ class _WorkerLock:
     def close(self) -> None:
         self._stop.set()
         if self._conn is not None:
-            try:
+            with suppress(psycopg.Error):
                 self._conn.close()
-            except psycopg.Error:
-                pass
 
 
 class PostgresBackend:
@@ -333,6 +329,7 @@ class PostgresBackend:
         try:
             _ = self.namespace
         except StoreUnavailable as exc:
+            self.close()  # no pool left retrying in the background of a failed start
             raise StoreUnavailable(f"cannot open the store: {exc}") from None
         with self.write() as tx:  # the write lock also serialises concurrent migrations
             tx.run("CREATE TABLE IF NOT EXISTS deployhook_schema (version INTEGER NOT NULL)")

@@ -1,0 +1,405 @@
+"""The store's behaviour (CONTRACT §3 intake, §4.1-4.2, 4.5, 4.7), once per backend.
+
+Each test runs on SQLite and on PostgreSQL (a fresh schema; see tests/databases.py).
+Several Store objects on one database stand for several processes; real subprocesses
+where a process boundary is the point (concurrent writers, a worker that dies).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from deployhook.config import Settings
+from deployhook.errors import StoreUnavailable
+from deployhook.models import Outcome, Status, Trigger
+from deployhook.store import Intake, Store, open_store
+from deployhook.store.schema import MIGRATIONS
+
+MakeStore = Callable[[], Store]
+
+
+def sha(n: int) -> str:
+    return f"{n:040x}"
+
+
+def push(repo: str, n: int, *, delivery: str | None = None) -> Intake:
+    return Intake(repo=repo, kind="push", received_at=time.time(), delivery_id=delivery,
+                  event="push", sha=sha(n), ref="refs/heads/main")
+
+
+@pytest.fixture
+def store_settings(tmp_path: Path, store_url: str | None) -> Settings:
+    return Settings.load({}, data_dir=tmp_path / "data", database_url=store_url)
+
+
+@pytest.fixture
+def make_store(store_settings: Settings) -> Iterator[MakeStore]:
+    """Open Stores on one database, each like a separate process; closed after the test."""
+    opened: list[Store] = []
+
+    def make() -> Store:
+        store = open_store(store_settings)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store: MakeStore) -> Store:
+    return make_store()
+
+
+def env_for(settings: Settings) -> dict[str, str]:
+    return {**os.environ, **settings.to_environ()}
+
+
+# -- intake ------------------------------------------------------------------------------
+
+
+def test_push_is_queued_then_coalesced_into_newest_sha(store: Store) -> None:
+    first = store.submit(push("site", 1, delivery="d1"))
+    second = store.submit(push("site", 2, delivery="d2"))
+    assert (first.http_status, first.outcome) == (202, Outcome.QUEUED)
+    assert (second.http_status, second.outcome) == (202, Outcome.COALESCED)
+    assert second.body["job"] == first.body["job"]
+    assert second.body["coalesced"] is True
+    job = store.job(first.body["job"])
+    assert (job.status, job.sha, job.delivery) == (Status.QUEUED, sha(2), "d2")
+    assert [d.outcome for d in store.deliveries("site")] == [Outcome.COALESCED, Outcome.QUEUED]
+
+
+def test_duplicate_delivery_gets_the_first_answer_again(store: Store) -> None:
+    first = store.submit(push("site", 1, delivery="same"))
+    again = store.submit(push("site", 1, delivery="same"))
+    assert again.outcome == Outcome.DUPLICATE
+    assert again.http_status == 202
+    assert again.body == {**first.body, "duplicate": True}
+    assert len(store.jobs("site")) == 1
+
+
+def test_rejected_delivery_is_not_seen(store: Store) -> None:
+    store.submit(Intake(repo="site", kind="rejected", received_at=time.time(),
+                        delivery_id="d", reason="signature does not match", http_status=403))
+    answer = store.submit(push("site", 1, delivery="d"))
+    assert answer.outcome == Outcome.QUEUED
+
+
+def test_ping_and_ignored_are_recorded_with_reason(store: Store) -> None:
+    ping = store.submit(Intake(repo="site", kind="ping", received_at=time.time(),
+                               delivery_id="p", event="ping"))
+    other = store.submit(Intake(repo="site", kind="ignored", received_at=time.time(),
+                                delivery_id="o", event="push", reason="push to dev"))
+    assert ping.body == {"status": "pong"}
+    assert other.body == {"status": "ignored", "reason": "push to dev"}
+    rows = store.deliveries("site")
+    assert [(d.outcome, d.reason) for d in rows] == [(Outcome.IGNORED, "push to dev"),
+                                                    (Outcome.IGNORED, "ping")]
+
+
+def test_held_pushes_are_recorded_and_release_queues_the_newest(store: Store) -> None:
+    store.hold("site")
+    answers = [store.submit(push("site", n)) for n in (1, 2)]
+    assert all(a.body["status"] == "held" and a.http_status == 200 for a in answers)
+    assert store.jobs("site") == []
+    job = store.release("site", node="")
+    assert job is not None
+    assert (job.sha, job.status) == (sha(2), Status.QUEUED)
+    assert store.release("site", node="") is None
+
+
+def test_redelivered_push_joins_the_running_job_of_its_sha(store: Store) -> None:
+    queued = store.submit(push("site", 1)).body["job"]
+    running = store.claim(worker="w", node="", lease_s=30)
+    assert running is not None and running.id == queued
+    same = store.submit(push("site", 1))
+    assert (same.body["job"], same.body["status"], same.body["coalesced"]) == \
+        (queued, "running", True)
+    newer = store.submit(push("site", 2))
+    assert newer.outcome == Outcome.QUEUED and newer.body["job"] != queued
+
+
+def test_text_the_database_cannot_hold_is_stored_not_refused(store: Store) -> None:
+    answer = store.submit(Intake(repo="bad\x00name", kind="rejected",
+                                 received_at=time.time(), reason="unknown repo \x00",
+                                 http_status=404, delivery_id="x\x00"))
+    assert answer.http_status == 404
+    [row] = store.deliveries("bad\x00name")
+    assert row.outcome == Outcome.REJECTED
+
+
+# -- one queued, one running, under concurrency --------------------------------------------
+
+
+ENQUEUER = textwrap.dedent("""
+    import sys, time
+    from deployhook.config import Settings
+    from deployhook.models import Trigger
+    from deployhook.store import open_store
+    store = open_store(Settings.load(), migrate=False)
+    proc, rounds = int(sys.argv[1]), int(sys.argv[2])
+    for n in range(rounds):
+        for repo in ("a", "b", "c"):
+            store.enqueue(repo=repo, sha=f"{proc:08x}{n:032x}", ref="refs/heads/main",
+                          trigger=Trigger.PUSH, node="")
+    store.close()
+""")
+
+
+def test_concurrent_enqueues_from_processes_keep_one_queued_and_one_running(
+        make_store: MakeStore, store_settings: Settings) -> None:
+    store = make_store()
+    procs = [subprocess.Popen([sys.executable, "-c", ENQUEUER, str(p), "25"],
+                              env=env_for(store_settings)) for p in range(4)]
+    claimed: list[int] = []
+
+    def queued_left() -> int:
+        with store.read() as tx:
+            return int(tx.value("SELECT COUNT(*) FROM jobs WHERE status = 'queued'"))
+
+    while any(p.poll() is None for p in procs) or queued_left():
+        job = store.claim(worker="w", node="", lease_s=30)
+        if job is None:
+            continue
+        claimed.append(job.id)
+        with store.read() as tx:
+            counts = tx.all("SELECT status, COUNT(*) AS n FROM jobs WHERE repo = :repo"
+                            " GROUP BY status", repo=job.repo)
+        assert all(r["n"] <= 1 for r in counts if r["status"] in ("queued", "running"))
+        assert store.finish(job.id, status=Status.SUCCEEDED, error=None, worker="w")
+    assert [p.wait() for p in procs] == [0, 0, 0, 0]
+    assert len(claimed) == len(set(claimed))
+    for repo in ("a", "b", "c"):
+        jobs = store.jobs(repo, limit=1000)
+        assert sum(j.status == Status.QUEUED for j in jobs) == 0
+        assert all(j.status == Status.SUCCEEDED for j in jobs)
+        # 100 enqueues per repo cost far fewer jobs: a burst coalesces into the queued one.
+        assert 1 <= len(jobs) <= 100
+        spans = sorted((j.started_at or 0, j.finished_at or 0) for j in jobs)
+        assert all(a_end <= b_start for (_s, a_end), (b_start, _e) in
+                   itertools.pairwise(spans))
+
+
+def test_many_workers_claim_every_job_exactly_once(make_store: MakeStore) -> None:
+    setup = make_store()
+    expected = {setup.enqueue(repo=f"r{n}", sha=sha(n), ref=None, trigger=Trigger.PUSH,
+                              node="")[0].id for n in range(40)}
+    stores = [make_store() for _ in range(8)]
+    claimed: list[int] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    start = threading.Barrier(len(stores))
+
+    def work(store: Store, name: str) -> None:
+        try:
+            start.wait()
+            while (job := store.claim(worker=name, node="", lease_s=30)) is not None:
+                with lock:
+                    claimed.append(job.id)
+                store.finish(job.id, status=Status.SUCCEEDED, error=None, worker=name)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(s, f"w{i}")) for i, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert sorted(claimed) == sorted(expected)
+
+
+def test_claim_skips_a_repo_that_is_running_and_repos_excluded(store: Store) -> None:
+    first = store.enqueue(repo="a", sha=sha(1), ref=None, trigger=Trigger.PUSH, node="")[0]
+    assert store.claim(worker="w1", node="", lease_s=30).id == first.id  # type: ignore[union-attr]
+    store.enqueue(repo="a", sha=sha(2), ref=None, trigger=Trigger.PUSH, node="")
+    b = store.enqueue(repo="b", sha=sha(3), ref=None, trigger=Trigger.PUSH, node="")[0]
+    assert store.claim(worker="w2", node="", lease_s=30, exclude=("b",)) is None
+    assert store.claim(worker="w2", node="", lease_s=30).id == b.id  # type: ignore[union-attr]
+
+
+def test_claims_follow_the_node(store: Store) -> None:
+    gpu = store.enqueue(repo="a", sha=sha(1), ref=None, trigger=Trigger.PUSH, node="gpu")[0]
+    plain = store.enqueue(repo="b", sha=sha(2), ref=None, trigger=Trigger.PUSH, node="")[0]
+    assert store.claim(worker="x", node="other", lease_s=30) is None
+    assert store.claim(worker="g", node="gpu", lease_s=30).id == gpu.id  # type: ignore[union-attr]
+    assert store.claim(worker="g", node="gpu", lease_s=30) is None
+    assert store.claim(worker="d", node="", lease_s=30).id == plain.id  # type: ignore[union-attr]
+
+
+# -- leases, interrupts, retries -----------------------------------------------------------
+
+
+def test_expired_lease_is_found_and_its_interrupt_queues_a_retry(store: Store) -> None:
+    store.enqueue(repo="a", sha=sha(1), ref="refs/heads/main", trigger=Trigger.PUSH, node="n")
+    job = store.claim(worker="gone", node="n", lease_s=-1)
+    assert job is not None
+    assert [j.id for j in store.expired_jobs()] == [job.id]
+    retry = store.interrupt(job, reason="interrupted: its worker stopped renewing its lease")
+    assert retry is not None
+    assert (retry.trigger, retry.sha, retry.node, retry.status) == \
+        (Trigger.RETRY, sha(1), "n", Status.QUEUED)
+    assert store.job(job.id).status == Status.INTERRUPTED
+    assert store.interrupt(job, reason="again") is None  # already ended
+    assert not store.finish(job.id, status=Status.SUCCEEDED, error=None, worker="gone")
+
+
+def test_renew_extends_only_the_owners_leases_and_reports_cancels(store: Store) -> None:
+    store.enqueue(repo="a", sha=sha(1), ref=None, trigger=Trigger.PUSH, node="")
+    job = store.claim(worker="owner", node="", lease_s=-1)
+    assert job is not None
+    assert store.renew(worker="thief", job_ids=[job.id], lease_s=30) == set()
+    assert store.expired_jobs() != []
+    assert store.renew(worker="owner", job_ids=[job.id], lease_s=30) == set()
+    assert store.expired_jobs() == []
+    store.cancel(job.id)
+    assert store.renew(worker="owner", job_ids=[job.id], lease_s=30) == {job.id}
+
+
+def test_retries_stop_after_three_interrupted_runs_of_one_sha(store: Store) -> None:
+    store.enqueue(repo="a", sha=sha(1), ref=None, trigger=Trigger.PUSH, node="")
+    for attempt in range(3):
+        job = store.claim(worker="dies", node="", lease_s=30)
+        assert job is not None, attempt
+        retry = store.interrupt(job, reason="interrupted: its worker died")
+        assert (retry is None) == (attempt == 2)
+    assert store.claim(worker="w", node="", lease_s=30) is None
+    assert "interrupted 3 times" in (store.repo_state("a").problem or "")
+
+
+# -- history -------------------------------------------------------------------------------
+
+
+def _run(store: Store, repo: str, n: int, status: Status) -> int:
+    store.enqueue(repo=repo, sha=sha(n), ref=None, trigger=Trigger.PUSH, node="")
+    job = store.claim(worker="w", node="", lease_s=30)
+    assert job is not None
+    store.finish(job.id, status=status, error=None)
+    return job.id
+
+
+def test_rollback_target_is_the_newest_good_sha_other_than_the_deployed(store: Store) -> None:
+    for n, status in ((1, Status.SUCCEEDED), (2, Status.SUCCEEDED), (3, Status.FAILED)):
+        _run(store, "a", n, status)
+    deployed = store.newest_good_sha("a")
+    assert deployed == sha(2)
+    assert store.newest_good_sha("a", other_than=deployed) == sha(1)
+    assert store.newest_good_sha("b") is None
+
+
+def test_prune_keeps_the_newest_jobs_and_the_last_good_one(store: Store) -> None:
+    good = _run(store, "a", 0, Status.SUCCEEDED)
+    failed = [_run(store, "a", n, Status.FAILED) for n in range(1, 8)]
+    store.append_log(failed[0], [(time.time(), "old output")])
+    for n in range(12):
+        store.submit(push("a", 100 + n, delivery=f"d{n}"))
+        store.submit(push("gone", 100 + n))
+    removed = store.prune(repos=["a"], keep_jobs=3, keep_deliveries=5)
+    kept = [j.id for j in store.jobs("a", limit=100)]
+    queued = [j.id for j in store.jobs("a", limit=100) if j.status == Status.QUEUED]
+    assert sorted(kept) == sorted([*queued, *failed[-3:], good])
+    assert store.log_lines(failed[0]) == []
+    assert len(store.deliveries("a", limit=100)) == 5
+    assert len(store.deliveries("gone", limit=100)) == 5
+    assert removed >= 4 + 7 + 7
+
+
+# -- wake-ups, liveness, availability --------------------------------------------------------
+
+
+def test_a_wake_from_another_process_reaches_a_waiting_worker(make_store: MakeStore) -> None:
+    waiter = make_store().backend.waiter()
+    try:
+        assert waiter.wait(0.05) is False
+        make_store().enqueue(repo="a", sha=sha(1), ref=None, trigger=Trigger.PUSH, node="")
+        assert waiter.wait(30) is True
+    finally:
+        waiter.close()
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from deployhook.config import Settings
+    from deployhook.store import open_store
+    store = open_store(Settings.load(), migrate=False)
+    store.register_worker(worker=sys.argv[1], node="", slots=1)
+    print("ready", flush=True)
+    time.sleep(120)
+""")
+
+
+def test_a_killed_workers_lock_is_gone_for_every_other_process(
+        store: Store, store_settings: Settings) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, "w-child"],
+                              env=env_for(store_settings), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        assert store.worker_alive("w-child") is True
+        assert store.worker_alive("never-started") is False
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        if holder.stdout:
+            holder.stdout.close()
+    deadline = time.monotonic() + 20
+    while store.worker_alive("w-child") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.worker_alive("w-child") is False
+
+
+def test_migrations_are_idempotent_and_safe_to_run_at_once(make_store: MakeStore) -> None:
+    errors: list[BaseException] = []
+
+    def migrate() -> None:
+        try:
+            make_store()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=migrate) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert make_store().migrate() == len(MIGRATIONS)
+
+
+def test_a_writable_store_says_so(store: Store) -> None:
+    assert store.writable() is None
+
+
+def test_an_unreachable_store_is_unavailable_without_a_traceback_or_secret(
+        tmp_path: Path, store_url: str | None) -> None:
+    if store_url is None:
+        (tmp_path / "data").write_text("a file where the data dir should be")
+        settings = Settings.load({}, data_dir=tmp_path / "data")
+    else:
+        settings = Settings.load({}, data_dir=tmp_path / "data",
+                                 database_url="postgresql://deployhook:hunter2@127.0.0.1:9/x")
+    with pytest.raises(StoreUnavailable) as caught:
+        open_store(settings)
+    assert "hunter2" not in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_backend_answers_in_json_shapes(store: Store) -> None:
+    """Answers round-trip through the ledger as JSON on every backend."""
+    store.submit(push("site", 1, delivery="j"))
+    with store.read() as tx:
+        answer = tx.value("SELECT answer FROM deliveries WHERE delivery_id = 'j'")
+    assert json.loads(answer)["status"] == "queued"
