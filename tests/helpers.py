@@ -159,16 +159,39 @@ def make_remote(root: Path, name: str = "site", *,
 
 FAKE_DOCKER = textwrap.dedent("""\
     #!{python}
-    # A recording fake `docker`: appends one JSON line per call (argv, cwd, times, the
-    # checkout's HEAD) and behaves as told by files next to the record.
+    # A recording fake `docker`: appends a JSON line when a call starts (with the pids of
+    # any other fake docker still running: an overlap) and when it ends (argv, cwd, times,
+    # the checkout's HEAD), and behaves as told by control.json next to the record.
     import json, os, subprocess, sys, time
     record = {record!r}
     args = sys.argv[1:]
     if args[:2] == ["compose", "version"]:
         print("Docker Compose version v2.99.0-fake"); sys.exit(0)
+    me = os.getpid()
+
+    def others():
+        found = []
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit() or int(pid) == me:
+                continue
+            try:
+                with open(f"/proc/{{pid}}/cmdline", "rb") as fh:
+                    argv = fh.read().split(b"\\0")
+            except OSError:
+                continue
+            if len(argv) > 1 and argv[1] == __file__.encode() and b"version" not in argv:
+                found.append(int(pid))
+        return found
+
+    def write(entry):
+        with open(record, "a") as fh:
+            fh.write(json.dumps(entry) + "\\n")
+
     start = time.time()
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                           cwd=os.getcwd()).stdout.strip()
+    write({{"phase": "start", "argv": args, "cwd": os.getcwd(), "head": head, "start": start,
+           "pid": me, "others": others()}})
     control = os.path.join(os.path.dirname(record), "control.json")
     try:
         with open(control) as fh:
@@ -182,9 +205,8 @@ FAKE_DOCKER = textwrap.dedent("""\
         print("building...", flush=True)
         time.sleep(sleep)
     code = 1 if (fail_sha and head.startswith(fail_sha)) or ctl.get("fail") else 0
-    with open(record, "a") as fh:
-        fh.write(json.dumps({{"argv": args, "cwd": os.getcwd(), "head": head, "start": start,
-                             "end": time.time(), "pid": os.getpid(), "code": code}}) + "\\n")
+    write({{"phase": "end", "argv": args, "cwd": os.getcwd(), "head": head, "start": start,
+           "end": time.time(), "pid": me, "code": code}})
     if code:
         print("fake compose: failing as asked", flush=True)
     sys.exit(code)
@@ -197,10 +219,18 @@ class FakeDocker:
     record: Path
     control: Path
 
-    def calls(self) -> list[dict[str, Any]]:
+    def records(self) -> list[dict[str, Any]]:
         if not self.record.exists():
             return []
         return [json.loads(line) for line in self.record.read_text().splitlines() if line]
+
+    def calls(self) -> list[dict[str, Any]]:
+        """Calls that ran to their end."""
+        return [r for r in self.records() if r["phase"] == "end"]
+
+    def starts(self) -> list[dict[str, Any]]:
+        """Every call that started, finished or not, with the fake dockers it overlapped."""
+        return [r for r in self.records() if r["phase"] == "start"]
 
     def set(self, **control: Any) -> None:
         self.control.write_text(json.dumps(control))

@@ -1,0 +1,98 @@
+"""A real `deployhook serve` (gunicorn + worker) in a subprocess, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def children(self) -> list[int]:
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)],
+                             capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def pids_of(self, role: str) -> list[int]:
+        """Pids whose command line ends in `deployhook <role>` (worker, _web)."""
+        out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True,
+                             text=True).stdout
+        found = []
+        for line in out.splitlines():
+            pid, _, args = line.strip().partition(" ")
+            if args.endswith(f"-m deployhook {role}") and self._descends(int(pid)):
+                found.append(int(pid))
+        return found
+
+    def _descends(self, pid: int) -> bool:
+        while pid > 1:
+            if pid == self.proc.pid:
+                return True
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                return False
+            pid = int(stat.rsplit(")", 1)[1].split()[1])
+        return False
+
+
+def wait_up(url: str, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=2):  # noqa: S310
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+@contextmanager
+def serve(env: dict[str, str], *, cwd: Path, args: tuple[str, ...] = (),
+          log_name: str = "serve.log") -> Iterator[Served]:
+    """Run `python -m deployhook serve` with env (DEPLOYHOOK_* settings) until the block ends."""
+    port = free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DEPLOYHOOK_")}
+    full_env.update(env)
+    full_env.setdefault("DEPLOYHOOK_LOG_FORMAT", "json")
+    log = cwd / log_name
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "deployhook", "serve", "--bind",
+                                 f"127.0.0.1:{port}", *args], env=full_env, cwd=cwd,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    served = Served(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        wait_up(served.url)
+        yield served
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        # Nothing of ours may outlive the test (a SIGKILLed supervisor leaves children).
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
