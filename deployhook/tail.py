@@ -6,12 +6,15 @@ as they come, and the reader polls.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator
 
 from deployhook import log
-from deployhook.errors import UnknownJob
+from deployhook.errors import SecretNotConfigured, UnknownJob
 from deployhook.models import Status, iso
+from deployhook.registry import Repo, resolve_secrets
 from deployhook.store import Store
 from deployhook.store.backend import Row
 
@@ -22,6 +25,21 @@ PAGE = 5000
 END_GRACE_S = 0.5
 # A follower never holds a thread for longer than this; it can reconnect.
 FOLLOW_MAX_S = 2 * 3600.0
+
+
+def redact_repo_secrets(repo: Repo, *, default_secret: str | None) -> None:
+    """Mask the repo's webhook secrets and tokens in what we show, even before any push.
+
+    The worker masks output as it stores it; this is the reader's own guard.
+    """
+    values: list[str | None] = []
+    with contextlib.suppress(SecretNotConfigured):
+        values.extend(resolve_secrets(repo, default=default_secret))
+    for name in (repo.mirror.token_env if repo.mirror else None,
+                 repo.gitea.token_env if repo.gitea else None, repo.notify_env):
+        if name:
+            values.append(os.environ.get(name))
+    log.redact(values)
 
 
 def format_line(ts: float, line: str) -> str:

@@ -121,6 +121,9 @@ def status(name: str | None, limit: int) -> None:
 def logs(job: int, follow: bool) -> None:
     """Print a job's output, each line with its UTC time."""
     with _service() as svc:
+        repo = svc.registry.find(svc.store.job(job).repo)
+        if repo is not None:
+            tail.redact_repo_secrets(repo, default_secret=svc.settings.secret)
         out = click.get_text_stream("stdout")
         try:
             for line in tail.lines(svc.store, job, follow=follow):

@@ -1,0 +1,350 @@
+"""The status surface of CONTRACT §3: shapes, content types, auth, private mode, badge."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from deployhook.config import Settings
+from deployhook.models import Status
+from deployhook.service import Service
+from deployhook.web import create_app
+from deployhook.worker import Worker
+from tests.helpers import FakeDocker, Remote, gitea_headers, gitea_push_body
+
+TOKEN = "admin-token-for-tests"
+JOB_KEYS = {"id", "repo", "status", "trigger", "sha", "ref", "delivery", "previous_sha",
+            "created_at", "started_at", "finished_at", "duration_s", "error", "steps"}
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def bearer(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def basic(token: str = TOKEN, user: str = "admin") -> dict[str, str]:
+    raw = base64.b64encode(f"{user}:{token}".encode()).decode()
+    return {"Authorization": f"Basic {raw}"}
+
+
+def push(client: Any, sha: str) -> int:
+    body = gitea_push_body(sha=sha, full_name="jeff/site")
+    resp = client.post("/deploy/site", data=body, headers=gitea_headers(body))
+    assert resp.status_code == 202, resp.get_json()
+    return int(resp.get_json()["job"])
+
+
+@pytest.fixture
+def deployed(client: Any, service: Service, remote: Remote) -> int:
+    """One good deploy of a new commit; returns its job id."""
+    job_id = push(client, remote.commit_and_push({"index.html": "v2\n"}))
+    Worker(service).work(burst=True)
+    assert service.store.job(job_id).status == Status.SUCCEEDED
+    return job_id
+
+
+def make_client(settings: Settings, open_service: Callable[[Settings], Service],
+                **changes: Any) -> Any:
+    changed = dataclasses.replace(settings, **changes)
+    app = create_app(changed, service_=open_service(changed), configure_logging=False)
+    return app.test_client()
+
+
+# -- shapes ------------------------------------------------------------------------
+
+
+def test_repo_status_shape(client: Any, deployed: int, remote: Remote) -> None:
+    resp = client.get("/deploy/site")
+    assert resp.status_code == 200
+    assert resp.content_type == "application/json"
+    body = resp.get_json()
+    assert {"repo", "branch", "deployed_sha", "held", "last_job", "queued"} <= set(body)
+    assert (body["repo"], body["branch"], body["held"], body["queued"]) == \
+        ("site", "main", False, 0)
+    assert body["deployed_sha"] == remote.deployed()
+    assert set(body["last_job"]) >= JOB_KEYS
+    assert body["last_job"]["id"] == deployed
+
+
+def test_job_shape_and_iso_times(client: Any, deployed: int) -> None:
+    job = client.get(f"/jobs/{deployed}").get_json()
+    assert set(job) >= JOB_KEYS
+    assert job["status"] == "succeeded" and job["trigger"] == "push"
+    for key in ("created_at", "started_at", "finished_at"):
+        assert job[key].endswith("Z") and job[key][10] == "T"
+    assert job["duration_s"] >= 0
+    assert [s["name"] for s in job["steps"]] == ["fetch", "checkout", "compose"]
+    assert all({"name", "status", "started_at", "finished_at"} <= set(s) for s in job["steps"])
+
+
+def test_jobs_newest_first_with_limit(client: Any, service: Service, remote: Remote) -> None:
+    ids = []
+    for n in range(3):
+        ids.append(push(client, remote.commit_and_push({"index.html": f"v{n}\n"})))
+        Worker(service).work(burst=True)
+    jobs = client.get("/deploy/site/jobs").get_json()["jobs"]
+    assert [j["id"] for j in jobs] == ids[::-1]
+    assert [j["id"] for j in client.get("/deploy/site/jobs?limit=2").get_json()["jobs"]] == \
+        ids[:0:-1]
+
+
+def test_deliveries_ledger_says_why(client: Any, remote: Remote) -> None:
+    sha = remote.commit_and_push({"index.html": "v2\n"})
+    body = gitea_push_body(sha=sha, full_name="jeff/site")
+    client.post("/deploy/site", data=body, headers=gitea_headers(body, secret="wrong"))
+    client.post("/deploy/site", data=body, headers=gitea_headers(body, delivery="d-1"))
+    client.post("/deploy/site", data=body, headers=gitea_headers(body, delivery="d-1"))
+    other = gitea_push_body(sha=sha, ref="refs/heads/dev", full_name="jeff/site")
+    client.post("/deploy/site", data=other, headers=gitea_headers(other))
+    resp = client.get("/deploy/site/deliveries")
+    assert resp.content_type == "application/json"
+    rows = resp.get_json()["deliveries"]
+    assert [r["outcome"] for r in rows] == ["ignored", "duplicate", "queued", "rejected"]
+    for row in rows:
+        assert {"id", "event", "received_at", "outcome", "reason", "job"} <= set(row)
+    assert "dev" in rows[0]["reason"]
+    assert rows[1]["job"] == rows[2]["job"] is not None
+    assert "signature" in rows[3]["reason"]
+    assert len(client.get("/deploy/site/deliveries?limit=1").get_json()["deliveries"]) == 1
+
+
+@pytest.mark.parametrize("url", ["/deploy/nope", "/deploy/nope/jobs", "/deploy/nope/deliveries",
+                                 "/deploy/nope/badge.svg", "/jobs/999999", "/ui/jobs/999999"])
+def test_unknown_repo_or_job_is_404_json(client: Any, url: str) -> None:
+    resp = client.get(url)
+    assert resp.status_code == 404
+    assert "error" in resp.get_json()
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=abc", "limit=100000"])
+def test_bad_limit_is_400(client: Any, query: str) -> None:
+    resp = client.get(f"/deploy/site/jobs?{query}")
+    assert resp.status_code == 400
+    assert "limit" in resp.get_json()["error"]
+
+
+def test_overview_lists_every_repo(client: Any, deployed: int, remote: Remote) -> None:
+    resp = client.get("/api/overview")
+    assert resp.content_type == "application/json"
+    [repo] = resp.get_json()["repos"]
+    assert (repo["repo"], repo["status"], repo["deployed_sha"]) == \
+        ("site", "succeeded", remote.deployed())
+    assert repo["last_job"]["id"] == deployed
+    assert repo["deployed_url"] == f"https://git.example.com/jeff/site/commit/{remote.deployed()}"
+
+
+def test_healthz_is_degraded_without_worker_but_200(client: Any) -> None:
+    resp = client.get("/healthz")
+    assert resp.status_code == 200
+    body = resp.get_json()
+    assert body["status"] == "degraded"
+    assert any("worker" in p for p in body["problems"])
+
+
+# -- the badge -----------------------------------------------------------------------
+
+
+def badge_texts(data: bytes) -> list[str]:
+    root = ET.fromstring(data)  # noqa: S314 (our own server's answer)
+    assert root.tag == f"{SVG}svg"
+    return [t.text or "" for t in root.iter(f"{SVG}text")]
+
+
+def test_badge_never_then_succeeded(client: Any, service: Service, remote: Remote) -> None:
+    resp = client.get("/deploy/site/badge.svg")
+    assert resp.status_code == 200
+    assert resp.mimetype == "image/svg+xml"
+    assert "max-age=5" in resp.headers["Cache-Control"]
+    assert "never" in badge_texts(resp.data)
+    assert "#9f9f9f" in resp.data.decode()
+    push(client, remote.commit_and_push({"index.html": "v2\n"}))
+    queued = client.get("/deploy/site/badge.svg")
+    assert "queued" in badge_texts(queued.data)
+    Worker(service).work(burst=True)
+    done = client.get("/deploy/site/badge.svg")
+    assert badge_texts(done.data)[:2] == ["deploy", "deploy"]
+    assert "succeeded" in badge_texts(done.data)
+    assert "#4c1" in done.data.decode()
+
+
+def test_badge_failed_is_red(client: Any, service: Service, remote: Remote,
+                             fake_docker: FakeDocker) -> None:
+    fake_docker.set(fail=True)
+    push(client, remote.commit_and_push({"index.html": "v2\n"}))
+    Worker(service).work(burst=True)
+    resp = client.get("/deploy/site/badge.svg")
+    assert "failed" in badge_texts(resp.data)
+    assert "#e05d44" in resp.data.decode()
+
+
+def test_badge_label_is_escaped(client: Any) -> None:
+    resp = client.get("/deploy/site/badge.svg", query_string={"label": "<script>&x\"y"})
+    texts = badge_texts(resp.data)  # parses: nothing broke out of the text nodes
+    assert texts[0] == "<script>&x\"y"
+    assert b"<script>" not in resp.data
+
+
+# -- admin auth ----------------------------------------------------------------------
+
+ADMIN = [
+    ("get", "/jobs/{job}/log"),
+    ("get", "/jobs/{job}/log?follow=1"),
+    ("post", "/deploy/site/run"),
+    ("post", "/deploy/site/rollback"),
+    ("post", "/jobs/{job}/cancel"),
+    ("post", "/deploy/site/hold"),
+    ("post", "/deploy/site/release"),
+    ("get", "/login"),
+]
+
+
+BAD_AUTH = {
+    "none": {}, "bearer-wrong": bearer("wrong-token"), "basic-wrong": basic("wrong-token"),
+    "bearer-empty": {"Authorization": "Bearer "},
+    "basic-garbage": {"Authorization": "Basic !!notbase64"},
+    "other-scheme": {"Authorization": f"Token {TOKEN}"},
+    "basic-no-colon": {"Authorization": "Basic " + base64.b64encode(TOKEN.encode()).decode()},
+    "basic-token-as-user": basic(user=TOKEN, token=""),
+}
+
+
+@pytest.mark.parametrize(("method", "url"), ADMIN)
+def test_admin_endpoints_refuse_without_valid_token(client: Any, service: Service, method: str,
+                                                    url: str) -> None:
+    job, _ = service.run(service.registry.get("site"))
+    for name, headers in BAD_AUTH.items():
+        resp = getattr(client, method)(url.format(job=job.id), headers=headers)
+        assert resp.status_code == 401, name
+        assert "error" in resp.get_json()
+        assert resp.headers["WWW-Authenticate"].startswith("Basic "), name
+    assert service.store.job(job.id).status == Status.QUEUED  # nothing was done
+
+
+@pytest.mark.parametrize(("method", "url"), ADMIN)
+def test_admin_endpoints_accept_bearer_and_basic(client: Any, deployed: int, method: str,
+                                                 url: str) -> None:
+    expected = {"/jobs/{job}/log": 200, "/jobs/{job}/log?follow=1": 200, "/login": 303,
+                "/deploy/site/hold": 200, "/deploy/site/run": 202}
+    for auth in (bearer(), basic(), basic(user="")):
+        resp = getattr(client, method)(url.format(job=deployed), headers=auth)
+        assert resp.status_code not in {401, 403}, auth
+        assert resp.status_code < 500
+        if url in expected:
+            assert resp.status_code == expected[url]
+
+
+@pytest.mark.parametrize(("method", "url"), ADMIN)
+def test_admin_endpoints_are_403_when_no_token_is_configured(
+        settings: Settings, open_service: Callable[[Settings], Service], method: str,
+        url: str) -> None:
+    client = make_client(settings, open_service, admin_token=None)
+    resp = getattr(client, method)(url.format(job=1), headers=bearer())
+    assert resp.status_code == 403
+    assert "DEPLOYHOOK_ADMIN_TOKEN" in resp.get_json()["error"]
+
+
+def test_login_redirects_only_to_local_paths(client: Any) -> None:
+    ok = client.get("/login?next=/ui/jobs/3", headers=basic())
+    assert (ok.status_code, ok.headers["Location"]) == (303, "/ui/jobs/3")
+    for target in ("//evil.example", "https://evil.example/", "/\\evil.example", "javascript:1"):
+        resp = client.get("/login", query_string={"next": target}, headers=basic())
+        assert resp.headers["Location"] == "/", target
+
+
+# -- private mode ------------------------------------------------------------------
+
+STATUS_URLS = ["/", "/api/overview", "/deploy/site", "/deploy/site/jobs",
+               "/deploy/site/deliveries", "/jobs/{job}", "/ui/jobs/{job}", "/metrics"]
+
+
+@pytest.mark.parametrize("url", STATUS_URLS)
+def test_private_mode_needs_the_token(settings: Settings, deployed: int, url: str,
+                                      open_service: Callable[[Settings], Service]) -> None:
+    client = make_client(settings, open_service, private_status=True)
+    url = url.format(job=deployed)
+    refused = client.get(url)
+    assert refused.status_code == 401
+    assert refused.headers["WWW-Authenticate"].startswith("Basic ")
+    assert client.get(url, headers=bearer("nope")).status_code == 401
+    assert client.get(url, headers=bearer()).status_code == 200
+    assert client.get(url, headers=basic()).status_code == 200
+
+
+def test_public_mode_needs_no_token(client: Any, deployed: int) -> None:
+    for url in STATUS_URLS:
+        assert client.get(url.format(job=deployed)).status_code == 200, url
+
+
+@pytest.mark.parametrize("url", ["/deploy/site/badge.svg", "/healthz"])
+def test_badge_and_healthz_stay_public_in_private_mode(
+        settings: Settings, open_service: Callable[[Settings], Service], url: str) -> None:
+    client = make_client(settings, open_service, private_status=True)
+    assert client.get(url).status_code == 200
+
+
+# -- pages and the log ---------------------------------------------------------------
+
+
+def test_index_page_renders_every_repo(client: Any, deployed: int, remote: Remote) -> None:
+    resp = client.get("/")
+    assert resp.status_code == 200
+    assert resp.mimetype == "text/html"
+    assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
+    html = resp.data.decode()
+    assert 'data-repo="site"' in html
+    assert "s-succeeded" in html
+    assert remote.deployed()[:10] in html
+    assert f"https://git.example.com/jeff/site/commit/{remote.deployed()}" in html
+    assert "/static/app.js" in html and "/static/style.css" in html
+    assert "log in" in html
+
+
+@pytest.mark.parametrize("name", ["app.js", "style.css"])
+def test_static_assets_are_served_locally(client: Any, name: str) -> None:
+    resp = client.get(f"/static/{name}")
+    assert resp.status_code == 200
+    assert len(resp.data) > 500
+    assert b"http://" not in resp.data and b"https://" not in resp.data  # no CDN
+    resp.close()
+
+
+def test_job_page_shows_steps_and_output_only_to_admin(client: Any, deployed: int) -> None:
+    public = client.get(f"/ui/jobs/{deployed}").data.decode()
+    for step in ("fetch", "checkout", "compose"):
+        assert f'data-step="{step}"' in public
+    assert 'id="log"' not in public
+    assert f"/login?next=/ui/jobs/{deployed}" in public
+    admin = client.get(f"/ui/jobs/{deployed}", headers=basic()).data.decode()
+    assert 'id="log"' in admin
+    assert f'data-log="/jobs/{deployed}/log?follow=1"' in admin
+
+
+def test_whole_log_is_plain_text_with_utc_times(client: Any, deployed: int) -> None:
+    resp = client.get(f"/jobs/{deployed}/log", headers=bearer())
+    assert resp.status_code == 200
+    assert resp.mimetype == "text/plain"
+    lines = resp.data.decode().splitlines()
+    assert any(line.endswith("==> compose") for line in lines)
+    assert any("fake compose: compose up -d --build" in line for line in lines)
+    for line in lines:
+        stamp, _, _text = line.partition(" ")
+        assert stamp[10] == "T" and stamp.endswith("Z"), line
+
+
+def test_follow_of_an_ended_job_returns_everything_and_ends(client: Any, deployed: int
+                                                            ) -> None:
+    whole = client.get(f"/jobs/{deployed}/log", headers=bearer()).data
+    followed = client.get(f"/jobs/{deployed}/log?follow=1", headers=bearer()).data
+    assert followed == whole
+    assert b"==> job succeeded" in followed
+
+
+def test_log_of_unknown_job_is_404(client: Any) -> None:
+    resp = client.get("/jobs/424242/log", headers=bearer())
+    assert resp.status_code == 404
+    assert resp.get_json()["error"] == "no job 424242"
