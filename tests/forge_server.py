@@ -1,0 +1,178 @@
+"""Local HTTP servers for the talk-back tests: a recording fake Gitea and a message receiver.
+
+The fake Gitea answers as Gitea's API does: 201 for statuses and hooks, 200 for
+mirror-sync and hook edits, 401 for a wrong token, 404 for a repo it does not have.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+
+@dataclass(frozen=True)
+class Recorded:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: Any
+
+
+Answer = tuple[int, Any]
+
+
+class Recorder:
+    """A threaded HTTP server on 127.0.0.1 that records requests and answers via route()."""
+
+    def __init__(self, *, delay: float = 0.0) -> None:
+        self.requests: list[Recorded] = []
+        self.delay = delay
+        self.lock = threading.Lock()
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    body = raw.decode("utf-8", "replace")
+                parts = urlsplit(self.path)
+                seen = Recorded(self.command, parts.path, parse_qs(parts.query),
+                                dict(self.headers.items()), body)
+                with recorder.lock:
+                    recorder.requests.append(seen)
+                if recorder.delay:
+                    time.sleep(recorder.delay)
+                status, doc = recorder.route(seen)
+                data = b"" if doc is None else json.dumps(doc).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json;charset=utf-8")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (a timeout test)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = _handle
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                                       daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def route(self, req: Recorded) -> Answer:
+        return 200, {}
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+_REPO_RE = re.compile(r"/api/v1/repos/(?P<owner>[^/]+)/(?P<name>[^/]+)"
+                      r"/(?P<what>statuses/[0-9a-f]+|mirror-sync|hooks(?:/(?P<hook>\d+))?)\Z")
+
+
+class FakeGitea(Recorder):
+    """Gitea's API for the repos it has, behind one token.
+
+    errors: answers to give before the real ones (e.g. [503, 502]), to exercise retries.
+    """
+
+    def __init__(self, *, token: str,
+                 repos: tuple[str, ...] = ("jeff/site",), errors: tuple[int, ...] = (),
+                 delay: float = 0.0) -> None:
+        self.token = token
+        self.repos = set(repos)
+        self.errors = list(errors)
+        self.hooks: dict[int, dict[str, Any]] = {}
+        self._next_hook = 1
+        super().__init__(delay=delay)
+
+    def route(self, req: Recorded) -> Answer:  # noqa: PLR0911 - one answer per endpoint
+        if self.errors:
+            return self.errors.pop(0), {"message": "upstream trouble"}
+        if req.headers.get("Authorization") != f"token {self.token}":
+            return 401, {"message": "user does not exist [uid: 0, name: ]", "url": self.url}
+        found = _REPO_RE.match(req.path)
+        if not found or f"{unquote(found['owner'])}/{unquote(found['name'])}" not in self.repos:
+            return 404, {"errors": None, "message": "The target couldn't be found.",
+                         "url": self.url + "/api/swagger"}
+        what = found["what"]
+        if what.startswith("statuses/") and req.method == "POST":
+            return 201, {"id": len(self.requests), "status": req.body["state"],
+                         "target_url": req.body.get("target_url", ""),
+                         "description": req.body.get("description", ""),
+                         "context": req.body.get("context", "")}
+        if what == "mirror-sync" and req.method == "POST":
+            return 200, None
+        if what == "hooks" and req.method == "GET":
+            return 200, [self._shown(h) for h in self.hooks.values()]
+        if what == "hooks" and req.method == "POST":
+            hook = {"id": self._next_hook, **req.body}
+            self._next_hook += 1
+            self.hooks[hook["id"]] = hook
+            return 201, self._shown(hook)
+        if found["hook"] and req.method == "PATCH":
+            hook = self.hooks.get(int(found["hook"]))
+            if hook is None:
+                return 404, {"message": "The target couldn't be found."}
+            hook.update({k: v for k, v in req.body.items() if k != "config"})
+            hook["config"] = {**hook["config"], **req.body.get("config", {})}
+            return 200, self._shown(hook)
+        return 405, {"message": "method not allowed"}
+
+    @staticmethod
+    def _shown(hook: dict[str, Any]) -> dict[str, Any]:
+        """A hook as Gitea lists it: its config without the secret."""
+        config = {k: v for k, v in hook["config"].items() if k != "secret"}
+        return {**hook, "config": config}
+
+    def calls(self, method: str | None = None,
+              path_end: str = "") -> list[Recorded]:
+        return [r for r in self.requests if (method is None or r.method == method)
+                and r.path.endswith(path_end)]
+
+
+class Receiver(Recorder):
+    """Takes every message (Apprise's json:// posts) and answers 200."""
+
+    def messages(self) -> list[dict[str, Any]]:
+        return [r.body for r in self.requests if r.method == "POST"]
+
+
+def closed_port_url() -> str:
+    """The URL of a port nothing listens on: a forge that is down."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def wait_for(check: Callable[[], bool], *, timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if check():
+            return True
+        time.sleep(0.02)
+    return check()
