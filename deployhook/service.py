@@ -76,7 +76,12 @@ class Service:
         }
 
     def live_workers(self) -> list[dict[str, Any]]:
-        return self.store.workers(since=time.time() - WORKER_STALE_S)
+        """Workers that beat recently, less those whose liveness lock says they died."""
+        rows = self.store.workers(since=time.time() - WORKER_STALE_S)
+        # A killed worker's last beat stays fresh for a while; its lock goes at once.
+        return [w for w in rows if not (
+            (w["host"] == self.store.host or self.store.liveness_across_hosts)
+            and self.store.worker_alive(w["id"]) is False)]
 
     def problems(self) -> list[str]:
         """What /healthz reports as degraded (deliveries are still accepted)."""

@@ -69,7 +69,8 @@ def _register_optional_blueprints(app: Flask) -> None:
     """Blueprints of the status surface that live in their own modules."""
     import importlib
 
-    for name in ("deployhook.web.ui", "deployhook.web.metrics", "deployhook.web.logs"):
+    for name in ("deployhook.web.ui", "deployhook.web.metrics", "deployhook.web.logs",
+                 "deployhook.web.nodes"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
