@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 from typing import Any
 
 import requests
 import structlog
 from docker.client import DockerClient
+from docker.constants import MINIMUM_DOCKER_API_VERSION
 from docker.errors import APIError, DockerException, NotFound
 
 from deployhook import compose, process
@@ -35,6 +39,9 @@ ONEOFF_LABEL = "com.docker.compose.oneoff"
 WORKDIR_LABEL = "com.docker.compose.project.working_dir"
 POLL_S = 0.5
 REMIND_S = 5.0
+# A container without a healthcheck counts once it has run this long: one that crashes
+# on start is seen "running" for an instant first.
+SETTLE_S = 2.0
 API_TIMEOUT_S = 30
 
 # -- the engine ----------------------------------------------------------------------
@@ -44,7 +51,7 @@ def _engine() -> Iterator[DockerClient]:
     """A Docker client from the environment (DOCKER_HOST); engine errors become StepFailed."""
     client = None
     try:
-        client = DockerClient.from_env(timeout=API_TIMEOUT_S)
+        client = _connect()
         yield client
     except APIError as exc:
         raise StepFailed(f"docker engine error: {_one_line(str(exc.explanation or exc))}") \
@@ -54,6 +61,41 @@ def _engine() -> Iterator[DockerClient]:
     finally:
         if client is not None:
             client.close()
+
+
+def _connect() -> DockerClient:
+    """A client that negotiates the API version like version="auto", without leaking.
+
+    docker-py's own "auto" asks the engine inside the constructor and leaves the socket
+    open when that fails; here the client exists first, so it can always be closed.
+    """
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if host.startswith("unix://"):
+        # docker-py leaks its socket when the connect fails: try one of our own first.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(API_TIMEOUT_S)
+            try:
+                probe.connect(host.removeprefix("unix://"))
+            except OSError as exc:
+                raise StepFailed(f"docker engine unreachable: {host}: "
+                                 f"{exc.strerror or exc}") from None
+    client = DockerClient.from_env(version=MINIMUM_DOCKER_API_VERSION, timeout=API_TIMEOUT_S)
+    try:
+        client.api._version = client.api._retrieve_server_version()
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def _epoch(stamp: str | None) -> float | None:
+    """Docker's RFC 3339 time (nanoseconds, Z) as epoch seconds; None if never set."""
+    if not stamp or stamp.startswith("0001-"):
+        return None
+    try:
+        return datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", stamp)).timestamp()
+    except ValueError:
+        return None
 
 
 def _one_line(text: str, limit: int = 200) -> str:
@@ -71,6 +113,7 @@ class Verdict(Enum):
 class ContainerState:
     """What `docker inspect` says about one container, reduced to what the wait needs."""
 
+    id: str
     name: str
     service: str
     status: str
@@ -79,6 +122,7 @@ class ContainerState:
     oom_killed: bool
     last_output: str
     error: str
+    started_at: float | None
 
     @classmethod
     def from_inspect(cls, attrs: dict[str, Any]) -> ContainerState:
@@ -86,14 +130,15 @@ class ContainerState:
         health = state.get("Health") or {}
         logs = health.get("Log") or []
         labels = (attrs.get("Config") or {}).get("Labels") or {}
-        return cls(name=str(attrs.get("Name", "")).lstrip("/"),
+        return cls(id=str(attrs.get("Id", "")), name=str(attrs.get("Name", "")).lstrip("/"),
                    service=labels.get(SERVICE_LABEL, ""),
                    status=state.get("Status", "unknown"),
                    health=health.get("Status") or None,
                    exit_code=int(state.get("ExitCode") or 0),
                    oom_killed=bool(state.get("OOMKilled")),
                    last_output=_one_line(logs[-1].get("Output", "")) if logs else "",
-                   error=_one_line(state.get("Error") or ""))
+                   error=_one_line(state.get("Error") or ""),
+                   started_at=_epoch(state.get("StartedAt")))
 
     @property
     def verdict(self) -> Verdict:
@@ -163,6 +208,7 @@ def wait_healthy(repo: Repo, *, compose_base: tuple[str, ...], deadline: process
     end = min(started + repo.health_timeout, deadline.at)
     shown: tuple[tuple[str, str, str | None], ...] = ()
     reminded = started
+    first_seen: dict[tuple[str, float | None], float] = {}
     with _engine() as client:
         while True:
             if cancel.is_set():
@@ -174,12 +220,13 @@ def wait_healthy(repo: Repo, *, compose_base: tuple[str, ...], deadline: process
             failed = [s for s in states if s.verdict is Verdict.FAILED]
             if failed:
                 raise StepFailed(failed[0].describe())
-            waiting = [s for s in states if s.verdict is Verdict.WAITING]
+            now = time.monotonic()
+            waiting = [s for s in states if s.verdict is Verdict.WAITING
+                       or not _settled(s, first_seen, now)]
             if not waiting:
                 output(f"{len(states)} container(s) of project {project} ready: " +
                        ", ".join(_ready(s) for s in states))
                 return
-            now = time.monotonic()
             if now >= end:
                 deadline.check()
                 more = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
@@ -193,6 +240,17 @@ def wait_healthy(repo: Repo, *, compose_base: tuple[str, ...], deadline: process
                        "; ".join(s.describe() for s in waiting))
                 shown, reminded = current, now
             cancel.wait(min(POLL_S, max(end - now, 0.01)))
+
+
+def _settled(state: ContainerState, first_seen: dict[tuple[str, float | None], float],
+             now: float) -> bool:
+    """True unless a container without healthcheck started less than SETTLE_S ago."""
+    if state.status != "running" or state.health:
+        return True
+    if state.started_at is not None and time.time() - state.started_at >= SETTLE_S:
+        return True
+    # Also by our own clock, so a skewed remote engine clock cannot stall the wait.
+    return now - first_seen.setdefault((state.id, state.started_at), now) >= SETTLE_S
 
 
 def _ready(state: ContainerState) -> str:

@@ -197,3 +197,26 @@ def test_container_verdicts(state: str, health: str | None, code: int, verdict: 
     container = ContainerState.from_inspect(attrs)
     assert container.verdict.value == verdict
     assert container.describe() == text
+
+
+def test_unreachable_engine_is_one_line_not_a_traceback(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from deployhook import process
+    from deployhook.errors import StepFailed
+    from deployhook.health import prune_images, wait_healthy
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    repo = dataclasses.replace(checkout(tmp_path, "dir"), health_timeout=5)
+    with pytest.raises(StepFailed, match=r"^docker engine unreachable: .*no-engine\.sock|"
+                                         r"^docker engine unreachable: .*No such file"):
+        wait_healthy(repo, compose_base=V2, deadline=process.Deadline(60),
+                     cancel=threading.Event(), output=lambda line: None)
+    with pytest.raises(StepFailed, match=r"^docker engine unreachable: "):
+        prune_images(repo, compose_base=V2, output=lambda line: None)
+    lines: list[str] = []
+    prune_images(repo, compose_base=V1, output=lines.append)  # v1: skipped, no engine asked
+    assert lines == ["prune skipped: docker-compose v1 does not label the images it builds, "
+                     "so a dangling image of project dir cannot be told from another "
+                     "project's"]

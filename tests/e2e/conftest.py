@@ -12,6 +12,7 @@ import io
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -20,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from docker.client import DockerClient
+from docker.constants import MINIMUM_DOCKER_API_VERSION
 from docker.errors import DockerException, NotFound
 
 from tests.helpers import Remote, git
@@ -38,14 +41,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def _answers(host: str | None) -> bool:
+    """True if an engine answers at host (DOCKER_HOST syntax; None: the default socket)."""
+    host = host or "unix:///var/run/docker.sock"
+    if host.startswith("unix://"):
+        # docker-py leaks its socket when the connect fails: try one of our own first.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(10)
+            try:
+                probe.connect(host.removeprefix("unix://"))
+            except OSError:
+                return False
+    client = DockerClient(base_url=host, version=MINIMUM_DOCKER_API_VERSION, timeout=10)
     try:
-        client = DockerClient(base_url=host, timeout=10) if host else \
-            DockerClient.from_env(timeout=10)
-    except DockerException:
-        return False
-    try:
-        return bool(client.ping())
-    except Exception:
+        return bool(client.api.version(api_version=False).get("ApiVersion"))
+    except (DockerException, requests.exceptions.RequestException):
         return False
     finally:
         client.close()
