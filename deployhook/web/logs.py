@@ -56,6 +56,9 @@ def job_log(job_id: int) -> Any:
     def stream() -> Iterator[str]:
         sent = 0
         try:
+            # Nothing yet, but gunicorn sends the headers with the first write: a follower
+            # of a queued job learns at once that it is connected.
+            yield ""
             for line in lines:
                 sent += 1
                 yield line
