@@ -5,6 +5,7 @@ Both work whether or not the server runs: they open the same store it uses.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -124,13 +125,12 @@ def logs(job: int, follow: bool) -> None:
         repo = svc.registry.find(svc.store.job(job).repo)
         if repo is not None:
             tail.redact_repo_secrets(repo, default_secret=svc.settings.secret)
-        out = click.get_text_stream("stdout")
         try:
             for line in tail.lines(svc.store, job, follow=follow):
-                out.write(line)
-                out.flush()
+                sys.stdout.write(line)
+                sys.stdout.flush()
         except KeyboardInterrupt:  # the reader stopped following: not a failure
             pass
-        except BrokenPipeError:  # `deployhook logs 7 | head`
-            sys.stderr.close()
+        except BrokenPipeError:  # `deployhook logs 7 | head`: the reader has had enough
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.exit(0)
