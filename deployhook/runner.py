@@ -16,7 +16,7 @@ from typing import Protocol
 
 import structlog
 
-from deployhook import compose, forge, gitsync, log, mirror, notify, process
+from deployhook import compose, forge, gitsync, log, mirror, notify, process, swarm
 from deployhook.config import Settings
 from deployhook.errors import JobCancelled, JobTimedOut, StepFailed
 from deployhook.models import Job, Status, StepStatus
@@ -160,8 +160,9 @@ def step_prune(ctx: Context) -> None:
 DEPLOY_STEPS: list[tuple[str, Callable[[Repo], bool], StepFn]] = [
     ("fetch", lambda repo: True, step_fetch),
     ("checkout", lambda repo: True, step_checkout),
-    ("compose", lambda repo: True, step_compose),
-    ("health", lambda repo: repo.health_timeout > 0, step_health),
+    ("compose", lambda repo: repo.mode != "swarm", step_compose),
+    ("health", lambda repo: repo.mode != "swarm" and repo.health_timeout > 0, step_health),
+    *swarm.STEPS,  # mode: swarm: build, push, stack deploy, task health instead
 ]
 # After a good deploy: a failure is recorded on the step and does not undo the deploy.
 POST_STEPS: list[tuple[str, Callable[[Repo], bool], StepFn]] = [
