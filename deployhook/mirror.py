@@ -146,7 +146,7 @@ def push(repo: Repo, *, data_dir: Path, timeout: Callable[[], float],
         flag, _, rest = line.partition("\t")
         if flag in {"*", "+", " ", "-"} and rest:
             changed += 1
-            output(f"mirror: {log.mask(rest.strip())}")
+            output(f"mirror: {log.mask(' '.join(rest.split()))}")
     output(f"mirror: {safe_url(mirror.url)} is up to date ({changed} refs changed)")
     logger.info("mirror_pushed", url=safe_url(mirror.url), changed=changed)
     return changed

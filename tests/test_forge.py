@@ -4,6 +4,7 @@ mirror-sync, and a forge that is down, slow or refusing never changes a deploy."
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from deployhook.registry import Repo
 from deployhook.service import Service
 from deployhook.worker import Worker
 from tests.conftest import write_registry
-from tests.forge_server import FakeGitea, closed_port_url
+from tests.forge_server import FakeGitea, closed_port_url, wait_for
 from tests.helpers import FakeDocker, Remote
 
 PUBLIC = "https://deploy.example.com"
@@ -252,3 +253,28 @@ def test_owner_and_name_are_quoted_in_paths(gitea: Any, token: str) -> None:
 def test_connect_names_what_is_missing(repo: Repo, problem: str) -> None:
     with pytest.raises(forge.ForgeNotConfigured, match=problem):
         forge.connect(repo, environ={"GITEA_TOKEN": "t0k3n-value"})
+
+
+def test_cancelled_job_reports_error(settings: Settings, remote: Remote, *, open_service: Any,
+                                     gitea: Any, fake_docker: FakeDocker) -> None:
+    server = gitea()
+    write_registry(settings.registry, {"site": {
+        "path": str(remote.checkout), "source": "jeff/site", "health_timeout": 0,
+        "gitea": {"url": server.url, "token_env": "GITEA_TOKEN"}}})
+    service: Service = open_service(settings)
+    fake_docker.set(sleep=30)
+    job, _ = service.run(service.registry.get("site"), sha=remote.deployed())
+    worker = Worker(service)
+    thread = threading.Thread(target=worker.work, daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: "compose" in [s.name for s in service.store.job(job.id).steps])
+        service.store.cancel(job.id)
+        assert wait_for(lambda: service.store.job(job.id).status.ended, timeout=20)
+        assert wait_for(lambda: len(server.calls("POST")) == 2)
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+    assert service.store.job(job.id).status == Status.CANCELLED
+    assert [(c.body["state"], c.body["description"]) for c in server.calls("POST")] == \
+        [("pending", "deploying (manual)"), ("error", "cancelled by an admin")]
