@@ -275,3 +275,21 @@ def test_wrong_token_is_refused_and_fails_only_the_step(
     step = {s.name: s for s in ended.steps}["mirror"]
     assert step.status == StepStatus.FAILED
     assert server.refused > 0 and server.authorized == 0
+
+
+def test_sha256_repositories_are_mirrored(tmp_path: Path) -> None:
+    origin, dev, checkout = tmp_path / "o.git", tmp_path / "dev", tmp_path / "co"
+    git(tmp_path, "init", "-q", "--bare", "--object-format=sha256", str(origin))
+    git(tmp_path, "init", "-q", "--object-format=sha256", "-b", "main", str(dev))
+    (dev / "a.txt").write_text("a\n")
+    git(dev, "add", "a.txt")
+    git(dev, "commit", "-q", "-m", "a")
+    git(dev, "tag", "v1")
+    git(dev, "push", "-q", str(origin), "main", "v1")
+    git(tmp_path, "clone", "-q", str(origin), str(checkout))
+    target = tmp_path / "m.git"
+    git(tmp_path, "init", "-q", "--bare", "--object-format=sha256", str(target))
+    repo = Repo(name="site", path=checkout, mirror=Mirror(url=f"file://{target}"))
+    mirror.push(repo, data_dir=tmp_path / "data", timeout=lambda: 60, output=lambda _l: None)
+    assert refs(target) == refs(origin)
+    assert len(refs(target)["refs/heads/main"]) == 64
