@@ -24,8 +24,15 @@ import pytest
 from deployhook.config import Settings
 from deployhook.errors import StoreUnavailable
 from deployhook.models import Outcome, Status, Trigger
+from deployhook.registry import Registry
+from deployhook.service import Service
 from deployhook.store import Intake, Store, open_store
+from deployhook.store.postgres import PostgresBackend
 from deployhook.store.schema import MIGRATIONS
+from deployhook.web import create_app
+from tests.conftest import write_registry
+from tests.databases import fresh_schema
+from tests.helpers import SECRET, gitea_headers, gitea_push_body
 
 MakeStore = Callable[[], Store]
 
@@ -403,3 +410,27 @@ def test_backend_answers_in_json_shapes(store: Store) -> None:
     with store.read() as tx:
         answer = tx.value("SELECT answer FROM deliveries WHERE delivery_id = 'j'")
     assert json.loads(answer)["status"] == "queued"
+
+
+@pytest.mark.postgres
+def test_a_read_only_database_answers_503_not_a_traceback(tmp_path: Path) -> None:
+    with fresh_schema() as url:
+        open_store(Settings.load({}, database_url=url)).close()  # the schema, migrated
+        read_only = url.replace("options=", "options=-cdefault_transaction_read_only%3Don%20")
+        registry = Registry(write_registry(tmp_path / "repos.yml",
+                                           {"site": {"path": str(tmp_path / "site")}}))
+        registry.refresh(force=True)
+        settings = Settings.load({}, registry=tmp_path / "repos.yml", secret=SECRET,
+                                 data_dir=tmp_path / "data", database_url=read_only)
+        svc = Service(settings=settings, store=Store(PostgresBackend(read_only)),
+                      registry=registry)
+        try:
+            client = create_app(settings, service_=svc, configure_logging=False).test_client()
+            body = gitea_push_body(sha=sha(1))
+            resp = client.post("/deploy/site", data=body, headers=gitea_headers(body))
+            assert resp.status_code == 503
+            assert "read-only" in resp.get_json()["error"]
+            health = client.get("/healthz")
+            assert health.status_code == 503
+        finally:
+            svc.close()
