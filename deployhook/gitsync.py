@@ -28,13 +28,28 @@ def check_sha(sha: str) -> str:
     return lowered
 
 
+def _ssh_command(path: Path) -> str:
+    """The ssh command git would use here, with batch mode added (never a prompt).
+
+    GIT_SSH_COMMAND overrides a checkout's core.sshCommand (a per-repo deploy key), so
+    that setting is read and kept rather than replaced.
+    """
+    configured = os.environ.get("GIT_SSH_COMMAND")
+    if not configured:
+        try:
+            with git.Repo(path).config_reader() as config:
+                configured = str(config.get_value("core", "sshCommand", "")) or None
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError, OSError, ValueError):
+            configured = None
+    return (configured or "ssh") + " -o BatchMode=yes"
+
+
 def git_env(path: Path, extra_config: dict[str, str] | None = None) -> dict[str, str]:
     """The environment every git process runs with."""
     env = dict(os.environ)
-    # A host-wide GIT_SSH_COMMAND (custom key, port) is kept; only batch mode is added.
     env.update({
         "GIT_TERMINAL_PROMPT": "0",
-        "GIT_SSH_COMMAND": env.get("GIT_SSH_COMMAND", "ssh") + " -o BatchMode=yes",
+        "GIT_SSH_COMMAND": _ssh_command(path),
         "LC_ALL": "C",
     })
     env.setdefault("GIT_ASKPASS", "/bin/false")
@@ -64,7 +79,8 @@ def remote_head(repo: Repo, *, timeout: float) -> str:
     try:
         out = cmd.execute(
             ["git", "ls-remote", "--", repo.remote, repo.ref],
-            env=git_env(repo.path), kill_after_timeout=timeout, with_extended_output=False)
+            env=git_env(repo.path), kill_after_timeout=timeout, with_extended_output=False,
+            start_new_session=True)
     except git.GitCommandError as exc:
         raise StepFailed(f"git ls-remote {repo.remote} failed: {_short(exc)}") from None
     for line in str(out).splitlines():
@@ -89,7 +105,7 @@ def _git(handle: git.Repo, *args: str, timeout: float | None = None,
     try:
         out = handle.git.execute(["git", *args], env=env or git_env(Path(handle.working_dir)),
                                  kill_after_timeout=timeout, with_extended_output=False,
-                                 strip_newline_in_stdout=True)
+                                 strip_newline_in_stdout=True, start_new_session=True)
     except git.GitCommandError as exc:
         raise StepFailed(f"git {args[0]} failed: {_short(exc)}") from None
     return str(out)

@@ -40,14 +40,21 @@ class Deadline:
             raise JobTimedOut(f"timed out after {self.seconds:g} s")
 
 
-def stop_group(pgid: int, *, grace: float = TERM_GRACE_S) -> None:
-    """SIGTERM a process group, then SIGKILL whatever is left after grace seconds."""
+def stop_group(pgid: int, *, grace: float = TERM_GRACE_S,
+               leader: subprocess.Popen[bytes] | None = None) -> None:
+    """SIGTERM a process group, then SIGKILL whatever is left after grace seconds.
+
+    leader: our own child leading the group; it is reaped while we wait, or its zombie
+    would keep the group "alive" for the whole grace period.
+    """
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         return
     end = time.monotonic() + grace
     while time.monotonic() < end:
+        if leader is not None:
+            leader.poll()
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
@@ -91,15 +98,15 @@ def run(argv: Sequence[str], *, cwd: Path, output: Callable[[str], None], deadli
     try:
         while proc.poll() is None:
             if cancel.is_set():
-                stop_group(proc.pid)
+                stop_group(proc.pid, leader=proc)
                 raise JobCancelled("cancelled")
             if deadline.remaining() <= 0:
-                stop_group(proc.pid)
+                stop_group(proc.pid, leader=proc)
                 raise JobTimedOut(f"timed out after {deadline.seconds:g} s")
             cancel.wait(min(_POLL_S * 4, max(deadline.remaining(), 0.01)))
     finally:
         if proc.poll() is None:
-            stop_group(proc.pid, grace=0)
+            stop_group(proc.pid, grace=0, leader=proc)
             proc.wait()
         # Anything the leader left behind in its group goes with it.
         with contextlib.suppress(ProcessLookupError):

@@ -233,6 +233,9 @@ class _Checker:
         if "secret_env" in merged and "secret_file" in merged:
             raise self.fail(f"repos.{name}.secret_file", "set secret_env or secret_file, "
                             "not both")
+        if merged.get("gitea") is not None and not merged.get("source"):
+            raise self.fail(f"repos.{name}.gitea", "needs `source` (the owner/name of the repo "
+                            "on Gitea) to call its API")
         merged["path"] = self.resolve(Path(os.path.expanduser(merged["path"])))
         if "secret_file" in merged:
             merged["secret_file"] = self.resolve(Path(os.path.expanduser(merged["secret_file"])))

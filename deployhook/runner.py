@@ -228,7 +228,10 @@ class Deploy:
     def run(self) -> Result:
         ctx = self.ctx
         for reporter in REPORTERS:
-            self._report(reporter.started, ctx)
+            try:
+                reporter.started(ctx)
+            except Exception:  # a forge or notifier must never fail a deploy
+                logger.exception("reporter_failed")
         status, error = Status.SUCCEEDED, None
         try:
             for name, applies, fn in DEPLOY_STEPS:
@@ -252,12 +255,23 @@ class Deploy:
         return Result(status, error, ctx.changed)
 
     def report_finished(self, job: Job) -> None:
-        for reporter in REPORTERS:
-            self._report(lambda c, j=job, r=reporter: r.finished(c, j), self.ctx)
+        _report_finished(self.ctx, job)
 
-    @staticmethod
-    def _report(call: Callable[[Context], None], ctx: Context) -> None:
+
+def _report_finished(ctx: Context, job: Job) -> None:
+    for reporter in REPORTERS:
         try:
-            call(ctx)
+            reporter.finished(ctx, job)
         except Exception:  # a forge or notifier must never fail a deploy
             logger.exception("reporter_failed")
+
+
+def report_ended(job: Job, *, repo: Repo, settings: Settings, store: Store) -> None:
+    """Tell the reporters about a job that ended outside a Deploy (interrupted)."""
+    ctx = Context(job=job, repo=repo, settings=settings, store=store,
+                  output=JobOutput(store, job.id), deadline=process.Deadline(repo.timeout),
+                  cancel=threading.Event())
+    try:
+        _report_finished(ctx, job)
+    finally:
+        ctx.output.close()

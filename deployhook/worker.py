@@ -26,7 +26,7 @@ from deployhook.config import Settings
 from deployhook.errors import StepFailed, StoreUnavailable
 from deployhook.models import Job, Status, Trigger
 from deployhook.registry import Repo
-from deployhook.runner import Deploy
+from deployhook.runner import Deploy, report_ended
 from deployhook.service import Service
 
 log = structlog.get_logger()
@@ -155,6 +155,7 @@ class Worker:
             # Stopped by a shutdown, not by an admin: retried when a worker is back.
             retry = self.store.interrupt(job, reason="interrupted: the worker was stopped")
             log.warning("job_interrupted", retry=retry.id if retry else None)
+            deploy.report_finished(self.store.job(job.id))
             return
         if not self.store.finish(job.id, status=result.status, error=result.error,
                                  worker=self.id):
@@ -162,9 +163,9 @@ class Worker:
             return
         log.info("job_finished", status=str(result.status), error=result.error)
         ended = self.store.job(job.id)
-        deploy.report_finished(ended)
-        if result.status == Status.FAILED:
+        if result.status == Status.FAILED:  # first: a slow forge must not delay it
             self._maybe_roll_back(ended, repo, changed=result.changed)
+        deploy.report_finished(ended)
 
     def _maybe_roll_back(self, job: Job, repo: Repo, *, changed: bool) -> None:
         """CONTRACT §4.5: redeploy the newest good sha, unless a newer job is queued."""
@@ -232,6 +233,10 @@ class Worker:
         retry = self.store.interrupt(job, reason=reason)
         log.warning("job_interrupted", job=job_id, repo=job.repo, reason=reason,
                     retry=retry.id if retry else None)
+        repo = self.service.registry.find(job.repo)
+        if repo is not None:
+            report_ended(self.store.job(job_id), repo=repo, settings=self.settings,
+                         store=self.store)
 
     # -- periodic duties ---------------------------------------------------------------
 

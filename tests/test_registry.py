@@ -107,6 +107,8 @@ def test_project_example_registry_is_valid() -> None:
     ("repos:\n  a:\n    path: /x\n    gitea: {url: u, tokn_env: T}\n", "repos.a.gitea.tokn_env",
      "unknown key"),
     ("repos:\n  a:\n    path: /x\n    mode: k8s\n", "repos.a.mode", "compose or swarm"),
+    ("repos:\n  a:\n    path: /x\n    gitea: {url: https://g}\n", "repos.a.gitea",
+     "needs `source`"),
     ("repos:\n  ../etc:\n    path: /x\n", "repos.../etc", "invalid name"),
     ("repos:\n  .hidden:\n    path: /x\n", "repos..hidden", "invalid name"),
     ("repos:\n  'a b':\n    path: /x\n", "repos.a b", "invalid name"),
