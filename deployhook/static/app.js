@@ -108,6 +108,8 @@
          err ? el("span", { class: "err", title: err, text: err }) : null));
   }
 
+  let lastRender = null;
+
   function renderRepos(data) {
     const table = document.getElementById("repos");
     if (!table || !data.repos.length) {
@@ -115,9 +117,11 @@
       if ((!table) !== (!data.repos.length)) window.location.reload();
       return;
     }
-    const body = table.tBodies[0];
-    const rows = data.repos.map(repoRow);
-    body.replaceChildren(...rows);
+    // Unchanged data leaves the DOM alone: no lost text selection, no hover flicker.
+    const key = JSON.stringify([data.repos, data.registry_error]);
+    if (key === lastRender) return;
+    lastRender = key;
+    table.tBodies[0].replaceChildren(...data.repos.map(repoRow));
     const notice = document.getElementById("registry-error");
     if (notice) {
       notice.hidden = !data.registry_error;
