@@ -17,6 +17,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -148,6 +149,7 @@ class Worker:
             self.store.finish(job.id, status=Status.FAILED, worker=self.id,
                               error=f"repo {job.repo!r} is no longer in the registry")
             return
+        _stop_orphans(repo, job.id)
         deploy = Deploy(job=job, repo=repo, settings=self.settings, store=self.store,
                         cancel=entry.cancel)
         result = deploy.run()
@@ -314,6 +316,30 @@ class Worker:
         for entry in left:
             if entry.thread is not None:
                 entry.thread.join(timeout=process.TERM_GRACE_S + 10)
+
+
+def _stop_orphans(repo: Repo, job_id: int) -> None:
+    """Stop what an earlier job of this repo left running in its checkout on this host.
+
+    A worker killed mid-deploy leaves its compose behind; when a worker on another host
+    ended that job, nobody here stopped it, and it must not overlap the next deploy.
+    Its marks: a process group leader working in the checkout, started for another job.
+    """
+    checkout = str(repo.path.resolve())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            if os.getpgid(pid) != pid or os.readlink(entry / "cwd") != checkout:
+                continue
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        marks = [v for v in environ if v.startswith(f"{process.JOB_ENV}=".encode())]
+        if marks and marks[0] != f"{process.JOB_ENV}={job_id}".encode():
+            log.warning("orphan_stopped", pid=pid, of_job=marks[0].split(b"=")[1].decode())
+            process.stop_group(pid)
 
 
 def run_worker(settings: Settings) -> int:

@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -321,3 +322,29 @@ def _check_records(nodes: dict[str, Node], repos: dict[str, str], *,
         assert spans, repo
         assert all(a_end <= b_start
                    for (_a, a_end), (b_start, _b) in itertools.pairwise(spans)), repo
+
+
+def test_a_deploy_first_stops_what_an_earlier_job_left_running_in_its_checkout(
+        service: Service, client: Any, remote: Remote) -> None:
+    """A compose left behind by a worker killed on this host, its job ended elsewhere."""
+    def sleeper(**env: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(["sleep", "60"], cwd=remote.checkout, start_new_session=True,
+                                env={**os.environ, **env})
+
+    orphan = sleeper(DEPLOYHOOK_JOB_ID="424242")
+    bystander = sleeper()  # an admin's own process in the checkout: not ours to stop
+    # Reap the orphan at once, as init would for a real one (no zombie to wait out).
+    reaper = threading.Thread(target=orphan.wait)
+    reaper.start()
+    try:
+        job_id = push(client, "site", remote.commit_and_push({"index.html": "v2\n"}))["job"]
+        Worker(service).work(burst=True)
+        assert service.store.job(job_id).status == Status.SUCCEEDED
+        reaper.join(timeout=20)
+        assert orphan.returncode == -signal.SIGTERM
+        assert bystander.poll() is None
+    finally:
+        for proc in (orphan, bystander):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
