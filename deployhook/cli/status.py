@@ -122,9 +122,7 @@ def status(name: str | None, limit: int) -> None:
 def logs(job: int, follow: bool) -> None:
     """Print a job's output, each line with its UTC time."""
     with _service() as svc:
-        repo = svc.registry.find(svc.store.job(job).repo)
-        if repo is not None:
-            tail.redact_repo_secrets(repo, default_secret=svc.settings.secret)
+        tail.redact_secrets(svc.registry, default_secret=svc.settings.secret)
         try:
             for line in tail.lines(svc.store, job, follow=follow):
                 sys.stdout.write(line)

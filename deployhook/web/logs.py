@@ -47,9 +47,7 @@ def _disconnected(sock: socket.socket | None) -> Callable[[], bool]:
 def job_log(job_id: int) -> Any:
     follow = request.args.get("follow", "0").lower() in {"1", "true", "yes"}
     svc = service()
-    repo = svc.registry.find(svc.store.job(job_id).repo)
-    if repo is not None:
-        tail.redact_repo_secrets(repo, default_secret=svc.settings.secret)
+    tail.redact_secrets(svc.registry, default_secret=svc.settings.secret)
     gone = _disconnected(request.environ.get("gunicorn.socket"))
     lines = tail.lines(svc.store, job_id, follow=follow, gone=gone)
 
