@@ -348,3 +348,17 @@ def test_log_of_unknown_job_is_404(client: Any) -> None:
     resp = client.get("/jobs/424242/log", headers=bearer())
     assert resp.status_code == 404
     assert resp.get_json()["error"] == "no job 424242"
+
+
+def test_follow_stops_at_its_time_limit_or_when_the_reader_left(service: Service) -> None:
+    from deployhook import tail
+
+    job, _ = service.run(service.registry.get("site"))  # queued: no line will come
+    naps: list[float] = []
+    assert list(tail.lines(service.store, job.id, follow=True, max_s=0.0,
+                           sleep=naps.append)) == []
+    assert naps == []
+    calls = iter([False, False, True])
+    assert list(tail.lines(service.store, job.id, follow=True, gone=lambda: next(calls),
+                           sleep=naps.append)) == []
+    assert naps == [tail.POLL_S, tail.POLL_S]
