@@ -17,7 +17,8 @@ from tests.helpers import SECRET, FakeDocker, Remote, make_fake_docker, make_rem
 
 # Test modules whose tests run once per store backend (SQLite, then PostgreSQL when a
 # server is configured): the behaviour suite. Others run on SQLite only, to keep CI fast.
-BOTH_BACKENDS = {"test_webhook", "test_worker", "test_backends", "test_nodes"}
+BOTH_BACKENDS = {"test_webhook", "test_worker", "test_backends", "test_nodes",
+                 "test_status_prune", "test_status_metrics"}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
