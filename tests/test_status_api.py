@@ -362,3 +362,31 @@ def test_follow_stops_at_its_time_limit_or_when_the_reader_left(service: Service
     assert list(tail.lines(service.store, job.id, follow=True, gone=lambda: next(calls),
                            sleep=naps.append)) == []
     assert naps == [tail.POLL_S, tail.POLL_S]
+
+
+def test_live_followers_are_limited_per_process_and_released(client: Any, service: Service,
+                                                             settings: Settings) -> None:
+    job, _ = service.run(service.registry.get("site"))  # queued: its followers wait
+    service.store.finish(job.id, status=Status.CANCELLED, error=None)
+    for _ in range(10):  # each finished follower frees its place
+        resp = client.get(f"/jobs/{job.id}/log?follow=1", headers=bearer())
+        assert resp.status_code == 200
+        resp.close()
+    waiting, _ = service.run(service.registry.get("site"))
+    limit = max(2, settings.web_threads // 4)
+    held = [client.get(f"/jobs/{waiting.id}/log?follow=1", headers=bearer())
+            for _ in range(limit)]
+    try:
+        assert [r.status_code for r in held] == [200] * limit
+        refused = client.get(f"/jobs/{waiting.id}/log?follow=1", headers=bearer())
+        assert refused.status_code == 429
+        assert refused.headers["Retry-After"] == "10"
+        whole = client.get(f"/jobs/{waiting.id}/log", headers=bearer())  # not a follower
+        assert whole.status_code == 200
+        whole.close()
+    finally:
+        for resp in held:
+            resp.close()
+    again = client.get(f"/jobs/{waiting.id}/log?follow=1", headers=bearer())
+    assert again.status_code == 200
+    again.close()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import select
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import structlog
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, jsonify, request
 
 from deployhook import tail
 from deployhook.web import service
@@ -42,6 +43,57 @@ def _disconnected(sock: socket.socket | None) -> Callable[[], bool]:
     return gone
 
 
+class _Followers:
+    """How many followers this process serves at once: each holds a thread for minutes,
+    and the threads are shared with the webhook, which must answer in milliseconds."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def enter(self, limit: int) -> bool:
+        with self._lock:
+            if self.count >= limit:
+                return False
+            self.count += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self.count -= 1
+
+
+_followers = _Followers()
+
+
+class _Stream:
+    """The response body; close() runs even if the server never iterated it."""
+
+    def __init__(self, lines: Iterator[str], *, job_id: int, follow: bool) -> None:
+        self._lines = lines
+        self._job_id = job_id
+        self._follow = follow
+        self._sent = 0
+        self._closed = False
+
+    def __iter__(self) -> Iterator[str]:
+        # Nothing yet, but gunicorn sends the headers with the first write: a follower of
+        # a queued job learns at once that it is connected.
+        yield ""
+        for line in self._lines:
+            self._sent += 1
+            yield line
+
+    def close(self) -> None:
+        """Called by the server at the end, and when the client went away."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._follow:
+            _followers.leave()
+        log.info("job_log_served", job=self._job_id, follow=self._follow, lines=self._sent)
+
+
 @bp.get("/jobs/<int:job_id>/log")
 @admin_required
 def job_log(job_id: int) -> Any:
@@ -49,22 +101,13 @@ def job_log(job_id: int) -> Any:
     svc = service()
     tail.redact_secrets(svc.registry, default_secret=svc.settings.secret)
     gone = _disconnected(request.environ.get("gunicorn.socket"))
-    lines = tail.lines(svc.store, job_id, follow=follow, gone=gone)
-
-    def stream() -> Iterator[str]:
-        sent = 0
-        try:
-            # Nothing yet, but gunicorn sends the headers with the first write: a follower
-            # of a queued job learns at once that it is connected.
-            yield ""
-            for line in lines:
-                sent += 1
-                yield line
-        finally:
-            # Runs on the end, and on a client that went away (the server closes us).
-            log.info("job_log_served", job=job_id, follow=follow, lines=sent)
-
-    response = Response(stream(), mimetype="text/plain")
+    lines = tail.lines(svc.store, job_id, follow=follow, gone=gone)  # 404 before any body
+    if follow and not _followers.enter(max(2, svc.settings.web_threads // 4)):
+        response = jsonify(error="too many live logs followed at once: try again later")
+        response.status_code = 429
+        response.headers["Retry-After"] = "10"
+        return response
+    response = Response(_Stream(lines, job_id=job_id, follow=follow), mimetype="text/plain")
     # Proxies (nginx, Traefik) must pass lines on as they come, not buffer the stream.
     response.headers["X-Accel-Buffering"] = "no"
     response.headers["Cache-Control"] = "no-store"
