@@ -37,8 +37,23 @@ def command(configured: tuple[str, ...] | None) -> tuple[str, ...]:
 
 
 def is_v1(base: tuple[str, ...]) -> bool:
-    """True for the standalone Python docker-compose (v1), which names projects differently."""
-    return base[-1].endswith("docker-compose") and len(base) == 1
+    """True for the standalone Python docker-compose (v1), which names projects differently.
+
+    A binary named docker-compose may also be Compose v2 installed standalone, so it is
+    asked for its version (once per process).
+    """
+    return len(base) == 1 and base[0].endswith("docker-compose") and _major(base) == 1
+
+
+@functools.cache
+def _major(base: tuple[str, ...]) -> int:
+    try:
+        probe = subprocess.run([*base, "version", "--short"], capture_output=True, text=True,
+                               timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return 1  # unknown: the name says v1
+    version = probe.stdout.strip().removeprefix("v")
+    return 2 if probe.returncode == 0 and version[:1].isdigit() and version[0] != "1" else 1
 
 
 def base_args(base: tuple[str, ...], repo: Repo) -> list[str]:

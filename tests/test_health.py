@@ -7,10 +7,13 @@ repeats the interesting cases against them on a Docker engine.
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from deployhook import compose
 from deployhook.health import ContainerState, project_name
 from deployhook.project import current_services
 from deployhook.registry import Repo
@@ -18,6 +21,25 @@ from deployhook.registry import Repo
 V1 = ("docker-compose",)
 V2 = ("docker", "compose")
 SERVICE = "services:\n  web:\n    image: x\n"
+
+
+def fake_compose(directory: Path, version: str) -> Path:
+    """A `docker-compose` that only answers `version --short`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    script = directory / "docker-compose"
+    script.write_text(f"#!/bin/sh\necho {version}\n")
+    script.chmod(0o755)
+    return script
+
+
+@pytest.fixture(autouse=True)
+def compose_v1_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """`docker-compose` is v1 here whatever the host has (v2 may be installed under it)."""
+    fake = fake_compose(tmp_path / "bin-v1", "1.29.2")
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    compose._major.cache_clear()
+    yield
+    compose._major.cache_clear()
 
 
 def checkout(root: Path, name: str, files: dict[str, str] | None = None) -> Repo:
@@ -220,3 +242,15 @@ def test_unreachable_engine_is_one_line_not_a_traceback(tmp_path: Path,
     assert lines == ["prune skipped: docker-compose v1 does not label the images it builds, "
                      "so a dangling image of project dir cannot be told from another "
                      "project's"]
+
+
+def test_a_docker_compose_binary_is_asked_which_version_it_is(tmp_path: Path) -> None:
+    v2_standalone = fake_compose(tmp_path / "v2", "2.26.1")
+    v1 = fake_compose(tmp_path / "v1", "1.29.2")
+    assert not compose.is_v1((str(v2_standalone),))
+    assert compose.is_v1((str(v1),))
+    assert compose.is_v1((str(tmp_path / "missing" / "docker-compose"),))  # the name says v1
+    assert not compose.is_v1(("docker", "compose"))
+    repo = checkout(tmp_path, "_Dir")
+    assert project_name(repo, (str(v2_standalone),), environ={}) == "dir"
+    assert project_name(repo, (str(v1),), environ={}) == "_dir"

@@ -133,3 +133,23 @@ def test_project_name_matches_the_label_compose_sets(case: str, base: tuple[str,
     else:
         assert label is not None, error
         assert ours == label
+
+
+PLUGIN_DIRS = ("~/.docker/cli-plugins", "/usr/local/lib/docker/cli-plugins",
+               "/usr/local/libexec/docker/cli-plugins", "/usr/lib/docker/cli-plugins",
+               "/usr/libexec/docker/cli-plugins")
+
+
+def test_v2_installed_as_docker_compose_gets_v2_rules(tmp_path: Path, busybox_image: str,
+                                                      docker_client: DockerClient) -> None:
+    plugin = next(p for d in PLUGIN_DIRS
+                  if (p := Path(d).expanduser() / "docker-compose").is_file())
+    standalone = tmp_path / "bin" / "docker-compose"  # how Docker's docs install v2 alone
+    standalone.parent.mkdir()
+    standalone.symlink_to(plugin)
+    base = (str(standalone),)
+    assert not compose.is_v1(base)
+    assert compose.is_v1(V1)  # the Python 1.29 on PATH
+    repo, env, service = _build(CASES["leading-underscore"], tmp_path, busybox_image)
+    label, error = _label(base, repo, env, service, docker_client)
+    assert label == project_name(repo, base) == repo.path.name.lstrip("_"), error
