@@ -1,7 +1,7 @@
 """The project's containers after `compose up`: are they healthy; its dangling images.
 
 Containers are found by the labels Compose sets (the project name as `project` computes
-it). This module is the only one that talks to the Docker SDK.
+it), through the Docker Engine API (the Docker SDK; DOCKER_HOST is honoured).
 """
 
 from __future__ import annotations
