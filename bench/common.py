@@ -62,12 +62,17 @@ def sign(body: bytes) -> str:
     return hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
 
 
-def wrk_script(path: Path, *, repos: list[str], bodies_per_repo: int = 20) -> Path:
-    """A wrk Lua script cycling through pre-signed pushes, each with a fresh delivery id."""
+def wrk_script(path: Path, *, repos: list[str], bodies_per_repo: int = 20,
+               shas: dict[str, list[str]] | None = None) -> Path:
+    """A wrk Lua script cycling through pre-signed pushes, each with a fresh delivery id.
+
+    shas: real commit ids per repo (so a deploy can fetch them); default: made-up ones.
+    """
     entries = []
     for repo in repos:
         for n in range(bodies_per_repo):
-            sha = hashlib.sha1(f"{repo}-{n}".encode()).hexdigest()  # noqa: S324 - a fake commit id
+            sha = shas[repo][n % len(shas[repo])] if shas else \
+                hashlib.sha1(f"{repo}-{n}".encode()).hexdigest()  # noqa: S324 - a fake id
             body = push_body(sha, repo=repo)
             entries.append((repo, body.decode(), sign(body)))
     lua = ["local reqs = {}"]
@@ -82,10 +87,12 @@ local threads = {}
 function setup(thread)
   thread_id = thread_id + 1
   thread:set("tid", thread_id)
+  table.insert(threads, thread)
 end
 local nonce = "x"
 function init(args)
   counter = 0
+  ok2xx = 0
   nonce = args[1] or "x"
 end
 function request()
@@ -102,12 +109,16 @@ end
 local statuses = {}
 function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
+  if status >= 200 and status < 300 then ok2xx = ok2xx + 1 end
 end
 function done(summary, latency, requests)
-  io.write(string.format("RESULT requests=%d duration_us=%d p50_us=%d p99_us=%d errors=%d\\n",
+  local ok = 0
+  for _, t in ipairs(threads) do ok = ok + (t:get("ok2xx") or 0) end
+  io.write(string.format("RESULT requests=%d duration_us=%d p50_us=%d p99_us=%d errors=%d"
+    .. " ok2xx=%d\\n",
     summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
     summary.errors.connect + summary.errors.read + summary.errors.write +
-    summary.errors.status + summary.errors.timeout))
+    summary.errors.status + summary.errors.timeout, ok))
 end
 """)
     path.write_text("\n".join(lua))
@@ -121,6 +132,7 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     errors: int
+    ok2xx: int = -1  # answers with a 2xx status, counted by the script's response()
 
     @property
     def rps(self) -> float:
@@ -128,11 +140,11 @@ class WrkResult:
 
 
 def run_wrk(url: str, script: Path, *, connections: int, seconds: int,
-            threads: int = 2) -> WrkResult:
+            threads: int = 2, nonce: str | None = None) -> WrkResult:
     wrk = shutil.which("wrk")
     if wrk is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
-    nonce = secrets.token_hex(6)  # delivery ids unique across runs, not only within one
+    nonce = nonce or secrets.token_hex(6)  # delivery ids unique across runs, not one only
     out = subprocess.run([wrk, "-t", str(min(threads, connections)), "-c", str(connections),
                           "-d", f"{seconds}s", "--latency", "-s", str(script), url, "--", nonce],
                          capture_output=True, text=True, check=True).stdout
@@ -142,8 +154,10 @@ def run_wrk(url: str, script: Path, *, connections: int, seconds: int,
         raise RuntimeError(f"no wrk result in:\n{out}")
     req, dur, p50, p99, err = (int(g) for g in match.groups())
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    ok2xx = re.search(r" ok2xx=(\d+)", out)
     return WrkResult(req, dur / 1e6, p50 / 1000, p99 / 1000,
-                     err + (int(non2xx.group(1)) if non2xx else 0))
+                     err + (int(non2xx.group(1)) if non2xx else 0),
+                     int(ok2xx.group(1)) if ok2xx else -1)
 
 
 def rss_mb(pid: int) -> float:
