@@ -14,6 +14,7 @@ from pathlib import Path
 
 import git
 
+from deployhook import process
 from deployhook.errors import InvalidRequest, StepFailed
 from deployhook.registry import Repo
 
@@ -45,8 +46,8 @@ def _ssh_command(path: Path) -> str:
 
 
 def git_env(path: Path, extra_config: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment every git process runs with."""
-    env = dict(os.environ)
+    """The environment every git process runs with (deployhook's own secrets removed)."""
+    env = process.scrubbed_environ()
     env.update({
         "GIT_TERMINAL_PROMPT": "0",
         "GIT_SSH_COMMAND": _ssh_command(path),

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from deployhook.errors import JobCancelled, JobTimedOut, StepFailed
@@ -38,6 +38,25 @@ class Deadline:
     def check(self) -> None:
         if self.remaining() <= 0:
             raise JobTimedOut(f"timed out after {self.seconds:g} s")
+
+
+# Secrets of deployhook itself, which a deployed repo's compose file must not be able to
+# interpolate into its containers (`${DEPLOYHOOK_ADMIN_TOKEN}`).
+_PRIVATE_VARIABLES = frozenset({"DEPLOYHOOK_SECRET", "DEPLOYHOOK_ADMIN_TOKEN",
+                                "DEPLOYHOOK_DATABASE_URL"})
+_private_names: set[str] = set()
+
+
+def keep_private(names: Iterable[str | None]) -> None:
+    """Name more variables (repos' secret_env, token_env, notify_env) children never see."""
+    _private_names.update(n for n in names if n)
+
+
+def scrubbed_environ(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child process: this one's, without deployhook's secrets."""
+    hidden = _PRIVATE_VARIABLES | _private_names
+    return {k: v for k, v in (os.environ if base is None else base).items()
+            if k not in hidden}
 
 
 def stop_group(pgid: int, *, grace: float = TERM_GRACE_S,
@@ -82,7 +101,7 @@ def run(argv: Sequence[str], *, cwd: Path, output: Callable[[str], None], deadli
     process group was stopped.
     """
     deadline.check()
-    child_env = dict(os.environ if env is None else env)
+    child_env = scrubbed_environ() if env is None else dict(env)
     if job_id is not None:
         child_env[JOB_ENV] = str(job_id)
     try:
@@ -96,14 +115,19 @@ def run(argv: Sequence[str], *, cwd: Path, output: Callable[[str], None], deadli
     reader = threading.Thread(target=_pump, args=(proc, output), daemon=True)
     reader.start()
     try:
-        while proc.poll() is None:
+        while True:
+            try:
+                # Popen.wait polls in steps of at most 50 ms: the end is seen promptly.
+                proc.wait(timeout=min(_POLL_S * 4, max(deadline.remaining(), 0.01)))
+                break
+            except subprocess.TimeoutExpired:
+                pass
             if cancel.is_set():
                 stop_group(proc.pid, leader=proc)
                 raise JobCancelled("cancelled")
             if deadline.remaining() <= 0:
                 stop_group(proc.pid, leader=proc)
                 raise JobTimedOut(f"timed out after {deadline.seconds:g} s")
-            cancel.wait(min(_POLL_S * 4, max(deadline.remaining(), 0.01)))
     finally:
         if proc.poll() is None:
             stop_group(proc.pid, grace=0, leader=proc)

@@ -69,6 +69,14 @@ class Repo:
     def ref(self) -> str:
         return f"refs/heads/{self.branch}"
 
+    @property
+    def private_variables(self) -> set[str]:
+        """Environment variables holding this repo's secrets, tokens and notify URLs."""
+        names = {self.secret_env, self.notify_env,
+                 self.mirror.token_env if self.mirror else None,
+                 self.gitea.token_env if self.gitea else None}
+        return {n for n in names if n}
+
 
 @dataclass(frozen=True, slots=True)
 class _Key:

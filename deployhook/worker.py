@@ -150,6 +150,9 @@ class Worker:
                               error=f"repo {job.repo!r} is no longer in the registry")
             return
         _stop_orphans(repo, job.id)
+        # No repo's compose file may read another's secrets (or its own) from our env.
+        process.keep_private(name for r in self.service.registry for name in
+                             r.private_variables)
         deploy = Deploy(job=job, repo=repo, settings=self.settings, store=self.store,
                         cancel=entry.cancel)
         result = deploy.run()

@@ -320,3 +320,30 @@ def test_repo_removed_from_registry_fails_its_job(open_service: Any, settings: S
     burst(svc)
     ended = svc.store.job(job.id)
     assert (ended.status == Status.FAILED) == flag
+
+
+def test_compose_never_sees_deployhook_or_repo_secrets(settings: Settings, remote: Remote,
+                                                      fake_docker: FakeDocker,
+                                                      open_service: Any,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    write_registry(settings.registry, {"site": {
+        "path": str(remote.checkout), "health_timeout": 0, "secret_env": "SITE_SECRET",
+        "notify_env": "SITE_NOTIFY"}})
+    monkeypatch.setenv("DEPLOYHOOK_ADMIN_TOKEN", "admin-token-in-env")
+    monkeypatch.setenv("DEPLOYHOOK_SECRET", "default-secret-in-env")
+    monkeypatch.setenv("SITE_SECRET", "site-secret-in-env")
+    monkeypatch.setenv("SITE_NOTIFY", "json://user:pass@127.0.0.1/")
+    monkeypatch.setenv("SITE_DOMAIN", "example.org")  # an ordinary variable compose may use
+    script = fake_docker.path.read_text().replace(
+        "start = time.time()\n",
+        "start = time.time()\nopen(record + '.env', 'w').write(json.dumps(dict(os.environ)))\n", 1)
+    fake_docker.path.write_text(script)
+    svc = open_service(settings)
+    svc.run(svc.registry.get("site"))
+    burst(svc)
+    import json
+    seen = json.loads(Path(str(fake_docker.record) + ".env").read_text())
+    assert seen["SITE_DOMAIN"] == "example.org"
+    for name in ("DEPLOYHOOK_ADMIN_TOKEN", "DEPLOYHOOK_SECRET", "SITE_SECRET", "SITE_NOTIFY"):
+        assert name not in seen
+    assert "secret-in-env" not in json.dumps(seen)
