@@ -31,9 +31,11 @@ def repos() -> None:
 def list_repos() -> None:
     """Print one line a repo: name, branch, path, last status."""
     from deployhook import registry
+    from deployhook.cli.jobs import quiet_logs
     from deployhook.store import open_store
 
     settings = load_settings()
+    quiet_logs(settings)
     entries = registry.load(settings.registry)
     if not entries:
         click.echo(f"no repos in {settings.registry}", err=True)

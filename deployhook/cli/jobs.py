@@ -1,0 +1,171 @@
+"""`deployhook deploy | rollback | hold | release`: admin actions through the shared store.
+
+They work whether or not the server runs: a queued job is durable in the store, and a
+deploy worker (of `serve`, or `deployhook worker`) claims it when there is one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import click
+
+from deployhook import log
+from deployhook.cli import handle_errors, load_settings, main
+from deployhook.config import Settings
+from deployhook.errors import RegistryError
+from deployhook.models import Job, Status
+from deployhook.registry import Repo
+from deployhook.service import Service
+
+# How often --wait looks for new steps and output lines (cheap reads of the store).
+POLL_S = 0.3
+
+
+class _CurrentStderr:
+    """Whatever sys.stderr is when a line is written (click's test runner swaps it)."""
+
+    def write(self, text: str) -> Any:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
+def quiet_logs(settings: Settings) -> None:
+    """Send deployhook's own log lines to stderr, warnings and worse only: stdout is ours."""
+    log.configure(fmt=settings.log_format, level="warning",
+                  stream=_CurrentStderr())  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def _service() -> Iterator[Service]:
+    from deployhook import registry
+
+    settings = load_settings()
+    quiet_logs(settings)
+    registry.load(settings.registry)  # an invalid file: one line naming it, not a log line
+    svc = Service.open(settings)
+    try:
+        if svc.registry.error:
+            raise RegistryError(svc.registry.error)
+        yield svc
+    finally:
+        svc.close()
+
+
+def _warn_without_worker(svc: Service, repo: Repo) -> None:
+    node = repo.node or ""
+    if any(w["node"] == node for w in svc.live_workers()):
+        return
+    where = f" for node {node!r}" if node else ""
+    click.echo(f"deployhook: no deploy worker is alive{where}: the job waits in the queue "
+               "until one runs (`deployhook serve` or `deployhook worker`)", err=True)
+
+
+def _queued(job: Job, *, coalesced: bool) -> None:
+    verb = "joined" if coalesced else "queued"
+    click.echo(f"{verb} job {job.id}: {job.trigger} of {job.repo} at {job.sha[:12]} "
+               f"({job.status})")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--sha", help="the commit to deploy [the remote branch head]")
+@click.option("--wait", is_flag=True, help="follow the job; exit 0 if it succeeds, 1 if not")
+@click.option("--timeout", type=click.IntRange(min=1),
+              help="with --wait: give up waiting after this many seconds (exit 1)")
+@handle_errors
+def deploy(name: str, sha: str | None, wait: bool, timeout: int | None) -> None:
+    """Queue a manual deploy of NAME (or join its queued job)."""
+    with _service() as svc:
+        repo = svc.registry.get(name)
+        job, coalesced = svc.run(repo, sha=sha)
+        _queued(job, coalesced=coalesced)
+        _warn_without_worker(svc, repo)
+        if wait:
+            raise SystemExit(follow(svc, job.id, timeout=timeout))
+
+
+@main.command()
+@click.argument("name")
+@click.option("--to", "to", help="the commit [the newest good deploy other than the "
+              "deployed one]")
+@click.option("--wait", is_flag=True, help="follow the job; exit 0 if it succeeds, 1 if not")
+@click.option("--timeout", type=click.IntRange(min=1),
+              help="with --wait: give up waiting after this many seconds (exit 1)")
+@handle_errors
+def rollback(name: str, to: str | None, wait: bool, timeout: int | None) -> None:
+    """Queue a rollback of NAME to an earlier good commit."""
+    with _service() as svc:
+        repo = svc.registry.get(name)
+        job, coalesced = svc.rollback(repo, to=to)
+        _queued(job, coalesced=coalesced)
+        _warn_without_worker(svc, repo)
+        if wait:
+            raise SystemExit(follow(svc, job.id, timeout=timeout))
+
+
+@main.command()
+@click.argument("name")
+@handle_errors
+def hold(name: str) -> None:
+    """Hold NAME: pushes are recorded but not deployed until `release`."""
+    with _service() as svc:
+        repo = svc.registry.get(name)
+        svc.store.hold(repo.name)
+        click.echo(f"{repo.name} is on hold: pushes are recorded, not deployed, until "
+                   f"`deployhook release {repo.name}`")
+
+
+@main.command()
+@click.argument("name")
+@handle_errors
+def release(name: str) -> None:
+    """Release NAME; the newest push that arrived while it was held is queued."""
+    with _service() as svc:
+        repo = svc.registry.get(name)
+        job = svc.release(repo)
+        click.echo(f"{repo.name} is released")
+        if job is not None:
+            _queued(job, coalesced=False)
+            _warn_without_worker(svc, repo)
+
+
+def follow(svc: Service, job_id: int, *, timeout: float | None = None) -> int:
+    """Print a job's output as it comes; return 0 if it succeeded, else 1.
+
+    The output holds the steps too: the runner writes `==> step` lines as each one
+    starts and ends.
+    """
+    deadline = time.monotonic() + timeout if timeout else None
+    after = 0
+    while True:
+        job = svc.store.job(job_id)  # before the lines: none is missed at the end
+        for row in svc.store.log_lines(job_id, after=after):
+            after = int(row["id"])
+            click.echo(row["line"])
+        if job.status.ended:
+            return _ended(job)
+        if deadline is not None and time.monotonic() >= deadline:
+            click.echo(f"deployhook: job {job.id} is still {job.status} after {timeout:g} s; "
+                       f"it goes on: `deployhook logs {job.id} --follow`", err=True)
+            return 1
+        time.sleep(POLL_S)
+
+
+def _ended(job: Job) -> int:
+    took = f" in {job.duration_s:g} s" if job.duration_s is not None else ""
+    if job.status == Status.SUCCEEDED:
+        click.echo(f"job {job.id} succeeded{took}: {job.repo} is at {job.sha[:12]}")
+        return 0
+    reason = f": {job.error}" if job.error else ""
+    click.echo(f"deployhook: job {job.id} {job.status}{took}{reason}", err=True)
+    return 1
