@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Build deployhook's container image where Docker Hub cannot be reached, and check it.
+#
+#   .ci/build-image.sh [TAG]        (default TAG: deployhook:dev; needs DOCKER_HOST)
+#
+# The Dockerfile's base is python:3.11.x-slim-bookworm. Without a registry, this script
+# makes a stand-in: a Debian 12 rootfs from debootstrap with Debian's python3 (3.11),
+# imported as local/python:3.11-slim-bookworm. The build runs with --network host
+# because the test engines give containers no network (no iptables, no forwarding);
+# pip and Debian's archive are reached from the host's network.
+# Then: `deployhook --version` in the image, a /healthz probe through the image's own
+# HEALTHCHECK, and a `docker stop` that must end the container cleanly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TAG=${1:-deployhook:dev}
+BASE=${DEPLOYHOOK_IMAGE_BASE:-local/python:3.11-slim-bookworm}
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+log() { printf 'build-image: %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+root='' name=''
+cleanup() {
+  if [[ -n $root ]]; then rm -rf "$root"; fi
+  rm -f docker/build-ca.pem
+  if [[ -n $name ]]; then docker rm -f "$name" >/dev/null 2>&1 || true; fi
+}
+trap cleanup EXIT
+[[ -n ${DOCKER_HOST:-} ]] || die "set DOCKER_HOST (e.g. \$(.ci/docker-engine.sh start | tail -n1))"
+
+if ! docker image inspect "$BASE" >/dev/null 2>&1; then
+  command -v debootstrap >/dev/null || apt-get install -y -q --no-install-recommends debootstrap >&2
+  root=$(mktemp -d /tmp/deployhook-rootfs.XXXXXX)
+  log "debootstrap bookworm (python3, python3-venv) into $root"
+  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+    bookworm "$root" "$MIRROR" >&2
+  # Like the official image: the release, its updates and security archives.
+  cat >"$root/etc/apt/sources.list" <<SOURCES
+deb $MIRROR bookworm main
+deb $MIRROR bookworm-updates main
+deb ${MIRROR%/debian}/debian-security bookworm-security main
+SOURCES
+  rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin \
+    "$root"/usr/share/doc/* "$root"/usr/share/man/*
+  log "importing it as $BASE"
+  tar -C "$root" -c . | docker import --change 'ENV LANG=C.UTF-8' \
+    --change 'CMD ["python3"]' - "$BASE" >/dev/null
+  rm -rf "$root"; root=''
+fi
+
+# pip inside the build must trust what the host trusts (a TLS-inspecting proxy's CA).
+if [[ -r /etc/ssl/certs/ca-certificates.crt ]]; then
+  cp /etc/ssl/certs/ca-certificates.crt docker/build-ca.pem
+fi
+
+log "building $TAG from $BASE"
+start=$SECONDS
+DOCKER_BUILDKIT=0 docker build --network host --build-arg "BASE=$BASE" \
+  --build-arg "DOCKER_GID=${DOCKER_GID:-999}" -t "$TAG" . >&2
+log "built in $((SECONDS - start)) s, $(docker image inspect -f '{{.Size}}' "$TAG" | numfmt --to=iec)"
+
+log "checking: deployhook --version, docker --version, docker compose version, git --version"
+docker run --rm "$TAG" --version
+docker run --rm --entrypoint sh "$TAG" -c \
+  'docker --version && docker compose version && git --version && id'
+
+name=deployhook-image-check-$$
+log "starting it (its HEALTHCHECK every 2 s) and waiting for healthy"
+docker run -d --name "$name" --health-interval 2s --health-start-period 5s \
+  -e DEPLOYHOOK_STOP_GRACE=5 "$TAG" >/dev/null
+for _ in $(seq 60); do
+  status=$(docker inspect -f '{{.State.Health.Status}}' "$name")
+  [[ $status == healthy ]] && break
+  [[ $(docker inspect -f '{{.State.Running}}' "$name") == true ]] || break
+  sleep 1
+done
+[[ $status == healthy ]] || { docker logs "$name" >&2; die "not healthy: $status"; }
+docker exec "$name" python3 -c \
+  'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:8000/healthz").read().decode())'
+log "docker stop: tini forwards SIGTERM, serve stops gunicorn and the worker"
+start=$SECONDS
+docker stop -t 30 "$name" >/dev/null
+code=$(docker inspect -f '{{.State.ExitCode}}' "$name")
+log "stopped in $((SECONDS - start)) s with exit code $code"
+docker logs "$name" 2>&1 | grep -q serve_stopped || { docker logs "$name" >&2; die "no serve_stopped in its log"; }
+[[ $code == 0 ]] || die "exit code $code"
+log "ok"
