@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,13 +56,23 @@ class Served:
         return False
 
 
-def wait_up(url: str, timeout: float = 30.0) -> None:
+def wait_up(url: str, timeout: float = 30.0,
+            proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until /healthz answers: 200, or 503 (up, but its store is not writable)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
             with urllib.request.urlopen(url + "/healthz", timeout=2):  # noqa: S310
                 return
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            if exc.code == 503:
+                return
+            time.sleep(0.1)
         except OSError:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"serve exited with {proc.returncode} before it answered "
+                                   f"at {url}") from None
             time.sleep(0.1)
     raise RuntimeError(f"{url} did not come up")
 
@@ -81,7 +92,7 @@ def serve(env: dict[str, str], *, cwd: Path, args: tuple[str, ...] = (),
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     served = Served(proc, f"http://127.0.0.1:{port}", log)
     try:
-        wait_up(served.url)
+        wait_up(served.url, proc=proc)
         yield served
     finally:
         if proc.poll() is None:
