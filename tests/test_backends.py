@@ -434,3 +434,28 @@ def test_a_read_only_database_answers_503_not_a_traceback(tmp_path: Path) -> Non
             assert health.status_code == 503
         finally:
             svc.close()
+
+
+def _enqueue_in_child(store: Store) -> None:
+    store.enqueue(repo="from-child", sha=sha(2), ref=None, trigger=Trigger.PUSH, node="")
+
+
+def test_a_forked_child_opens_its_own_connections_and_leaves_the_parents(store: Store) -> None:
+    """gunicorn forks its web processes: a child must not use or end the parent's."""
+    import multiprocessing
+
+    store.enqueue(repo="before", sha=sha(1), ref=None, trigger=Trigger.PUSH, node="")
+    postgres = store.backend.name == "postgres"
+    with store.read() as tx:
+        before = tx.value("SELECT pg_backend_pid()") if postgres else None
+    child = multiprocessing.get_context("fork").Process(target=_enqueue_in_child,
+                                                        args=(store,))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    if postgres:  # the parent's session survived the child
+        with store.read() as tx:
+            assert tx.value("SELECT COUNT(*) FROM pg_stat_activity WHERE pid = :pid",
+                            pid=before) == 1
+    store.enqueue(repo="after", sha=sha(3), ref=None, trigger=Trigger.PUSH, node="")
+    assert [len(store.jobs(r)) for r in ("before", "from-child", "after")] == [1, 1, 1]

@@ -179,6 +179,9 @@ class PostgresBackend:
         self._pool_lock = threading.Lock()
         self._namespace: str | None = None
         self._worker_locks: list[_WorkerLock] = []
+        # Pools inherited through a fork: kept, never closed or collected here (their
+        # connections belong to the parent; psycopg never ends them from a child).
+        self._inherited: list[ConnectionPool[Any]] = []
 
     # -- connections -------------------------------------------------------------
 
@@ -203,6 +206,8 @@ class PostgresBackend:
             if self._pool is None or self._pool_pid != os.getpid():
                 # After a fork the parent's pool threads do not exist here: start anew
                 # and leave the inherited sockets to the parent.
+                if self._pool is not None:
+                    self._inherited.append(self._pool)
                 self._pool = ConnectionPool(
                     self.url, min_size=1, max_size=POOL_MAX, timeout=POOL_TIMEOUT_S,
                     kwargs={"autocommit": True, "row_factory": dict_row,
@@ -359,8 +364,9 @@ class PostgresBackend:
 
     def wake(self) -> None:
         try:
+            payload = self.namespace
             with self._connection() as conn:
-                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self.namespace))
+                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
         except (psycopg.Error, StoreUnavailable) as exc:
             log.debug("wake_failed", error=str(exc))
 
@@ -371,8 +377,8 @@ class PostgresBackend:
         self._worker_locks.append(_WorkerLock(self, worker_id))
 
     def worker_alive(self, worker_id: str) -> bool | None:
-        key = _key(self.namespace, "worker", worker_id)
         try:
+            key = _key(self.namespace, "worker", worker_id)
             with self._connection() as conn:
                 row = conn.execute("SELECT pg_try_advisory_lock(%s) AS got", (key,)).fetchone()
                 if row and row["got"]:
