@@ -19,11 +19,15 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 log() { printf 'build-image: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-root='' name=''
+root='' name='' work=''
 cleanup() {
   if [[ -n $root ]]; then rm -rf "$root"; fi
   rm -f docker/build-ca.pem
   if [[ -n $name ]]; then docker rm -f "$name" >/dev/null 2>&1 || true; fi
+  if [[ -n $work ]]; then
+    docker compose -p deployhookimagecheck down --timeout 2 >/dev/null 2>&1 || true
+    rm -rf "$work"
+  fi
 }
 trap cleanup EXIT
 [[ -n ${DOCKER_HOST:-} ]] || die "set DOCKER_HOST (e.g. \$(.ci/docker-engine.sh start | tail -n1))"
@@ -77,6 +81,35 @@ done
 [[ $status == healthy ]] || { docker logs "$name" >&2; die "not healthy: $status"; }
 docker exec "$name" python3 -c \
   'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:8000/healthz").read().decode())'
+log "a deploy from inside the image: its git, docker CLI and compose plugin, as uid 1000"
+# A checkout owned by uid 1000 at the same path inside and outside, a one-service stack
+# on deployhook/busybox (.ci/docker-engine.sh scratch-image builds it if missing).
+docker image inspect deployhook/busybox:latest >/dev/null 2>&1 ||
+  .ci/docker-engine.sh scratch-image deployhook deployhook/busybox:latest >&2
+work=$(mktemp -d /tmp/deployhook-image-check.XXXXXX)
+git init -q --bare -b main "$work/origin.git"
+git init -q -b main "$work/dev"
+printf 'services:\n  web:\n    image: deployhook/busybox:latest\n    command: ["sleep", "600"]\n    init: true\n' \
+  >"$work/dev/docker-compose.yml"
+git -C "$work/dev" add docker-compose.yml
+git -C "$work/dev" -c user.name=ci -c user.email=ci@localhost commit -q -m stack
+git -C "$work/dev" push -q "$work/origin.git" HEAD:main
+git clone -q "$work/origin.git" "$work/site"
+mkdir "$work/config"
+printf 'repos:\n  site:\n    path: %s/site\n    project_name: deployhookimagecheck\n    health_timeout: 60\n' \
+  "$work" >"$work/config/repos.yml"
+chown -R 1000:1000 "$work"
+socket=${DOCKER_HOST#unix://}
+docker rm -f "$name" >/dev/null
+docker run -d --name "$name" --user 1000:1000 --group-add "$(stat -c %g "$socket")" \
+  -v "$socket:/var/run/docker.sock" -v "$work:$work" -v "$work/config:/etc/deployhook" \
+  -e DEPLOYHOOK_SECRET=image-check-secret -e DEPLOYHOOK_STOP_GRACE=5 "$TAG" >/dev/null
+docker exec "$name" deployhook repos check
+docker exec "$name" deployhook deploy site --wait --timeout 180
+docker exec "$name" deployhook deliver site
+running=$(docker ps --filter label=com.docker.compose.project=deployhookimagecheck -q | wc -l)
+[[ $running -eq 1 ]] || die "expected the stack's one container running, found $running"
+
 log "docker stop: tini forwards SIGTERM, serve stops gunicorn and the worker"
 start=$SECONDS
 docker stop -t 30 "$name" >/dev/null
