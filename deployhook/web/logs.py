@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import structlog
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from deployhook import tail
 from deployhook.web import service
@@ -63,16 +63,21 @@ class _Followers:
             self.count -= 1
 
 
-_followers = _Followers()
+def _followers() -> _Followers:
+    """This app's (so this process's) count."""
+    followers: _Followers = current_app.extensions.setdefault("deployhook.followers",
+                                                              _Followers())
+    return followers
 
 
 class _Stream:
     """The response body; close() runs even if the server never iterated it."""
 
-    def __init__(self, lines: Iterator[str], *, job_id: int, follow: bool) -> None:
+    def __init__(self, lines: Iterator[str], *, job_id: int, follower: _Followers | None
+                 ) -> None:
         self._lines = lines
+        self._follower = follower
         self._job_id = job_id
-        self._follow = follow
         self._sent = 0
         self._closed = False
 
@@ -89,9 +94,10 @@ class _Stream:
         if self._closed:
             return
         self._closed = True
-        if self._follow:
-            _followers.leave()
-        log.info("job_log_served", job=self._job_id, follow=self._follow, lines=self._sent)
+        if self._follower is not None:
+            self._follower.leave()
+        log.info("job_log_served", job=self._job_id, follow=self._follower is not None,
+                 lines=self._sent)
 
 
 @bp.get("/jobs/<int:job_id>/log")
@@ -102,12 +108,14 @@ def job_log(job_id: int) -> Any:
     tail.redact_secrets(svc.registry, default_secret=svc.settings.secret)
     gone = _disconnected(request.environ.get("gunicorn.socket"))
     lines = tail.lines(svc.store, job_id, follow=follow, gone=gone)  # 404 before any body
-    if follow and not _followers.enter(max(2, svc.settings.web_threads // 4)):
+    followers = _followers() if follow else None
+    if followers is not None and not followers.enter(max(2, svc.settings.web_threads // 4)):
         response = jsonify(error="too many live logs followed at once: try again later")
         response.status_code = 429
         response.headers["Retry-After"] = "10"
         return response
-    response = Response(_Stream(lines, job_id=job_id, follow=follow), mimetype="text/plain")
+    response = Response(_Stream(lines, job_id=job_id, follower=followers),
+                        mimetype="text/plain")
     # Proxies (nginx, Traefik) must pass lines on as they come, not buffer the stream.
     response.headers["X-Accel-Buffering"] = "no"
     response.headers["Cache-Control"] = "no-store"
