@@ -212,3 +212,26 @@ def fill(directory: Path) -> None:
 
 def unfill(directory: Path) -> None:
     (directory / "filler").unlink()
+
+
+# -- what changed on disk --------------------------------------------------------------------
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file and directory under root: (mtime in ns, size), by relative path."""
+    state = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            with contextlib.suppress(OSError):
+                st = path.lstat()
+                state[str(path.relative_to(root))] = (st.st_mtime_ns, st.st_size)
+    return state
+
+
+def touched(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]], *,
+            allowed: tuple[str, ...]) -> list[str]:
+    """Paths created, changed or removed between two tree_state()s, outside `allowed`."""
+    paths = set(before) | set(after)
+    return sorted(p for p in paths if before.get(p) != after.get(p)
+                  and not any(p == a or p.startswith(a + "/") for a in allowed))
