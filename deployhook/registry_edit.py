@@ -15,6 +15,7 @@ import errno
 import fcntl
 import io
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +31,9 @@ from ruamel.yaml.util import load_yaml_guess_indent
 from deployhook.errors import RegistryError, UnknownRepo, WriteFailed
 from deployhook.registry import NAME_RE, Repo, parse
 
+# A `---` document start, after nothing but comments and blank lines.
+_DOC_START_RE = re.compile(r"(?:[ \t]*(?:#[^\n]*)?\n)*(---)(?:[ \t]|\n|\Z)")
+
 # Keys in the order `repos add` writes them (the order of CONTRACT §2).
 KEY_ORDER = ("path", "branch", "remote", "source", "secret_env", "secret_file",
              "compose_files", "project_name", "services", "timeout", "health_timeout",
@@ -38,13 +42,15 @@ KEY_ORDER = ("path", "branch", "remote", "source", "secret_env", "secret_file",
 
 def _yaml(text: str) -> tuple[YAML, Any]:
     """A round-trip YAML instance set to the file's own indentation, and the document."""
-    try:
-        doc, indent, block_seq_indent = load_yaml_guess_indent(text)
-    except YAMLError as exc:
-        raise RegistryError(f"not valid YAML: {exc}") from None
     yaml = YAML(typ="rt")
     yaml.preserve_quotes = True
     yaml.width = 4096  # never re-wrap the admin's long lines
+    yaml.explicit_start = _DOC_START_RE.match(text) is not None
+    try:
+        _, indent, block_seq_indent = load_yaml_guess_indent(text)
+        doc = yaml.load(text)  # again: the guessing loader drops quoting
+    except YAMLError as exc:
+        raise RegistryError(f"not valid YAML: {exc}") from None
     # With block sequences present, ruamel's guess is the sequence's indent, not the
     # mappings': measure those from the positions of nested keys.
     mapping = _mapping_indent(doc) or (indent if block_seq_indent is None else None) or 2
@@ -70,10 +76,13 @@ def _mapping_indent(node: Any) -> int | None:
     return None
 
 
-def _dump(yaml: YAML, doc: Any) -> str:
+def _dump(yaml: YAML, doc: Any, original: str) -> str:
     out = io.StringIO()
     yaml.dump(doc, out)
-    return out.getvalue()
+    # ruamel drops the comments above a `---`: put them back.
+    start = _DOC_START_RE.match(original)
+    prefix = original[:start.start(1)] if start else ""
+    return prefix + out.getvalue()
 
 
 # -- the comment slot after an entry -------------------------------------------------
@@ -188,7 +197,8 @@ def _with_entry(text: str, name: str, entry: CommentedMap, *, file: Path) -> str
     yaml, doc = _yaml(text)
     if doc is None:  # empty, or only comments: ruamel would drop them, so append
         tail = "" if not text or text.endswith("\n") else "\n"
-        return text + tail + _dump(yaml, {"repos": {name: entry}})
+        yaml.explicit_start = False  # a `---` in the text already starts the document
+        return text + tail + _dump(yaml, {"repos": {name: entry}}, "")
     repos = doc.get("repos")
     if repos is not None and name in repos:
         raise RegistryError(f"{file}: repos.{name}: already exists (remove it first, or "
@@ -208,7 +218,7 @@ def _with_entry(text: str, name: str, entry: CommentedMap, *, file: Path) -> str
             new_slot = _last_slot(entry)
             if new_slot is not None and after:
                 new_slot.set("\n" + after)
-        return _dump(yaml, doc)
+        return _dump(yaml, doc, text)
     previous = _last_slot(repos)
     repos[name] = entry
     if previous is not None:
@@ -220,7 +230,7 @@ def _with_entry(text: str, name: str, entry: CommentedMap, *, file: Path) -> str
         new_slot = _last_slot(entry)
         if new_slot is not None and after:
             new_slot.set("\n" + after)
-    return _dump(yaml, doc)
+    return _dump(yaml, doc, text)
 
 
 def _entries_spaced(repos: CommentedMap) -> bool:
@@ -251,7 +261,7 @@ def _without_entry(text: str, name: str, *, file: Path) -> str:
     else:
         del repos[name]
         _set_header(doc, repos, after.lstrip("\n"))
-    return _dump(yaml, doc)
+    return _dump(yaml, doc, text)
 
 
 def _set_header(doc: CommentedMap, repos: CommentedMap, lines: str) -> None:

@@ -82,6 +82,9 @@ SHAPES = {
         "      url: https://example.com/b.git   # GitHub\n\n# the end\n"),
     "four-space indent": "repos:\n    a:\n        path: /srv/a\n        services:\n"
                          "        -   web\n",
+    "document start after a comment": "# the registry\n---\nrepos:\n  a:\n    path: /srv/a\n",
+    "quoted keys and values": "repos:\n  'a':\n    path: \"/srv/a\"\n    branch: 'main'\n",
+    "flow-style entry": "repos:\n  a: {path: /srv/a, branch: main}\n",
 }
 
 
