@@ -420,3 +420,29 @@ def test_check_with_real_compose_never_prints_interpolated_secrets(
     assert leak not in result.output
     git(good.checkout, "status")  # the checkout is untouched by the check
     assert SECRET not in result.output
+
+
+def test_concurrent_adds_lose_no_entry(settings: Settings) -> None:
+    """Each edit holds the file's lock and re-reads it: no add overwrites another."""
+    import threading
+
+    from deployhook import registry_edit
+
+    settings.registry.write_text("# shared\nrepos: {}\n")
+    names = [f"site{i}" for i in range(8)]
+    errors: list[BaseException] = []
+
+    def add(name: str) -> None:
+        try:
+            registry_edit.add_repo(settings.registry, name, {"path": f"/srv/{name}"})
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=add, args=(n,)) for n in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
+    assert sorted(registry.load(settings.registry)) == sorted(names)
+    assert settings.registry.read_text().startswith("# shared\n")
