@@ -3,21 +3,14 @@
 ruamel.yaml keeps comments, key order, quotes and indentation. It attaches the comment
 lines *above* an entry to the last value of the entry before it, so removing an entry
 moves the comments that belong to the next one back where they were (see `_Slot`).
-Every edit is validated with `registry.parse` and written atomically: a temp file in
-the same directory, fsync, rename, the original mode and owner kept. A crash at any
-point leaves either the old file or the new one, never half of one.
+Every edit is validated with `registry.parse` and written atomically under the file's
+lock (`atomicfile`): a crash at any point leaves the old file or the new one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import io
-import os
 import re
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +21,8 @@ from ruamel.yaml.error import CommentMark, YAMLError
 from ruamel.yaml.tokens import CommentToken
 from ruamel.yaml.util import load_yaml_guess_indent
 
-from deployhook.errors import RegistryError, UnknownRepo, WriteFailed
+from deployhook import atomicfile
+from deployhook.errors import RegistryError, UnknownRepo
 from deployhook.registry import NAME_RE, Repo, parse
 
 # A `---` document start, after nothing but comments and blank lines.
@@ -176,21 +170,21 @@ def add_repo(file: Path, name: str, settings: dict[str, Any]) -> Repo:
     if not NAME_RE.match(name) or name in {".", ".."}:
         raise RegistryError(f"{file}: repos.{name}: invalid name: use letters, digits, '.', "
                             "'_' and '-', starting with a letter or digit")
-    with _locked(file) as (real, text):
+    with atomicfile.locked(file) as (real, text):
         parse(text, file=file)  # an already broken file is the admin's to fix first
         new_text = _with_entry(text, name, build_entry(settings), file=file)
         repos = parse(new_text, file=file)
-        _write_atomically(real, new_text)
+        atomicfile.write(real, new_text)
     return repos[name]
 
 
 def remove_repo(file: Path, name: str) -> None:
     """Remove repo `name` from the registry file, keeping every other line as it was."""
-    with _locked(file) as (real, text):
+    with atomicfile.locked(file) as (real, text):
         parse(text, file=file)
         new_text = _without_entry(text, name, file=file)
         parse(new_text, file=file)
-        _write_atomically(real, new_text)
+        atomicfile.write(real, new_text)
 
 
 def _with_entry(text: str, name: str, entry: CommentedMap, *, file: Path) -> str:
@@ -298,78 +292,3 @@ def _set_header(doc: CommentedMap, repos: CommentedMap, lines: str) -> None:
     parent[3] = tokens or None
     if not any(parent):
         del doc.ca.items["repos"]
-
-
-# -- locking and writing -------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _locked(file: Path) -> Iterator[tuple[Path, str]]:
-    """Hold an exclusive lock on the registry file; yield its real path and text.
-
-    The lock is on the file itself; a writer replaces the file, so after waiting the
-    lock is taken again if the path now names another inode.
-    """
-    real = Path(os.path.realpath(file))
-    while True:
-        try:
-            fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise RegistryError(f"{file}: no such file (create it, or set "
-                                "DEPLOYHOOK_REGISTRY)") from None
-        except OSError as exc:
-            raise RegistryError(f"{file}: cannot open: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                same = os.stat(real).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                with os.fdopen(os.dup(fd), "rb") as fh:
-                    raw = fh.read()
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise RegistryError(f"{file}: not UTF-8 text") from None
-                yield real, text
-                return
-        finally:
-            os.close(fd)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Replace path with text: temp file beside it, fsync, rename; mode and owner kept."""
-    st = os.stat(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(text.encode("utf-8"))
-            fh.flush()
-            os.fchmod(fh.fileno(), st.st_mode & 0o7777)
-            with contextlib.suppress(PermissionError):  # not root: the owner is us anyway
-                os.fchown(fh.fileno(), st.st_uid, st.st_gid)
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise WriteFailed(f"{path}: not changed, cannot write: "
-                              f"{exc.strerror or exc}") from None
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # some filesystems refuse fsync on a directory
-        if exc.errno not in {errno.EINVAL, errno.EBADF}:
-            raise
-    finally:
-        os.close(fd)
