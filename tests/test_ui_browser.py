@@ -149,6 +149,13 @@ def pill(driver: Any, repo: str) -> str:
     return str(snapshot(driver)["rows"][repo]["pill"])
 
 
+def text(driver: Any, selector: str) -> str:
+    """An element's text, read in the page (the scripts replace elements as they refresh)."""
+    return str(driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.textContent : null",
+        selector))
+
+
 def wait(driver: Any, condition: Any, timeout: float = 15) -> Any:
     return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
 
@@ -225,7 +232,7 @@ def test_job_page_follows_the_log_for_an_admin(driver: Any, server: LiveServer, 
     driver.get(f"{server.url}/login?next=/ui/jobs/{job_id}")
     wait(driver, lambda d: d.find_elements(By.ID, "log"))
     assert driver.current_url == f"{server.url}/ui/jobs/{job_id}"
-    assert driver.find_element(By.CSS_SELECTOR, ".top .who").text == "admin"
+    assert text(driver, ".top .who") == "admin"
     log = driver.find_element(By.ID, "log")
     wait(driver, lambda d: "==> compose" in log.text)
     steps = driver.execute_script(
@@ -234,7 +241,7 @@ def test_job_page_follows_the_log_for_an_admin(driver: Any, server: LiveServer, 
 
     svc.store.append_log(job_id, [(time.time(), "Container blog-web-1  Started")])
     wait(driver, lambda d: "Container blog-web-1  Started" in log.text)
-    assert driver.find_element(By.CSS_SELECTOR, "#job-status .pill").text == "running"
+    assert text(driver, "#job-status .pill") == "running"
     driver.save_screenshot(str(tmp_path / "job-running-desktop.png"))
 
     with svc.store.write() as tx:  # the worker's last moves: the step, then the job
@@ -244,8 +251,7 @@ def test_job_page_follows_the_log_for_an_admin(driver: Any, server: LiveServer, 
     svc.store.finish(job_id, status=Status.SUCCEEDED, error=None)
     wait(driver, lambda d: d.find_element(By.ID, "log").get_attribute("data-done") == "1")
     assert "end of output" in driver.find_element(By.ID, "log-state").text
-    wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#job-status .pill").text
-         == "succeeded")
+    wait(driver, lambda d: text(d, "#job-status .pill") == "succeeded")
     statuses = driver.execute_script(
         'return Array.from(document.querySelectorAll("#steps .pill"), p => p.textContent)')
     assert statuses == ["succeeded"] * 3

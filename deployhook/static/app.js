@@ -156,7 +156,12 @@
 
   const ENDED = new Set(["succeeded", "failed", "cancelled", "interrupted"]);
 
+  let lastJob = null;
+
   function renderJob(job) {
+    const key = JSON.stringify(job);
+    if (key === lastJob) return;
+    lastJob = key;
     const article = document.getElementById("job");
     article.dataset.status = job.status;
     document.getElementById("job-status").replaceChildren(pill(job.status));
