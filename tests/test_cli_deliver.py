@@ -22,18 +22,13 @@ from deployhook.config import Settings
 from deployhook.models import Outcome, Status, Trigger
 from deployhook.service import Service
 from deployhook.web import create_app
+from tests.cli_logging import restore_logging  # noqa: F401 - an autouse fixture
 from tests.helpers import SECRET, Remote, make_remote
 
 
 def run(settings: Settings, *args: str, **env: str) -> Result:
     return CliRunner().invoke(main, list(args), env={**settings.to_environ(), **env},
                               catch_exceptions=False)
-
-
-@pytest.fixture(autouse=True)
-def reset_logging() -> Iterator[None]:
-    yield
-    structlog.reset_defaults()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import structlog
 from click.testing import CliRunner, Result
 
 from deployhook.cli import main
@@ -16,18 +15,13 @@ from deployhook.config import Settings
 from deployhook.models import Status, Trigger
 from deployhook.service import Service
 from deployhook.worker import Worker
+from tests.cli_logging import restore_logging  # noqa: F401 - an autouse fixture
 from tests.helpers import FakeDocker, Remote, gitea_headers, gitea_push_body
 
 
 def run(settings: Settings, *args: str) -> Result:
     return CliRunner().invoke(main, list(args), env=settings.to_environ(),
                               catch_exceptions=False)
-
-
-@pytest.fixture(autouse=True)
-def reset_logging() -> Iterator[None]:
-    yield
-    structlog.reset_defaults()
 
 
 @pytest.fixture

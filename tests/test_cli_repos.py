@@ -15,6 +15,7 @@ from deployhook import registry
 from deployhook.cli import main
 from deployhook.config import Settings
 from deployhook.web import create_app
+from tests.cli_logging import restore_logging  # noqa: F401 - an autouse fixture
 from tests.conftest import write_registry
 from tests.helpers import SECRET, FakeDocker, Remote, git, make_remote
 
