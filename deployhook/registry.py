@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -307,6 +308,22 @@ def resolve_secrets(repo: Repo, *, default: str | None,
         raise SecretNotConfigured(f"no webhook secret for repo {repo.name!r}: {origin} "
                                   "is unset or empty")
     return secrets
+
+
+def secret_values(repos: Iterable[Repo], *, default: str | None) -> list[str]:
+    """Every secret value the repos name: webhook secrets, tokens, notification URLs.
+
+    Every repo's, not only one job's: one stack's output may print another's secret.
+    """
+    values = [default] if default else []
+    for repo in repos:
+        with contextlib.suppress(SecretNotConfigured):
+            values.extend(resolve_secrets(repo, default=default))
+        for name in sorted(repo.private_variables - {repo.secret_env}):
+            value = os.environ.get(name)
+            if value:
+                values.append(value)
+    return values
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,11 +6,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from deployhook import gitsync
+from deployhook import gitsync, log
 from deployhook.config import Settings
 from deployhook.errors import Conflict, StepFailed
 from deployhook.models import Job, Trigger
-from deployhook.registry import Registry, Repo
+from deployhook.registry import Registry, Repo, secret_values
 from deployhook.store import Store, open_store
 
 # A worker beats every few seconds; one silent for this long is taken for dead.
@@ -33,6 +33,11 @@ class Service:
 
     def close(self) -> None:
         self.store.close()
+
+    def mask_secrets(self) -> None:
+        """Register every secret and token we know of, so no log or shown output holds one."""
+        log.redact([self.settings.admin_token, *secret_values(self.registry,
+                                                              default=self.settings.secret)])
 
     # -- deploys ---------------------------------------------------------------------
 
@@ -86,6 +91,9 @@ class Service:
     def problems(self) -> list[str]:
         """What /healthz reports as degraded (deliveries are still accepted)."""
         found = []
+        if self.settings.private_status and not self.settings.admin_token:
+            found.append("DEPLOYHOOK_PRIVATE_STATUS is on but DEPLOYHOOK_ADMIN_TOKEN is unset: "
+                         "status answers 401 to everyone")
         self.registry.refresh()
         if self.registry.error:
             found.append(f"registry invalid, last good one in use: {self.registry.error}")

@@ -6,15 +6,12 @@ as they come, and the reader polls.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 
 from deployhook import log
-from deployhook.errors import SecretNotConfigured, UnknownJob
+from deployhook.errors import UnknownJob
 from deployhook.models import Status, iso
-from deployhook.registry import Repo, resolve_secrets
 from deployhook.store import Store
 from deployhook.store.backend import Row
 
@@ -25,23 +22,6 @@ PAGE = 5000
 END_GRACE_S = 0.5
 # A follower never holds a thread for longer than this; it can reconnect.
 FOLLOW_MAX_S = 2 * 3600.0
-
-
-def redact_secrets(repos: Iterable[Repo], *, default_secret: str | None) -> None:
-    """Mask every repo's webhook secrets and tokens in what we show, even before any push.
-
-    Every repo's, not only the job's: one stack's output may print another's secret.
-    The worker masks output as it stores it; this is the reader's own guard.
-    """
-    values: list[str | None] = [default_secret]
-    for repo in repos:
-        with contextlib.suppress(SecretNotConfigured):
-            values.extend(resolve_secrets(repo, default=default_secret))
-        for name in (repo.mirror.token_env if repo.mirror else None,
-                     repo.gitea.token_env if repo.gitea else None, repo.notify_env):
-            if name:
-                values.append(os.environ.get(name))
-    log.redact(values)
 
 
 def format_line(ts: float, line: str) -> str:

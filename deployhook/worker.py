@@ -150,9 +150,11 @@ class Worker:
                               error=f"repo {job.repo!r} is no longer in the registry")
             return
         _stop_orphans(repo, job.id)
-        # No repo's compose file may read another's secrets (or its own) from our env.
+        # No repo's compose file may read another's secrets (or its own) from our env,
+        # and whatever a deploy prints is stored with every known secret masked.
         process.keep_private(name for r in self.service.registry for name in
                              r.private_variables)
+        self.service.mask_secrets()
         deploy = Deploy(job=job, repo=repo, settings=self.settings, store=self.store,
                         cancel=entry.cancel)
         result = deploy.run()

@@ -347,3 +347,23 @@ def test_compose_never_sees_deployhook_or_repo_secrets(settings: Settings, remot
     for name in ("DEPLOYHOOK_ADMIN_TOKEN", "DEPLOYHOOK_SECRET", "SITE_SECRET", "SITE_NOTIFY"):
         assert name not in seen
     assert "secret-in-env" not in json.dumps(seen)
+
+
+def test_job_output_is_stored_with_secrets_masked(settings: Settings, remote: Remote,
+                                                 fake_docker: FakeDocker, open_service: Any,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    write_registry(settings.registry, {
+        "site": {"path": str(remote.checkout), "health_timeout": 0},
+        "other": {"path": str(remote.checkout.parent / "x"), "secret_env": "OTHER_SECRET"}})
+    monkeypatch.setenv("OTHER_SECRET", "other-repo-webhook-secret")
+    script = fake_docker.path.read_text().replace(
+        'print("fake compose: "',
+        'print("leak: other-repo-webhook-secret admin-token-for-tests", flush=True)\n'
+        'print("fake compose: "', 1)
+    fake_docker.path.write_text(script)
+    svc = open_service(settings)
+    job, _ = svc.run(svc.registry.get("site"))
+    burst(svc)
+    stored = "\n".join(r["line"] for r in svc.store.log_lines(job.id))
+    assert "leak: [redacted] [redacted]" in stored
+    assert "other-repo-webhook-secret" not in stored

@@ -122,7 +122,7 @@ def status(name: str | None, limit: int) -> None:
 def logs(job: int, follow: bool) -> None:
     """Print a job's output, each line with its UTC time."""
     with _service() as svc:
-        tail.redact_secrets(svc.registry, default_secret=svc.settings.secret)
+        svc.mask_secrets()
         try:
             for line in tail.lines(svc.store, job, follow=follow):
                 sys.stdout.write(line)

@@ -105,7 +105,7 @@ class _Stream:
 def job_log(job_id: int) -> Any:
     follow = request.args.get("follow", "0").lower() in {"1", "true", "yes"}
     svc = service()
-    tail.redact_secrets(svc.registry, default_secret=svc.settings.secret)
+    svc.mask_secrets()
     gone = _disconnected(request.environ.get("gunicorn.socket"))
     lines = tail.lines(svc.store, job_id, follow=follow, gone=gone)  # 404 before any body
     followers = _followers() if follow else None
