@@ -12,14 +12,14 @@ ARG BASE=python:3.11.13-slim-bookworm
 FROM ${BASE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/deployhook
-# docker/build-ca.pem (optional, never committed, not in the final image): the CA bundle
+# image/build-ca.pem (optional, never committed, not in the final image): the CA bundle
 # to trust when pip must go through a TLS-inspecting proxy (.ci/build-image.sh).
-COPY docker/constraints.txt docker/build-ca.pe[m] /src/docker/
+COPY image/constraints.txt image/build-ca.pe[m] /src/image/
 COPY pyproject.toml README.md /src/
 COPY deployhook /src/deployhook
-RUN if [ -f /src/docker/build-ca.pem ]; then export PIP_CERT=/src/docker/build-ca.pem; fi; \
+RUN if [ -f /src/image/build-ca.pem ]; then export PIP_CERT=/src/image/build-ca.pem; fi; \
     /opt/deployhook/bin/pip install --only-binary=:all: --no-binary=deployhook \
-        -c /src/docker/constraints.txt "/src[postgres]" \
+        -c /src/image/constraints.txt "/src[postgres]" \
  && /opt/deployhook/bin/pip uninstall -y pip \
  && find /opt/deployhook -name __pycache__ -prune -exec rm -rf {} +
 

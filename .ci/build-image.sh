@@ -22,7 +22,7 @@ die() { log "ERROR: $*"; exit 1; }
 root='' name='' work=''
 cleanup() {
   if [[ -n $root ]]; then rm -rf "$root"; fi
-  rm -f docker/build-ca.pem
+  rm -f image/build-ca.pem
   if [[ -n $name ]]; then docker rm -f "$name" >/dev/null 2>&1 || true; fi
   if [[ -n $work ]]; then
     docker compose -p deployhookimagecheck down --timeout 2 >/dev/null 2>&1 || true
@@ -54,7 +54,7 @@ fi
 
 # pip inside the build must trust what the host trusts (a TLS-inspecting proxy's CA).
 if [[ -r /etc/ssl/certs/ca-certificates.crt ]]; then
-  cp /etc/ssl/certs/ca-certificates.crt docker/build-ca.pem
+  cp /etc/ssl/certs/ca-certificates.crt image/build-ca.pem
 fi
 
 log "building $TAG from $BASE"

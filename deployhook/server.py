@@ -156,7 +156,8 @@ class Supervisor:
                 proc.send_signal(signal.SIGTERM)
         code = 0
         # The worker may be finishing a deploy: give it the grace period it asks for.
-        for proc, grace in ((self.web, 30.0), (self.worker, self.settings.stop_grace + 10.0)):
+        # The worker may take stop_grace, then stop its processes and record them.
+        for proc, grace in ((self.web, 30.0), (self.worker, self.settings.stop_grace + 30.0)):
             if proc is None:
                 continue
             try:

@@ -6,15 +6,19 @@ line on stderr naming the file, the key and what is wrong).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from deployhook import errors
 from deployhook.config import Settings
+
+if TYPE_CHECKING:
+    from deployhook.service import Service
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -48,6 +52,44 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings.load(**overrides)
     except errors.ConfigError as exc:
         fail(str(exc), code=2)
+
+
+class _CurrentStderr:
+    """Whatever sys.stderr is when a line is written (click's test runner swaps it)."""
+
+    def write(self, text: str) -> Any:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
+def quiet_logs(settings: Settings) -> None:
+    """Send deployhook's own log lines to stderr, warnings and worse only: stdout is ours."""
+    from deployhook import log
+
+    log.configure(fmt=settings.log_format, level="warning",
+                  stream=_CurrentStderr())  # type: ignore[arg-type]
+    log.redact([settings.secret, settings.admin_token])
+
+
+@contextlib.contextmanager
+def open_service() -> Iterator[Service]:
+    """The store and registry for one command; an invalid registry is one line, exit 2."""
+    from deployhook import registry
+    from deployhook.service import Service
+
+    settings = load_settings()
+    quiet_logs(settings)
+    registry.load(settings.registry)  # an invalid file: one line naming it, not a log line
+    svc = Service.open(settings)
+    try:
+        yield svc
+    finally:
+        svc.close()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

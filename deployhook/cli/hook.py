@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from deployhook.cli import handle_errors, load_settings, main
+from deployhook.cli import handle_errors, load_settings, main, quiet_logs
 from deployhook.errors import ConfigError, UnknownRepo
 
 
@@ -19,7 +19,6 @@ def hook() -> None:
 def create(name: str) -> None:
     """Create (or update) the Gitea push webhook that deploys NAME."""
     from deployhook import forge, registry
-    from deployhook.cli.jobs import quiet_logs
 
     settings = load_settings()
     quiet_logs(settings)

@@ -6,59 +6,17 @@ deploy worker (of `serve`, or `deployhook worker`) claims it when there is one.
 
 from __future__ import annotations
 
-import contextlib
-import sys
 import time
-from collections.abc import Iterator
-from typing import Any
 
 import click
 
-from deployhook import log
-from deployhook.cli import handle_errors, load_settings, main
-from deployhook.config import Settings
-from deployhook.errors import RegistryError
+from deployhook.cli import handle_errors, main, open_service
 from deployhook.models import Job, Status
 from deployhook.registry import Repo
 from deployhook.service import Service
 
 # How often --wait looks for new steps and output lines (cheap reads of the store).
 POLL_S = 0.3
-
-
-class _CurrentStderr:
-    """Whatever sys.stderr is when a line is written (click's test runner swaps it)."""
-
-    def write(self, text: str) -> Any:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-    def isatty(self) -> bool:
-        return sys.stderr.isatty()
-
-
-def quiet_logs(settings: Settings) -> None:
-    """Send deployhook's own log lines to stderr, warnings and worse only: stdout is ours."""
-    log.configure(fmt=settings.log_format, level="warning",
-                  stream=_CurrentStderr())  # type: ignore[arg-type]
-
-
-@contextlib.contextmanager
-def _service() -> Iterator[Service]:
-    from deployhook import registry
-
-    settings = load_settings()
-    quiet_logs(settings)
-    registry.load(settings.registry)  # an invalid file: one line naming it, not a log line
-    svc = Service.open(settings)
-    try:
-        if svc.registry.error:
-            raise RegistryError(svc.registry.error)
-        yield svc
-    finally:
-        svc.close()
 
 
 def _warn_without_worker(svc: Service, repo: Repo) -> None:
@@ -85,7 +43,7 @@ def _queued(job: Job, *, coalesced: bool) -> None:
 @handle_errors
 def deploy(name: str, sha: str | None, wait: bool, timeout: int | None) -> None:
     """Queue a manual deploy of NAME (or join its queued job)."""
-    with _service() as svc:
+    with open_service() as svc:
         repo = svc.registry.get(name)
         job, coalesced = svc.run(repo, sha=sha)
         _queued(job, coalesced=coalesced)
@@ -104,7 +62,7 @@ def deploy(name: str, sha: str | None, wait: bool, timeout: int | None) -> None:
 @handle_errors
 def rollback(name: str, to: str | None, wait: bool, timeout: int | None) -> None:
     """Queue a rollback of NAME to an earlier good commit."""
-    with _service() as svc:
+    with open_service() as svc:
         repo = svc.registry.get(name)
         job, coalesced = svc.rollback(repo, to=to)
         _queued(job, coalesced=coalesced)
@@ -118,7 +76,7 @@ def rollback(name: str, to: str | None, wait: bool, timeout: int | None) -> None
 @handle_errors
 def hold(name: str) -> None:
     """Hold NAME: pushes are recorded but not deployed until `release`."""
-    with _service() as svc:
+    with open_service() as svc:
         repo = svc.registry.get(name)
         svc.store.hold(repo.name)
         click.echo(f"{repo.name} is on hold: pushes are recorded, not deployed, until "
@@ -130,7 +88,7 @@ def hold(name: str) -> None:
 @handle_errors
 def release(name: str) -> None:
     """Release NAME; the newest push that arrived while it was held is queued."""
-    with _service() as svc:
+    with open_service() as svc:
         repo = svc.registry.get(name)
         job = svc.release(repo)
         click.echo(f"{repo.name} is released")

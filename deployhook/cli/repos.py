@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from deployhook.cli import fail, handle_errors, load_settings, main
+from deployhook.cli import fail, handle_errors, load_settings, main, quiet_logs
 from deployhook.config import Settings
 from deployhook.errors import DeployhookError, StepFailed
 from deployhook.registry import Repo
@@ -31,7 +31,6 @@ def repos() -> None:
 def list_repos() -> None:
     """Print one line a repo: name, branch, path, last status."""
     from deployhook import registry
-    from deployhook.cli.jobs import quiet_logs
     from deployhook.store import open_store
 
     settings = load_settings()

@@ -7,32 +7,16 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import click
 
 from deployhook import summary, tail
-from deployhook.cli import handle_errors, load_settings, main
+from deployhook.cli import handle_errors, main, open_service
 from deployhook.service import Service
 
 COLOURS = {"succeeded": "green", "failed": "red", "running": "blue", "queued": "yellow",
            "cancelled": "bright_black", "interrupted": "bright_black", "never": "bright_black"}
-
-
-@contextmanager
-def _service() -> Iterator[Service]:
-    from deployhook import log
-
-    settings = load_settings()
-    # Only warnings: the table is the output, and info lines (a migration) would clutter it.
-    log.configure(fmt=settings.log_format, level="warning")
-    log.redact([settings.secret, settings.admin_token])
-    svc = Service.open(settings)
-    try:
-        yield svc
-    finally:
-        svc.close()
 
 
 def _table(header: Sequence[str], rows: list[list[str]], *, colour_col: int | None = None
@@ -111,7 +95,7 @@ def _repo_jobs(svc: Service, name: str, limit: int) -> int:
 @handle_errors
 def status(name: str | None, limit: int) -> None:
     """Show every repo's state, or one repo's recent jobs."""
-    with _service() as svc:
+    with open_service() as svc:
         sys.exit(_repo_jobs(svc, name, limit) if name else _repos_table(svc))
 
 
@@ -121,7 +105,7 @@ def status(name: str | None, limit: int) -> None:
 @handle_errors
 def logs(job: int, follow: bool) -> None:
     """Print a job's output, each line with its UTC time."""
-    with _service() as svc:
+    with open_service() as svc:
         svc.mask_secrets()
         try:
             for line in tail.lines(svc.store, job, follow=follow):
