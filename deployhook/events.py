@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 from urllib.parse import parse_qs
@@ -159,13 +159,13 @@ def parse(body: bytes, *, media: str, event: str | None) -> Event:
     before_raw = doc.get("before")
     before = before_raw.lower() if isinstance(before_raw, str) and \
         SHA_RE.match(before_raw.lower()) else None
-    common = {"name": name, "ref": ref, "sha": sha, "before": before,
-              "full_name": full_name, "repo_url": _web_url(doc)}
+    push = Event(Kind.PUSH, name, ref=ref, sha=sha, before=before, full_name=full_name,
+                 repo_url=_web_url(doc))
     if set(sha) == {"0"} or doc.get("deleted") is True:
-        return Event(Kind.IGNORED, reason=f"{ref} was deleted", **common)
+        return replace(push, kind=Kind.IGNORED, reason=f"{ref} was deleted")
     if ref.startswith("refs/tags/"):
-        return Event(Kind.IGNORED, reason=f"tag push ({ref.removeprefix('refs/tags/')})",
-                     **common)
+        return replace(push, kind=Kind.IGNORED,
+                       reason=f"tag push ({ref.removeprefix('refs/tags/')})")
     if not ref.startswith("refs/heads/"):
-        return Event(Kind.IGNORED, reason=f"{ref} is not a branch", **common)
-    return Event(Kind.PUSH, **common)
+        return replace(push, kind=Kind.IGNORED, reason=f"{ref} is not a branch")
+    return push

@@ -7,9 +7,8 @@ what this returns. Everything slow happens later, in the worker.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import IO, Any
+from dataclasses import dataclass, replace
+from typing import IO, Any, Protocol
 
 import structlog
 
@@ -45,12 +44,16 @@ STATUS_OF: dict[type[Exception], int] = {
 }
 
 
+class Headers(Protocol):
+    def get(self, key: str, /) -> str | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     """The parts of an HTTP request a delivery is judged on."""
 
     name: str
-    headers: Mapping[str, str]
+    headers: Headers
     body: IO[bytes]
     content_length: int | None
     content_type: str | None
@@ -73,7 +76,7 @@ def read_body(stream: IO[bytes], *, content_length: int | None, limit: int) -> b
     return b"".join(chunks)
 
 
-def _delivery_id(headers: Mapping[str, str]) -> str | None:
+def _delivery_id(headers: Headers) -> str | None:
     raw = events.header(headers, events.DELIVERY_HEADERS)
     if raw is None:
         return None
@@ -105,15 +108,14 @@ def receive(req: Request, *, registry: Registry, store: Store, max_body: int,
     event_name = events.header(req.headers, events.EVENT_HEADERS)
     event_name = event_name[:64] if event_name else None
     structlog.contextvars.bind_contextvars(repo=req.name[:200], delivery=delivery_id)
-    base = {"repo": req.name, "received_at": received_at, "delivery_id": delivery_id,
-            "event": event_name}
+    base = Intake(repo=req.name, kind="rejected", received_at=received_at,
+                  delivery_id=delivery_id, event=event_name)
     repo = registry.find(req.name)
     try:
         if repo is None:
             status, body, outcome, job_id = 404, {"error": f"no repo named {req.name!r}"}, \
                 "rejected", None
-            store.record_rejection(Intake(kind="rejected", http_status=404,
-                                          reason=body["error"], **base))
+            store.record_rejection(replace(base, http_status=404, reason=body["error"]))
         else:
             status, body, outcome, job_id = _admit(req, repo, base, store=store,
                                                    max_body=max_body,
@@ -126,7 +128,7 @@ def receive(req: Request, *, registry: Registry, store: Store, max_body: int,
         structlog.contextvars.unbind_contextvars("repo", "delivery")
 
 
-def _admit(req: Request, repo: Repo, base: dict[str, Any], *, store: Store, max_body: int,
+def _admit(req: Request, repo: Repo, base: Intake, *, store: Store, max_body: int,
            default_secret: str | None) -> tuple[int, dict[str, Any], str, int | None]:
     node = repo.node or ""
     try:
@@ -139,8 +141,8 @@ def _admit(req: Request, repo: Repo, base: dict[str, Any], *, store: Store, max_
     reason = event.reason
     if event.kind == Kind.PUSH and event.ref != repo.ref:
         kind, reason = "ignored", f"push to {event.branch}, not the deploy branch {repo.branch}"
-    item = Intake(kind=kind, sha=event.sha, ref=event.ref, reason=reason, node=node,
-                  repo_url=event.repo_url, **base)
+    item = replace(base, kind=kind, sha=event.sha, ref=event.ref, reason=reason, node=node,
+                   repo_url=event.repo_url)
     try:
         answer = store.submit(item)
     except StoreUnavailable as exc:
@@ -150,8 +152,7 @@ def _admit(req: Request, repo: Repo, base: dict[str, Any], *, store: Store, max_
             answer.job.id if answer.job else answer.body.get("job"))
 
 
-def _reject(store: Store, base: dict[str, Any], status: int, reason: str, *,
+def _reject(store: Store, base: Intake, status: int, reason: str, *,
             node: str) -> tuple[int, dict[str, Any], str, None]:
-    store.record_rejection(Intake(kind="rejected", http_status=status, reason=reason,
-                                  node=node, **base))
+    store.record_rejection(replace(base, http_status=status, reason=reason, node=node))
     return status, {"error": reason}, "rejected", None

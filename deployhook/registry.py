@@ -122,7 +122,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _value in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=deep)
             line = key_node.start_mark.line + 1
             if key in seen:
                 raise RegistryError(
@@ -297,9 +297,11 @@ def resolve_secrets(repo: Repo, *, default: str | None,
         origin = f"secret file {repo.secret_file}"
         try:
             raw = repo.secret_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:
             raise SecretNotConfigured(f"{origin} cannot be read: "
                                       f"{exc.strerror or type(exc).__name__}") from None
+        except UnicodeDecodeError:
+            raise SecretNotConfigured(f"{origin} is not UTF-8 text") from None
     else:
         raw = default
         origin = "DEPLOYHOOK_SECRET"

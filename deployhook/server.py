@@ -38,7 +38,7 @@ class _StructuredGunicornLogger(GunicornLogger):
         self.error_log.setLevel(logging.INFO)
 
 
-class WebApplication(BaseApplication):  # type: ignore[misc]
+class WebApplication(BaseApplication):
     """The WSGI app under gunicorn's threaded workers, configured from Settings."""
 
     def __init__(self, settings: Settings) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
+from typing import Any
 
 from deployhook.errors import BadSignature, MissingSignature
 
@@ -21,7 +22,7 @@ def sign(body: bytes, secret: str) -> str:
     return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def signatures(headers: Mapping[str, str]) -> list[str]:
+def signatures(headers: Any) -> list[str]:
     """Return the hex digests offered by a request's signature headers (empty ones dropped).
 
     Gitea without a configured secret still sends every header, empty (or just the

@@ -116,8 +116,8 @@ def admit(tx: Tx, item: Intake) -> Answer:
     if item.kind in {"ping", "ignored"}:
         body = {"status": "pong"} if item.kind == "ping" else \
             {"status": "ignored", "reason": item.reason}
-        reason = "ping" if item.kind == "ping" else item.reason
-        record(tx, item, outcome=Outcome.IGNORED, http_status=200, reason=reason, answer=body)
+        record(tx, item, outcome=Outcome.IGNORED, http_status=200,
+               reason="ping" if item.kind == "ping" else item.reason, answer=body)
         return Answer(200, body, Outcome.IGNORED)
     assert item.kind == "push" and item.sha is not None
     if see_head(tx, item.repo, item.sha, now=item.received_at, repo_url=item.repo_url):

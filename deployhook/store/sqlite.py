@@ -97,7 +97,7 @@ class SqliteBackend:
             conn.execute("PRAGMA synchronous = FULL")
             local.conn = conn
             local.pid = os.getpid()
-        return local.conn  # type: ignore[no-any-return]
+        return local.conn
 
     def _drop_connection(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -114,7 +114,7 @@ class SqliteBackend:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             local.lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             local.lock_pid = os.getpid()
-        return local.lock_fd  # type: ignore[no-any-return]
+        return local.lock_fd
 
     def _tx(self, conn: sqlite3.Connection) -> Tx:
         def execute(sql: str, params: Any) -> sqlite3.Cursor:

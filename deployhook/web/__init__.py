@@ -26,7 +26,7 @@ STATUS_OF: dict[type[errors.DeployhookError], int] = {
 
 def service() -> Service:
     """The Service of the app handling this request."""
-    return current_app.extensions["deployhook"]  # type: ignore[no-any-return]
+    return current_app.extensions["deployhook"]
 
 
 def create_app(settings: Settings | None = None, *, service_: Service | None = None,
