@@ -8,11 +8,8 @@ CONTRACT §4.1-4.2 hold across processes.
 from __future__ import annotations
 
 import os
-import queue as queue_mod
 import socket
-import threading
 import time
-from concurrent.futures import Future
 from typing import Any
 
 import structlog
@@ -22,112 +19,12 @@ from deployhook.errors import Conflict, StoreUnavailable, UnknownJob
 from deployhook.models import Delivery, Job, RepoState, Status, StepStatus, Trigger
 from deployhook.store import ledger, queue, totals
 from deployhook.store.backend import Backend, Row, Tx
+from deployhook.store.group import GroupCommit
 from deployhook.store.ledger import Answer, Intake
 
 log = structlog.get_logger()
 
 __all__ = ["Answer", "Intake", "Store", "Tx", "open_store"]
-
-_BATCH_MAX = 256
-# Gitea gives up after 5 s: past this, answer 503 rather than hang.
-SUBMIT_TIMEOUT = 4.5
-
-
-class _GroupCommit:
-    """Turns concurrent deliveries into few transactions: one writer thread per process.
-
-    Request threads hand their delivery over and wait; the writer takes everything that
-    queued up meanwhile and admits it in one transaction. Under load that is one lock
-    round and one fsync per batch instead of per request.
-    """
-
-    def __init__(self, backend: Backend) -> None:
-        self._backend = backend
-        self._lock = threading.Lock()
-        self._pid: int | None = None
-        self._queue: queue_mod.SimpleQueue[tuple[Intake, Future[Answer] | None]]
-
-    def _ensure_thread(self) -> None:
-        if self._pid == os.getpid():
-            return
-        with self._lock:
-            if self._pid == os.getpid():
-                return
-            self._queue = queue_mod.SimpleQueue()
-            threading.Thread(target=self._run, name="deployhook-group-commit",
-                             daemon=True).start()
-            self._pid = os.getpid()
-
-    def submit(self, item: Intake, *, wait: bool) -> Answer | None:
-        self._ensure_thread()
-        future: Future[Answer] | None = Future() if wait else None
-        self._queue.put((item, future))
-        if future is None:
-            return None
-        try:
-            return future.result(timeout=SUBMIT_TIMEOUT)
-        except TimeoutError:
-            raise StoreUnavailable("store busy: the delivery could not be stored in time") \
-                from None
-
-    def _run(self) -> None:
-        q = self._queue
-        while True:
-            batch = [q.get()]
-            while len(batch) < _BATCH_MAX:
-                try:
-                    batch.append(q.get_nowait())
-                except queue_mod.Empty:
-                    break
-            self._commit(batch)
-
-    def _admit_all(self, batch: list[tuple[Intake, Future[Answer] | None]], *,
-                   isolate: bool) -> list[Answer | BaseException]:
-        results: list[Answer | BaseException] = []
-        with self._backend.write() as tx:
-            for item, _future in batch:
-                if not isolate:
-                    results.append(ledger.admit(tx, item))
-                    continue
-                try:
-                    with tx.savepoint():
-                        results.append(ledger.admit(tx, item))
-                except Exception as exc:  # one bad item must not sink the batch
-                    log.exception("delivery_admit_failed", repo=item.repo)
-                    results.append(exc)
-        return results
-
-    def _commit(self, batch: list[tuple[Intake, Future[Answer] | None]]) -> None:
-        try:
-            try:
-                results = self._admit_all(batch, isolate=False)
-            except StoreUnavailable:
-                raise
-            except Exception:
-                # A bug in one item: redo the batch with a savepoint around each item,
-                # so only that delivery fails. Savepoints cost two statements an item,
-                # so the fast path above goes without.
-                results = self._admit_all(batch, isolate=True)
-        except Exception as exc:
-            if not isinstance(exc, StoreUnavailable):
-                log.exception("delivery_batch_failed", size=len(batch))
-            for item, future in batch:
-                if future is not None:
-                    future.set_exception(exc)
-                else:
-                    log.warning("delivery_not_recorded", repo=item.repo, error=str(exc))
-            return
-        woke = False
-        for (_item, future), result in zip(batch, results, strict=True):
-            if isinstance(result, Answer) and result.job is not None and not woke:
-                self._backend.wake()
-                woke = True
-            if future is None:
-                continue
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
 
 
 class Store:
@@ -135,7 +32,7 @@ class Store:
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self._group = _GroupCommit(backend)
+        self._group = GroupCommit(backend, on_job=backend.wake)
         self.host = socket.gethostname()
 
     @property
@@ -158,14 +55,12 @@ class Store:
 
     def submit(self, item: Intake) -> Answer:
         """Admit a delivery durably; return the answer once it is committed."""
-        answer = self._group.submit(item, wait=True)
-        assert answer is not None
-        return answer
+        return self._group.submit(item)
 
     def record_rejection(self, item: Intake) -> None:
         """Add a rejected delivery to the ledger; its answer stands even if that fails."""
         try:
-            self._group.submit(item, wait=True)
+            self._group.submit(item)
         except StoreUnavailable as exc:
             log.warning("delivery_not_recorded", repo=item.repo, error=str(exc))
 
