@@ -66,10 +66,12 @@ def git_env(path: Path, extra_config: dict[str, str] | None = None) -> dict[str,
 
 
 def _short(exc: git.GitCommandError) -> str:
-    lines = [ln.strip() for ln in str(exc.stderr or "").splitlines() if ln.strip()]
+    """Git's first fatal or error line: the cause ("'x' does not appear to be a git
+    repository"), not the generic last one ("Could not read from remote repository")."""
+    lines = [ln.strip().removeprefix("stderr: ").strip(" '")
+             for ln in str(exc.stderr or "").splitlines() if ln.strip()]
     meaningful = [ln for ln in lines if ln.lower().startswith(("fatal", "error"))]
-    text = (meaningful or lines or [f"git exited with {exc.status}"])[-1]
-    return text.removeprefix("stderr: ").strip(" '")
+    return (meaningful or lines or [f"git exited with {exc.status}"])[0]
 
 
 def remote_head(repo: Repo, *, timeout: float) -> str:
@@ -135,7 +137,11 @@ def fetch(repo: Repo, sha: str, *, timeout: float, output: Callable[[str], None]
     if repo.remote not in [r.name for r in handle.remotes]:
         raise StepFailed(f"{repo.path} has no remote named {repo.remote!r}")
     refspec = f"+{repo.ref}:refs/remotes/{repo.remote}/{repo.branch}"
-    _git(handle, "fetch", "--prune", "--no-tags", "--", repo.remote, refspec, timeout=timeout)
+    try:
+        _git(handle, "fetch", "--prune", "--no-tags", "--", repo.remote, refspec,
+             timeout=timeout)
+    except StepFailed as exc:
+        raise StepFailed(f"{exc} (remote {repo.remote!r})") from None
     output(f"fetched {repo.branch} from {repo.remote}")
     if not has_commit(handle, sha):
         # A sha that is no longer the tip (a coalesced or rolled-back push): ask for it.

@@ -328,6 +328,11 @@ def secret_values(repos: Iterable[Repo], *, default: str | None) -> list[str]:
     return values
 
 
+# A changed file is read once it has been still this long (see _settled_stamp).
+SETTLE_S = 0.05
+SETTLE_TRIES = 5
+
+
 @dataclass(frozen=True, slots=True)
 class _Stamp:
     mtime_ns: int
@@ -355,6 +360,28 @@ class Registry:
             return None
         return _Stamp(st.st_mtime_ns, st.st_size, st.st_ino)
 
+    def _settled_stamp(self) -> _Stamp | None:
+        """The file's stamp once no write has touched it for SETTLE_S.
+
+        An editor that saves in place truncates, then writes: read in between, the file
+        is empty, which is a valid registry with no repos. Waiting until the file has
+        been still for a moment (at most a few times, then reading anyway) keeps every
+        push from answering 404 during a save.
+        """
+        stamp = self._current_stamp()
+        for _ in range(SETTLE_TRIES):
+            if stamp is None:
+                return None
+            age = time.time() - stamp.mtime_ns / 1e9
+            if not 0 <= age < SETTLE_S:
+                return stamp
+            time.sleep(SETTLE_S - age)
+            again = self._current_stamp()
+            if again == stamp:
+                return stamp
+            stamp = again
+        return stamp
+
     def refresh(self, *, force: bool = False) -> None:
         """Re-read the file if it changed since the last look."""
         now = time.monotonic()
@@ -364,25 +391,34 @@ class Registry:
         if not force and self.loaded and stamp == self._stamp:
             self._checked_at = now
             return
-        with self._lock:
-            stamp = self._current_stamp()
-            if not force and self.loaded and stamp == self._stamp:
-                return
-            try:
-                repos = load(self.file)
-            except RegistryError as exc:
-                if self.error != str(exc):
-                    log.error("registry_invalid", file=str(self.file), error=str(exc),
-                              kept=len(self._repos))
-                self.error = str(exc)
-            else:
-                if self.loaded and self.error is None:
-                    log.info("registry_reloaded", file=str(self.file), repos=len(repos))
-                self._repos = repos
-                self.error = None
-            self._stamp = stamp
-            self._checked_at = now
-            self.loaded = True
+        # One thread re-reads (and may wait for the file to settle); the others go on
+        # with the registry they have rather than queue up behind it.
+        if not self._lock.acquire(blocking=force or not self.loaded):
+            return
+        try:
+            self._reload(force=force, now=now)
+        finally:
+            self._lock.release()
+
+    def _reload(self, *, force: bool, now: float) -> None:
+        stamp = self._settled_stamp()
+        if not force and self.loaded and stamp == self._stamp:
+            return
+        try:
+            repos = load(self.file)
+        except RegistryError as exc:
+            if self.error != str(exc):
+                log.error("registry_invalid", file=str(self.file), error=str(exc),
+                          kept=len(self._repos))
+            self.error = str(exc)
+        else:
+            if self.loaded and self.error is None:
+                log.info("registry_reloaded", file=str(self.file), repos=len(repos))
+            self._repos = repos
+            self.error = None
+        self._stamp = stamp
+        self._checked_at = now
+        self.loaded = True
 
     def get(self, name: str) -> Repo:
         """Return one repo by name, or raise UnknownRepo."""
