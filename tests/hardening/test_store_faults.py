@@ -8,10 +8,14 @@ accept deliveries again once the disk is usable.
 from __future__ import annotations
 
 import signal
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from deployhook.service import Service
 from tests.conftest import write_registry
 from tests.hardening.support import (
     Answer,
@@ -29,10 +33,8 @@ from tests.hardening.support import (
     unfill,
     wait_for,
 )
-from tests.helpers import Remote, make_fake_docker, make_remote
+from tests.helpers import Remote, gitea_headers, gitea_push_body, make_fake_docker, make_remote
 from tests.server import Served, serve
-
-pytestmark = pytest.mark.slow
 
 
 def world(tmp: Path, data: Path) -> tuple[Remote, dict[str, str]]:
@@ -43,14 +45,16 @@ def world(tmp: Path, data: Path) -> tuple[Remote, dict[str, str]]:
     return remote, serve_env(tmp, registry, fake, DEPLOYHOOK_DATA_DIR=str(data))
 
 
-def assert_refuses_clearly(served: Served, remote: Remote, *, tries: int = 20) -> list[Answer]:
+def assert_refuses_clearly(served: Served, remote: Remote, *, tries: int = 64) -> list[Answer]:
     """While the store cannot be written: 503 with a reason, status still served."""
     sha = remote.commit_and_push({"index.html": "while broken\n"})
-    answers = [push(served.url, "site", sha) for _ in range(tries)]
+    with ThreadPoolExecutor(max_workers=16) as pool:  # many threads, each its connection
+        answers = list(pool.map(lambda _: push(served.url, "site", sha), range(tries)))
+    statuses = Counter(a.status for a in answers)
+    assert set(statuses) == {503}, f"answers while the store is broken: {dict(statuses)}"
     for answer in answers:
-        assert answer.status == 503, (answer.status, answer.body)
         assert "store not writable" in answer.json()["error"], answer.body
-    for _ in range(10):  # every web thread and process, not only the first one asked
+    for _ in range(30):  # every web thread and process, not only the first one asked
         health = call(served.url, "/healthz")
         assert health.status == 503, (health.status, health.body)
         assert health.json()["status"] == "unavailable"
@@ -79,6 +83,7 @@ def no_unhandled_errors(*logs: Path) -> None:
         assert "Exception on /" not in text, f"an unhandled exception (a 500) in {log}"
 
 
+@pytest.mark.slow
 def test_full_data_dir_answers_503_keeps_serving_and_recovers(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "data", size="4m") as data:
         remote, env = world(tmp_path, data)
@@ -106,10 +111,11 @@ def test_full_data_dir_answers_503_keeps_serving_and_recovers(tmp_path: Path) ->
         for answer in accepted:
             assert answer.json()["job"] in {j["id"] for j in jobs_table(db)}
         assert len(kept) >= len(accepted)
-        assert len(refused) == 20
+        assert len(refused) == 64
         no_unhandled_errors(tmp_path / "serve.log")
 
 
+@pytest.mark.slow
 def test_data_dir_read_only_at_start_answers_503_then_recovers_in_place(
         tmp_path: Path) -> None:
     """The disk came back read-only after a reboot: deployhook must still come up."""
@@ -128,6 +134,7 @@ def test_data_dir_read_only_at_start_answers_503_then_recovers_in_place(
     no_unhandled_errors(tmp_path / "serve.log")
 
 
+@pytest.mark.slow
 def test_disk_turning_read_only_mid_run_answers_503_and_recovers_after_repair(
         tmp_path: Path) -> None:
     """ext4 with errors=remount-ro: the kernel makes it read-only under open files."""
@@ -138,9 +145,15 @@ def test_disk_turning_read_only_mid_run_answers_503_and_recovers_after_repair(
         with serve(env, cwd=tmp_path) as served:
             before = push(served.url, "site", remote.commit_and_push({"index.html": "v2\n"}))
             assert before.status == 202
+            # Many request threads of every web process have written, and hold their
+            # connection and files open, as on a busy server.
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                warm = list(pool.map(lambda _: push(served.url, "site", remote.deployed()),
+                                     range(64)))
+            assert {a.status for a in warm} == {202}
             wait_for(lambda: settled(db), what="the first deploy")
             disk.fail()
-            assert_refuses_clearly(served, remote)
+            assert_refuses_clearly(served, remote, tries=192)
             served.proc.send_signal(signal.SIGTERM)
             served.proc.wait(timeout=60)
         disk.repair()  # what an admin does: unmount, fsck, mount, start again
@@ -149,3 +162,31 @@ def test_disk_turning_read_only_mid_run_answers_503_and_recovers_after_repair(
                 "succeeded"
             accepts_again(served, remote, db)
     no_unhandled_errors(tmp_path / "serve.log", tmp_path / "serve-repaired.log")
+
+
+def test_a_write_statement_failing_for_lack_of_space_answers_503_with_the_reason(
+        client: Any, service: Service, remote: Remote) -> None:
+    """SQLite reports a full disk at any statement, not only at COMMIT.
+
+    A deterministic stand-in for the disk filling up mid-transaction: cap the database
+    at its current size (PRAGMA max_page_count) on the connection this thread's requests
+    use (the test client runs them in this thread). The error is SQLite's own
+    SQLITE_FULL, raised by the INSERT that needs a new page.
+    """
+    fault, reason = "full", "full"
+    conn = service.store.backend._connection()  # type: ignore[attr-defined]
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+    statuses: Counter[int] = Counter()
+    last: dict[str, Any] = {}
+    for n in range(200):
+        body = gitea_push_body(sha=remote.deployed(), full_name="jeff/site", pad_to=3072)
+        resp = client.post("/deploy/site", data=body,
+                           headers=gitea_headers(body, delivery=f"{fault}-{n}-" + "x" * 100))
+        statuses[resp.status_code] += 1
+        if resp.status_code != 202:
+            last = resp.get_json()
+            break
+    assert set(statuses) <= {202, 503}, f"answers once the store is {fault}: {dict(statuses)}"
+    assert statuses[503] == 1
+    assert reason in last["error"], f"503 without the reason: {last['error']!r}"
