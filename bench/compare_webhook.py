@@ -157,6 +157,14 @@ class Cgroup:
             return [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
         return [root, *descendants(root)]
 
+    def limit_hits(self) -> int | None:
+        """How often a fork was refused for the pids limit (pids.events `max`)."""
+        if self.path is None:
+            return None
+        events = dict(line.split() for line in (self.path / "pids.events").read_text()
+                      .splitlines() if line.strip())
+        return int(events.get("max", 0))
+
     def remove(self) -> None:
         if self.path is None:
             return
@@ -537,6 +545,8 @@ def measure(server: Server, args: argparse.Namespace, script: Path,
     server.settle()
     time.sleep(1)
     result["rss_after_mb"], result["pss_after_mb"] = (round(v, 1) for v in server.memory())
+    result["pids_limit"] = server.cgroup.limit
+    result["pids_limit_hits"] = server.cgroup.limit_hits()
     return result
 
 
@@ -605,6 +615,8 @@ def table(results: dict[str, dict[str, Any]], levels: list[int]) -> str:
         f"{r['rss_peak_mb']} / {r['pss_peak_mb']} ({r['most_processes']})")
     row("memory after the load: RSS / PSS, MB", lambda r:
         f"{r['rss_after_mb']} / {r['pss_after_mb']}")
+    row("forks refused by the pids limit", lambda r:
+        f"{r['pids_limit_hits']} (limit {r['pids_limit']})")
     return "\n".join(lines)
 
 
