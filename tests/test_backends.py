@@ -459,3 +459,30 @@ def test_a_forked_child_opens_its_own_connections_and_leaves_the_parents(store: 
                             pid=before) == 1
     store.enqueue(repo="after", sha=sha(3), ref=None, trigger=Trigger.PUSH, node="")
     assert [len(store.jobs(r)) for r in ("before", "from-child", "after")] == [1, 1, 1]
+
+
+@pytest.mark.postgres
+def test_sessions_the_server_ended_are_replaced_without_a_failed_delivery(
+        tmp_path: Path) -> None:
+    """A PostgreSQL restart ends every pooled session: the next transaction still works."""
+    import psycopg
+
+    with fresh_schema() as url:
+        store = open_store(Settings.load({}, data_dir=tmp_path, database_url=url))
+        waiter = store.backend.waiter()
+        try:
+            store.submit(push("a", 1))
+            with psycopg.connect(url, autocommit=True) as admin:
+                ended = admin.execute(
+                    "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE"
+                    " application_name = 'deployhook' AND pid <> pg_backend_pid()").fetchone()
+            assert ended is not None and ended[0] >= 2  # the pool's and the listener's
+            assert store.submit(push("a", 2)).outcome == Outcome.COALESCED
+            assert store.writable() is None
+            waiter.wait(0.1)  # notices its session is gone; listens again on the next wait
+            waiter.wait(0.1)
+            store.enqueue(repo="b", sha=sha(3), ref=None, trigger=Trigger.PUSH, node="")
+            assert waiter.wait(30) is True
+        finally:
+            waiter.close()
+            store.close()

@@ -284,9 +284,12 @@ class PostgresBackend:
             except _UNAVAILABLE as exc:
                 self._rollback(conn)
                 pool.putconn(conn)
-                # A connection the server dropped (a restart): one more try on a new one.
-                if attempt == 2 or not conn.broken:
+                # Nothing was done yet, so one more try is safe: after a server restart
+                # every pooled connection is dead; drop them all and try a fresh one.
+                if attempt == 2:
                     raise _unavailable(exc, what) from None
+                with suppress(*_UNAVAILABLE):
+                    pool.check()
                 continue
             return conn
         raise AssertionError("unreachable")
