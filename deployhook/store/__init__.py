@@ -33,6 +33,9 @@ class Store:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self._group = GroupCommit(backend, on_job=backend.wake)
+        self._schema_ready = False
+        self._schema_tried_at = 0.0
+        self._schema_error: str | None = None
         self.host = socket.gethostname()
 
     @property
@@ -40,26 +43,53 @@ class Store:
         return "FOR UPDATE SKIP LOCKED" if self.backend.name == "postgres" else ""
 
     def migrate(self) -> int:
-        return self.backend.migrate()
+        version = self.backend.migrate()
+        self._schema_ready = True
+        return version
+
+    def _ensure_schema(self) -> None:
+        """Migrate now if that failed at start (a read-only or full disk): retry, at most
+        once a second, so a store that comes back is used without a restart."""
+        if self._schema_ready:
+            return
+        now = time.monotonic()
+        if now - self._schema_tried_at < 1.0 and self._schema_error:
+            raise StoreUnavailable(self._schema_error)
+        self._schema_tried_at = now
+        try:
+            self.migrate()
+        except StoreUnavailable as exc:
+            self._schema_error = str(exc)
+            raise
+
+    def _write(self) -> Any:
+        self._ensure_schema()
+        return self.backend.write()
+
+    def _read(self) -> Any:
+        self._ensure_schema()
+        return self.backend.read()
 
     def close(self) -> None:
         self.backend.close()
 
     def read(self) -> Any:
-        return self.backend.read()
+        return self._read()
 
     def write(self) -> Any:
-        return self.backend.write()
+        return self._write()
 
     # -- intake ------------------------------------------------------------------
 
     def submit(self, item: Intake) -> Answer:
         """Admit a delivery durably; return the answer once it is committed."""
+        self._ensure_schema()
         return self._group.submit(item)
 
     def record_rejection(self, item: Intake) -> None:
         """Add a rejected delivery to the ledger; its answer stands even if that fails."""
         try:
+            self._ensure_schema()
             self._group.submit(item)
         except StoreUnavailable as exc:
             log.warning("delivery_not_recorded", repo=item.repo, error=str(exc))
@@ -75,7 +105,7 @@ class Store:
         deploy it again.
         """
         now = time.time()
-        with self.backend.write() as tx:
+        with self._write() as tx:
             if remote_head:
                 ledger.see_head(tx, repo, sha, now=now)
             job, coalesced = queue.enqueue(tx, repo=repo, sha=sha, ref=ref, trigger=trigger,
@@ -85,23 +115,23 @@ class Store:
         return job, coalesced
 
     def job(self, job_id: int) -> Job:
-        with self.backend.read() as tx:
+        with self._read() as tx:
             job = queue.get(tx, job_id)
         if job is None:
             raise UnknownJob(f"no job {job_id}")
         return job
 
     def jobs(self, repo: str, *, limit: int = 20) -> list[Job]:
-        with self.backend.read() as tx:
+        with self._read() as tx:
             return queue.history(tx, repo, limit=limit)
 
     def deliveries(self, repo: str, *, limit: int = 50) -> list[Delivery]:
-        with self.backend.read() as tx:
+        with self._read() as tx:
             return ledger.deliveries(tx, repo, limit=limit)
 
     def overview(self, repo: str) -> dict[str, Any]:
         """What GET /deploy/<repo> shows: state, deployed sha, last job, queue."""
-        with self.backend.read() as tx:
+        with self._read() as tx:
             last = queue.history(tx, repo, limit=1)
             return {
                 "state": ledger.state(tx, repo),
@@ -113,7 +143,7 @@ class Store:
 
     def overviews(self, repos: list[str]) -> list[dict[str, Any]]:
         """overview() of each repo, plus its newest good job, in one snapshot."""
-        with self.backend.read() as tx:
+        with self._read() as tx:
             views = []
             for repo in repos:
                 last = queue.history(tx, repo, limit=1)
@@ -136,25 +166,25 @@ class Store:
         Status is read first: once it says ended, every line written before the end
         is among the lines returned. None: no such job.
         """
-        with self.backend.read() as tx:
+        with self._read() as tx:
             status = queue.status_of(tx, job_id)
             return status, queue.log_lines(tx, job_id, after=after, limit=limit)
 
     def metrics_snapshot(self) -> totals.Snapshot:
-        with self.backend.read() as tx:
+        with self._read() as tx:
             return totals.snapshot(tx)
 
     def repo_state(self, repo: str) -> RepoState:
-        with self.backend.read() as tx:
+        with self._read() as tx:
             return ledger.state(tx, repo)
 
     def newest_good_sha(self, repo: str, *, other_than: str | None = None) -> str | None:
-        with self.backend.read() as tx:
+        with self._read() as tx:
             return queue.newest_good_sha(tx, repo, other_than=other_than)
 
     def cancel(self, job_id: int) -> Job:
         """Cancel a queued job now, or ask a running one's worker to stop it."""
-        with self.backend.write() as tx:
+        with self._write() as tx:
             job = queue.get(tx, job_id)
             if job is None:
                 raise UnknownJob(f"no job {job_id}")
@@ -170,13 +200,13 @@ class Store:
         return job
 
     def hold(self, repo: str) -> RepoState:
-        with self.backend.write() as tx:
+        with self._write() as tx:
             return ledger.set_hold(tx, repo, held=True, now=time.time())
 
     def release(self, repo: str, *, node: str) -> Job | None:
         """Lift a hold; queue the newest push that arrived while held, if any."""
         now = time.time()
-        with self.backend.write() as tx:
+        with self._write() as tx:
             state = ledger.state(tx, repo)
             ledger.set_hold(tx, repo, held=False, now=now)
             if not state.held_sha:
@@ -188,53 +218,53 @@ class Store:
         return job
 
     def see_head(self, repo: str, sha: str) -> None:
-        with self.backend.write() as tx:
+        with self._write() as tx:
             ledger.see_head(tx, repo, sha, now=time.time())
 
     # -- the worker's side ----------------------------------------------------------
 
     def claim(self, *, worker: str, node: str, lease_s: float,
               exclude: tuple[str, ...] = ()) -> Job | None:
-        with self.backend.write() as tx:
+        with self._write() as tx:
             return queue.claim(tx, worker=worker, node=node, host=self.host, lease_s=lease_s,
                                now=time.time(), skip_locked=self.skip_locked, exclude=exclude)
 
     def renew(self, *, worker: str, job_ids: list[int], lease_s: float) -> set[int]:
-        with self.backend.write() as tx:
+        with self._write() as tx:
             return queue.renew(tx, worker=worker, job_ids=job_ids, lease_s=lease_s,
                                now=time.time())
 
     def set_job_fields(self, job_id: int, **fields: Any) -> None:
-        with self.backend.write() as tx:
+        with self._write() as tx:
             queue.set_fields(tx, job_id, **fields)
 
     def start_step(self, job_id: int, name: str) -> int:
-        with self.backend.write() as tx:
+        with self._write() as tx:
             return queue.start_step(tx, job_id, name, now=time.time())
 
     def finish_step(self, job_id: int, idx: int, *, status: StepStatus,
                     error: str | None = None) -> None:
-        with self.backend.write() as tx:
+        with self._write() as tx:
             queue.finish_step(tx, job_id, idx, status=status, error=error, now=time.time())
 
     def append_log(self, job_id: int, lines: list[tuple[float, str]]) -> None:
         if lines:
-            with self.backend.write() as tx:
+            with self._write() as tx:
                 queue.append_log(tx, job_id, lines)
 
     def log_lines(self, job_id: int, *, after: int = 0, limit: int = 5000) -> list[Row]:
-        with self.backend.read() as tx:
+        with self._read() as tx:
             return queue.log_lines(tx, job_id, after=after, limit=limit)
 
     def finish(self, job_id: int, *, status: Status, error: str | None,
                worker: str | None = None) -> bool:
-        with self.backend.write() as tx:
+        with self._write() as tx:
             return queue.finish(tx, job_id, status=status, error=error, now=time.time(),
                                 worker=worker)
 
     def enqueue_if_idle(self, *, repo: str, sha: str, ref: str | None, trigger: Trigger,
                         node: str, repo_url: str | None = None) -> Job | None:
-        with self.backend.write() as tx:
+        with self._write() as tx:
             job = queue.enqueue_if_idle(tx, repo=repo, sha=sha, ref=ref, trigger=trigger,
                                         node=node, now=time.time(), repo_url=repo_url)
         if job is not None:
@@ -242,26 +272,26 @@ class Store:
         return job
 
     def interrupt(self, job: Job, *, reason: str) -> Job | None:
-        with self.backend.write() as tx:
+        with self._write() as tx:
             retry = queue.interrupt(tx, job, reason=reason, now=time.time())
         if retry is not None:
             self.backend.wake()
         return retry
 
     def running_jobs(self) -> list[Row]:
-        with self.backend.read() as tx:
+        with self._read() as tx:
             return queue.running(tx)
 
     def expired_jobs(self) -> list[Job]:
-        with self.backend.read() as tx:
+        with self._read() as tx:
             return queue.orphaned(tx, now=time.time())
 
     def prune(self, *, repos: list[str], keep_jobs: int, keep_deliveries: int) -> int:
         removed = 0
         for repo in repos:
-            with self.backend.write() as tx:
+            with self._write() as tx:
                 removed += queue.prune(tx, repo, keep=keep_jobs)
-        with self.backend.write() as tx:
+        with self._write() as tx:
             removed += ledger.prune(tx, keep=keep_deliveries, known=repos)
         return removed
 
@@ -270,25 +300,25 @@ class Store:
     def register_worker(self, *, worker: str, node: str, slots: int) -> None:
         now = time.time()
         self.backend.hold_worker_lock(worker)
-        with self.backend.write() as tx:
+        with self._write() as tx:
             tx.run("INSERT INTO workers (id, node, host, pid, slots, started_at, heartbeat_at)"
                    " VALUES (:id, :node, :host, :pid, :slots, :now, :now)"
                    " ON CONFLICT (id) DO UPDATE SET heartbeat_at = :now, stopped_at = NULL",
                    id=worker, node=node, host=self.host, pid=os.getpid(), slots=slots, now=now)
 
     def heartbeat(self, worker: str) -> None:
-        with self.backend.write() as tx:
+        with self._write() as tx:
             tx.run("UPDATE workers SET heartbeat_at = :now WHERE id = :id",
                    now=time.time(), id=worker)
 
     def stop_worker(self, worker: str) -> None:
-        with self.backend.write() as tx:
+        with self._write() as tx:
             tx.run("UPDATE workers SET stopped_at = :now WHERE id = :id",
                    now=time.time(), id=worker)
 
     def workers(self, *, since: float) -> list[Row]:
         """Workers that have not stopped and beat since `since`."""
-        with self.backend.read() as tx:
+        with self._read() as tx:
             return tx.all("SELECT * FROM workers WHERE stopped_at IS NULL AND"
                           " heartbeat_at >= :since ORDER BY node, started_at", since=since)
 
@@ -301,11 +331,20 @@ class Store:
         return bool(getattr(self.backend, "liveness_across_hosts", False))
 
     def writable(self) -> str | None:
+        try:
+            self._ensure_schema()
+        except StoreUnavailable as exc:
+            return str(exc)
         return self.backend.writable()
 
 
 def open_store(settings: Settings, *, migrate: bool = True) -> Store:
-    """Open the configured store (SQLite in the data dir, or PostgreSQL) and migrate it."""
+    """Open the configured store (SQLite in the data dir, or PostgreSQL) and migrate it.
+
+    A store that cannot be written yet (read-only or full disk, database down) is not
+    fatal: every operation retries the migration and answers StoreUnavailable (503)
+    until it works, so the server starts, says why, and recovers by itself.
+    """
     backend: Backend
     if settings.database_url:
         from deployhook.store.postgres import PostgresBackend
@@ -317,6 +356,11 @@ def open_store(settings: Settings, *, migrate: bool = True) -> Store:
         backend = SqliteBackend(settings.database_path)
     store = Store(backend)
     if migrate:
-        store.migrate()
+        try:
+            store.migrate()
+        except StoreUnavailable as exc:
+            log.error("store_unavailable", error=str(exc))
+            store._schema_error = str(exc)
+            store._schema_tried_at = time.monotonic()
     return store
 

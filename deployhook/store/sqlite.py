@@ -31,6 +31,11 @@ log = structlog.get_logger()
 _TYPES = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "real": "REAL"}
 
 
+def _is_storage_fault(exc: sqlite3.Error) -> bool:
+    """Disk full, read-only, I/O error, locked, corrupt: not a bug in a query."""
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
+
 def _unavailable(exc: sqlite3.Error) -> StoreUnavailable:
     return StoreUnavailable(f"store not writable: {exc}")
 
@@ -155,6 +160,12 @@ class SqliteBackend:
                 raise _unavailable(exc) from None
             try:
                 yield self._tx(conn)
+            except sqlite3.Error as exc:
+                self._rollback(conn)
+                if not _is_storage_fault(exc):
+                    raise  # a constraint broken by a bug: the caller's to see
+                self._drop_connection()
+                raise _unavailable(exc) from None
             except BaseException:
                 self._rollback(conn)
                 raise
@@ -184,15 +195,21 @@ class SqliteBackend:
             raise StoreUnavailable(f"store not readable: {exc}") from None
         try:
             yield self._tx(conn)
-        except sqlite3.OperationalError as exc:
+        except sqlite3.Error as exc:
             self._rollback(conn)
+            if not _is_storage_fault(exc):
+                raise
             self._drop_connection()
             raise StoreUnavailable(f"store not readable: {exc}") from None
         except BaseException:
             self._rollback(conn)
             raise
         else:
-            conn.execute("COMMIT")
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._drop_connection()
+                raise StoreUnavailable(f"store not readable: {exc}") from None
 
     # -- schema ------------------------------------------------------------------
 
@@ -203,7 +220,7 @@ class SqliteBackend:
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 conn.execute("PRAGMA journal_mode = WAL")
         except (OSError, sqlite3.Error) as exc:
-            raise StoreUnavailable(f"cannot open the store at {self.path}: {exc}") from None
+            raise StoreUnavailable(f"store not writable: cannot open {self.path}: {exc}") from None
         with self.write() as tx:
             version = int(tx.value("PRAGMA user_version") or 0)
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
