@@ -328,9 +328,11 @@ def secret_values(repos: Iterable[Repo], *, default: str | None) -> list[str]:
     return values
 
 
-# A changed file is read once it has been still this long (see _settled_stamp).
-SETTLE_S = 0.05
-SETTLE_TRIES = 5
+# A changed file is read once two looks this far apart agree (see _settled_stamp).
+SETTLE_S = 0.015
+SETTLE_TRIES = 8
+SETTLED_AGE_S = 1.0
+FIRST_LOAD_TRIES = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,27 +362,30 @@ class Registry:
             return None
         return _Stamp(st.st_mtime_ns, st.st_size, st.st_ino)
 
-    def _settled_stamp(self) -> _Stamp | None:
-        """The file's stamp once no write has touched it for SETTLE_S.
+    def _settled_stamp(self) -> tuple[_Stamp | None, bool]:
+        """The file's stamp once it has stayed the same for SETTLE_S, and whether it did.
 
         An editor that saves in place truncates, then writes: read in between, the file
-        is empty, which is a valid registry with no repos. Waiting until the file has
-        been still for a moment (at most a few times, then reading anyway) keeps every
-        push from answering 404 during a save.
+        is empty, which is a valid registry with no repos. So a change is read only once
+        two looks SETTLE_S apart agree, and an empty file only once it is a second old.
+        (File times are too coarse to judge "still" by age alone, except for a file last
+        changed long ago.) A file that never settles, rewritten without pause, is left
+        for a later look.
         """
         stamp = self._current_stamp()
         for _ in range(SETTLE_TRIES):
             if stamp is None:
-                return None
-            age = time.time() - stamp.mtime_ns / 1e9
-            if not 0 <= age < SETTLE_S:
-                return stamp
-            time.sleep(SETTLE_S - age)
+                return None, True
+            if time.time() - stamp.mtime_ns / 1e9 > SETTLED_AGE_S:
+                return stamp, True
+            time.sleep(SETTLE_S)
             again = self._current_stamp()
-            if again == stamp:
-                return stamp
+            # Just truncated is a save in progress (on a busy machine the writer's pause
+            # can outlast SETTLE_S), not a registry emptied on purpose.
+            if again == stamp and stamp.size > 0:
+                return stamp, True
             stamp = again
-        return stamp
+        return stamp, False
 
     def refresh(self, *, force: bool = False) -> None:
         """Re-read the file if it changed since the last look."""
@@ -401,11 +406,19 @@ class Registry:
             self._lock.release()
 
     def _reload(self, *, force: bool, now: float) -> None:
-        stamp = self._settled_stamp()
-        if not force and self.loaded and stamp == self._stamp:
+        stamp, settled = self._settled_stamp()
+        for _ in range(FIRST_LOAD_TRIES):
+            # With nothing loaded yet there is no last good to fall back on: wait a little
+            # for a save in progress (a process starting while an admin saves).
+            if settled or self.loaded:
+                break
+            stamp, settled = self._settled_stamp()
+        if not force and self.loaded and (stamp == self._stamp or not settled):
             return
         try:
             repos = load(self.file)
+            if self.loaded and self._current_stamp() != stamp:
+                return  # written to while we read it: a later look reads it whole
         except RegistryError as exc:
             if self.error != str(exc):
                 log.error("registry_invalid", file=str(self.file), error=str(exc),
