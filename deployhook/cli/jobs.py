@@ -7,6 +7,7 @@ deploy worker (of `serve`, or `deployhook worker`) claims it when there is one.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import click
 
@@ -34,41 +35,47 @@ def _queued(job: Job, *, coalesced: bool) -> None:
                f"({job.status})")
 
 
+def _wait_options(command: Any) -> Any:
+    command = click.option("--timeout", type=click.IntRange(min=1),
+                           help="with --wait: give up waiting after this many seconds "
+                           "(exit 1)")(command)
+    return click.option("--wait", is_flag=True,
+                        help="follow the job; exit 0 if it succeeds, 1 if not")(command)
+
+
+def _announce(svc: Service, repo: Repo, queued: tuple[Job, bool], *, wait: bool,
+              timeout: int | None) -> None:
+    """Say what was queued (or joined), warn without a worker, and follow it if asked."""
+    job, coalesced = queued
+    _queued(job, coalesced=coalesced)
+    _warn_without_worker(svc, repo)
+    if wait:
+        raise SystemExit(follow(svc, job.id, timeout=timeout))
+
+
 @main.command()
 @click.argument("name")
 @click.option("--sha", help="the commit to deploy [the remote branch head]")
-@click.option("--wait", is_flag=True, help="follow the job; exit 0 if it succeeds, 1 if not")
-@click.option("--timeout", type=click.IntRange(min=1),
-              help="with --wait: give up waiting after this many seconds (exit 1)")
+@_wait_options
 @handle_errors
 def deploy(name: str, sha: str | None, wait: bool, timeout: int | None) -> None:
     """Queue a manual deploy of NAME (or join its queued job)."""
     with open_service() as svc:
         repo = svc.registry.get(name)
-        job, coalesced = svc.run(repo, sha=sha)
-        _queued(job, coalesced=coalesced)
-        _warn_without_worker(svc, repo)
-        if wait:
-            raise SystemExit(follow(svc, job.id, timeout=timeout))
+        _announce(svc, repo, svc.run(repo, sha=sha), wait=wait, timeout=timeout)
 
 
 @main.command()
 @click.argument("name")
 @click.option("--to", "to", help="the commit [the newest good deploy other than the "
               "deployed one]")
-@click.option("--wait", is_flag=True, help="follow the job; exit 0 if it succeeds, 1 if not")
-@click.option("--timeout", type=click.IntRange(min=1),
-              help="with --wait: give up waiting after this many seconds (exit 1)")
+@_wait_options
 @handle_errors
 def rollback(name: str, to: str | None, wait: bool, timeout: int | None) -> None:
     """Queue a rollback of NAME to an earlier good commit."""
     with open_service() as svc:
         repo = svc.registry.get(name)
-        job, coalesced = svc.rollback(repo, to=to)
-        _queued(job, coalesced=coalesced)
-        _warn_without_worker(svc, repo)
-        if wait:
-            raise SystemExit(follow(svc, job.id, timeout=timeout))
+        _announce(svc, repo, svc.rollback(repo, to=to), wait=wait, timeout=timeout)
 
 
 @main.command()
