@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -14,6 +16,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from deployhook.config import Settings
 
 
 def free_port() -> int:
@@ -27,6 +32,19 @@ class Served:
     proc: subprocess.Popen[bytes]
     url: str
     log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def events(self) -> list[dict[str, Any]]:
+        """The server's structlog JSON lines, parsed (other lines skipped)."""
+        found = []
+        for line in self.log_text().splitlines():
+            with contextlib.suppress(ValueError):
+                doc = json.loads(line)
+                if isinstance(doc, dict):
+                    found.append(doc)
+        return found
 
     def children(self) -> list[int]:
         out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)],
@@ -75,6 +93,17 @@ def wait_up(url: str, timeout: float = 30.0,
                                    f"at {url}") from None
             time.sleep(0.1)
     raise RuntimeError(f"{url} did not come up")
+
+
+@contextmanager
+def live_server(settings: Settings, *, tmp: Path, processes: int = 2,
+                extra_env: dict[str, str] | None = None) -> Iterator[Served]:
+    """The web part only (`serve --no-worker`) with these settings, on a free port."""
+    env = {**settings.to_environ(), "DEPLOYHOOK_WEB_PROCESSES": str(processes),
+           **(extra_env or {})}
+    env.pop("DEPLOYHOOK_BIND", None)
+    with serve(env, cwd=tmp, args=("--no-worker",), log_name="web.log") as served:
+        yield served
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from deployhook.models import Status, Trigger
 from deployhook.service import Service
 from deployhook.worker import Worker
 from tests.helpers import FakeDocker, Remote
-from tests.liveserver import LiveServer, live_server
+from tests.server import Served, live_server
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ AUTH = {"Authorization": "Bearer admin-token-for-tests"}
 
 
 @pytest.fixture
-def server(settings: Settings, tmp_path: Path, service: Service) -> Iterator[LiveServer]:
+def server(settings: Settings, tmp_path: Path, service: Service) -> Iterator[Served]:
     with live_server(settings, tmp=tmp_path) as srv:
         yield srv
 
@@ -41,7 +41,7 @@ def running_job(service: Service) -> int:
 class Follower:
     """One streamed GET, read line by line as the server sends it."""
 
-    def __init__(self, server: LiveServer, path: str, *, timeout: float = 10) -> None:
+    def __init__(self, server: Served, path: str, *, timeout: float = 10) -> None:
         parts = urlsplit(server.url)
         self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
         self.conn.request("GET", path, headers=AUTH)
@@ -56,7 +56,7 @@ class Follower:
 
 
 def test_follow_delivers_lines_while_the_job_runs_and_ends_with_it(
-        server: LiveServer, service: Service) -> None:
+        server: Served, service: Service) -> None:
     job_id = running_job(service)
     store = service.store
     store.append_log(job_id, [(time.time(), "first line")])
@@ -82,7 +82,7 @@ def test_follow_delivers_lines_while_the_job_runs_and_ends_with_it(
 
 
 def test_follow_with_a_real_worker_and_a_slow_compose(
-        server: LiveServer, service: Service, remote: Remote, fake_docker: FakeDocker) -> None:
+        server: Served, service: Service, remote: Remote, fake_docker: FakeDocker) -> None:
     fake_docker.set(sleep=1.5)
     job, _ = service.run(service.registry.get("site"),
                          sha=remote.commit_and_push({"index.html": "v2\n"}))
@@ -106,7 +106,7 @@ def test_follow_with_a_real_worker_and_a_slow_compose(
 
 
 def test_a_reader_that_leaves_is_noticed_before_the_job_ends(
-        server: LiveServer, service: Service) -> None:
+        server: Served, service: Service) -> None:
     job_id = running_job(service)
     follower = Follower(server, f"/jobs/{job_id}/log?follow=1")
     assert follower.response.status == 200
@@ -122,7 +122,7 @@ def test_a_reader_that_leaves_is_noticed_before_the_job_ends(
     assert service.store.job(job_id).status == Status.RUNNING
 
 
-def test_whole_output_and_auth_through_gunicorn(server: LiveServer, service: Service) -> None:
+def test_whole_output_and_auth_through_gunicorn(server: Served, service: Service) -> None:
     job_id = running_job(service)
     service.store.append_log(job_id, [(time.time(), f"line {n}") for n in range(6000)])
     service.store.finish(job_id, status=Status.FAILED, error="boom")

@@ -19,7 +19,7 @@ from deployhook.models import Status, Trigger
 from deployhook.service import Service
 from tests.conftest import write_registry
 from tests.helpers import Remote, gitea_headers, gitea_push_body
-from tests.liveserver import LiveServer, live_server
+from tests.server import Served, live_server
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def world(tmp_path: Path, settings: Settings, remote: Remote,
 
 
 @pytest.fixture
-def server(world: Settings, tmp_path: Path) -> Iterator[LiveServer]:
+def server(world: Settings, tmp_path: Path) -> Iterator[Served]:
     with live_server(world, tmp=tmp_path, extra_env=SECRET_ENV) as srv:
         yield srv
 
@@ -67,7 +67,7 @@ def leaky_job(svc: Service, repo: str) -> int:
     return job.id
 
 
-def test_no_secret_anywhere_over_http_or_in_logs(world: Settings, server: LiveServer,
+def test_no_secret_anywhere_over_http_or_in_logs(world: Settings, server: Served,
                                                 open_service: Callable[[Settings], Service],
                                                 remote: Remote) -> None:
     svc = open_service(world)
@@ -110,8 +110,8 @@ def test_no_secret_anywhere_over_http_or_in_logs(world: Settings, server: LiveSe
         assert resp.status_code < 500, (url, resp.text)
         assert_clean(f"{method.upper()} {url}", resp.text + str(resp.headers))
 
-    server.process.terminate()
-    server.process.wait(timeout=30)
+    server.proc.terminate()
+    server.proc.wait(timeout=30)
     server_log = server.log_text()
     assert "job_log_served" in server_log  # the log did capture the requests
     assert_clean("the server's log", server_log)

@@ -17,7 +17,7 @@ from deployhook.config import Settings
 from deployhook.models import Status, StepStatus, Trigger
 from deployhook.service import Service
 from tests.conftest import write_registry
-from tests.liveserver import LiveServer, live_server
+from tests.server import Served, live_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -118,7 +118,7 @@ def world(tmp_path: Path, settings: Settings, open_service: Any
 
 @pytest.fixture
 def server(world: tuple[Settings, Service, dict[str, int]], tmp_path: Path
-           ) -> Iterator[LiveServer]:
+           ) -> Iterator[Served]:
     with live_server(world[0], tmp=tmp_path) as srv:
         yield srv
 
@@ -173,7 +173,7 @@ def phone(driver: Any) -> None:
     assert overflow <= 0, f"page scrolls sideways on a phone by {overflow}px"
 
 
-def test_status_page_renders_and_updates_itself(driver: Any, server: LiveServer,
+def test_status_page_renders_and_updates_itself(driver: Any, server: Served,
                                                world: Any, tmp_path: Path) -> None:
     _, svc, ids = world
     driver.get(server.url + "/")
@@ -214,7 +214,7 @@ def test_status_page_renders_and_updates_itself(driver: Any, server: LiveServer,
     print(f"screenshots: {tmp_path}")
 
 
-def test_job_page_follows_the_log_for_an_admin(driver: Any, server: LiveServer, world: Any,
+def test_job_page_follows_the_log_for_an_admin(driver: Any, server: Served, world: Any,
                                                tmp_path: Path) -> None:
     _, svc, ids = world
     job_id = ids["blog"]
