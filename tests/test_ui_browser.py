@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -193,6 +194,7 @@ def test_status_page_renders_and_updates_itself(driver: Any, server: Served,
     assert rows["api"]["sha"] == "a1" * 5  # what is deployed: the last good one
     assert "compose" in rows["blog"]["status"]  # the running step
     assert rows["docs"]["when"] == "—"
+    assert "no live worker" in (text(driver, "#nodes") or "")
     driver.save_screenshot(str(tmp_path / "status-desktop.png"))
 
     # The self-update: the running job ends in the store; the page follows without reload.
@@ -205,6 +207,12 @@ def test_status_page_renders_and_updates_itself(driver: Any, server: Served,
     svc.store.enqueue(repo="docs", sha="e5" * 20, ref="refs/heads/main", trigger=Trigger.PUSH,
                       node="")
     wait(driver, lambda d: pill(d, "docs") == "queued")
+    assert driver.execute_script("return window.__notReloaded") is True
+    # A worker starts on the default node: the workers section shows it, with its beat.
+    svc.store.register_worker(worker="deploy-box:4242:abc", node="", slots=2)
+    shown = f"{socket.gethostname()}:{os.getpid()}"  # host:pid of the worker's process
+    wait(driver, lambda d: shown in (text(d, "#nodes") or ""))
+    assert "up" in text(driver, '#nodes .node[data-node=""] .pill')
     assert driver.execute_script("return window.__notReloaded") is True
     no_console_errors(driver)
 

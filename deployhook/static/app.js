@@ -129,8 +129,39 @@
     }
   }
 
+  function nodeCard(n) {
+    const workers = n.workers.map((w) => el("li", { "data-worker": w.id,
+        class: w.alive ? "alive" : "stale" },
+      el("code", { text: w.host + ":" + w.pid }),
+      " · " + w.slots + (w.slots === 1 ? " slot" : " slots") + " · heartbeat ",
+      timeEl(w.heartbeat_at, ago(w.heartbeat_at))));
+    const repos = n.repos.length
+      ? n.repos.length + (n.repos.length === 1 ? " repo: " : " repos: ") + n.repos.join(", ")
+      : "no repos pinned here";
+    return el("section", { class: "node", "data-node": n.node || "",
+                           "data-alive": n.alive ? "yes" : "no" },
+      el("h3", {}, n.node || "default node", " ",
+         el("span", { class: "pill " + (n.alive ? "s-succeeded" : "s-failed"),
+                      text: n.alive ? "up" : "no live worker" })),
+      el("p", { class: "node-repos", text: repos }),
+      el("ul", { class: "workers" }, ...workers));
+  }
+
+  let lastNodes = null;
+
+  function renderNodes(data) {
+    const box = document.getElementById("nodes");
+    if (!box || !data.nodes.length) return;
+    // Heartbeat ages change every beat: compare what the page shows, not the raw feed.
+    const key = JSON.stringify(data.nodes.map((n) => [n.node, n.alive, n.repos,
+      n.workers.map((w) => [w.id, w.alive, w.heartbeat_at])]));
+    if (key === lastNodes) return;
+    lastNodes = key;
+    box.replaceChildren(...data.nodes.map(nodeCard));
+  }
+
   function tickAges() {
-    for (const node of document.querySelectorAll(".c-when time[datetime]")) {
+    for (const node of document.querySelectorAll(".c-when time[datetime], .workers time[datetime]")) {
       node.textContent = ago(node.getAttribute("datetime"));
     }
   }
@@ -141,6 +172,7 @@
     async function refresh() {
       try {
         renderRepos(await getJSON(feed));
+        if (document.getElementById("nodes")) renderNodes(await getJSON("/api/workers"));
         setLive("live", true);
       } catch (exc) {
         setLive("offline: retrying", false);

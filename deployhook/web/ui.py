@@ -15,6 +15,7 @@ from deployhook import summary
 from deployhook.models import Job, iso
 from deployhook.web import service
 from deployhook.web.auth import admin_required, is_admin, status_access
+from deployhook.web.nodes import workers_by_node
 
 bp = Blueprint("ui", __name__)
 
@@ -65,7 +66,8 @@ def _page_context() -> dict[str, Any]:
 def index() -> Any:
     svc = service()
     return render_template("index.html", repos=summary.summarize(svc),
-                           registry_error=svc.registry.error, **_page_context())
+                           nodes=workers_by_node(svc), registry_error=svc.registry.error,
+                           **_page_context())
 
 
 @bp.get("/ui/jobs/<int:job_id>")
