@@ -103,6 +103,10 @@ def test_engine_stopped_fails_compose_clearly_and_the_worker_survives(
             output = call(served.url, f"/jobs/{job['id']}/log", headers={
                 "Authorization": "Bearer hardening-admin-token"}).body.decode()
             assert "Cannot connect to the Docker daemon" in output, output[-2000:]
+            # Its rollback met the same stopped engine, failed, and was not rolled back.
+            later = [j for j in get_json(served.url, "/deploy/site/jobs")["jobs"]
+                     if j["id"] > job["id"]]
+            assert [(j["trigger"], j["status"]) for j in later] == [("rollback", "failed")]
             assert served.pids_of("worker") == [worker], "the worker did not survive"
             assert get_json(served.url, "/healthz")["status"] == "ok"
 
