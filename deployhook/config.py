@@ -85,7 +85,7 @@ class Settings:
     data_dir: Path = Path("data")
     bind: str = "127.0.0.1:8000"
     web_processes: int = 2
-    web_threads: int = 16
+    web_threads: int = 32
     secret: str | None = field(default=None, repr=False)
     admin_token: str | None = field(default=None, repr=False)
     workers: int = 2

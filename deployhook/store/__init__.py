@@ -7,6 +7,7 @@ CONTRACT §4.1-4.2 hold across processes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -67,7 +68,10 @@ class Store:
         return self.backend.write()
 
     def _read(self) -> Any:
-        self._ensure_schema()
+        # A store that cannot be written may still be read (status pages while the disk
+        # is read-only); if its schema is missing, the read itself says so.
+        with contextlib.suppress(StoreUnavailable):
+            self._ensure_schema()
         return self.backend.read()
 
     def close(self) -> None:

@@ -30,12 +30,15 @@ SUBMIT_TIMEOUT = 4.5
 class _Slot:
     """One delivery waiting for its answer, or for its turn to lead."""
 
-    __slots__ = ("item", "lead", "result")
+    __slots__ = ("item", "lead", "result", "wakeup")
 
-    def __init__(self, item: Intake) -> None:
+    def __init__(self, item: Intake, lock: threading.Lock) -> None:
         self.item = item
         self.lead = False
         self.result: Answer | BaseException | None = None
+        # Its own condition on the shared lock: a commit wakes the threads it answered
+        # and the next leader, not every waiting thread (no thundering herd).
+        self.wakeup = threading.Condition(lock)
 
 
 class GroupCommit:
@@ -44,15 +47,15 @@ class GroupCommit:
     def __init__(self, backend: Backend, *, on_job: Callable[[], None]) -> None:
         self._backend = backend
         self._on_job = on_job
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._pending: list[_Slot] = []
         self._leading = False
 
     def submit(self, item: Intake) -> Answer:
         """Admit a delivery durably; return its answer once it is committed."""
-        slot = _Slot(item)
+        slot = _Slot(item, self._lock)
         deadline = time.monotonic() + SUBMIT_TIMEOUT
-        with self._cond:
+        with self._lock:
             self._pending.append(slot)
             if not self._leading:
                 self._leading = slot.lead = True
@@ -68,7 +71,7 @@ class GroupCommit:
                                            "time")
                 # Past the deadline but already in a batch being committed: its answer
                 # is moments away, and dropping it now would misreport a stored delivery.
-                self._cond.wait(remaining if remaining > 0 else 0.05)
+                slot.wakeup.wait(remaining if remaining > 0 else 0.05)
         if isinstance(slot.result, BaseException):
             raise slot.result
         return slot.result
@@ -79,18 +82,20 @@ class GroupCommit:
         del self._pending[:BATCH_MAX]
         results: list[Answer | BaseException] = [StoreUnavailable("store write interrupted")]
         results *= len(batch)
-        self._cond.release()
+        self._lock.release()
         try:
             results = self._commit(batch)
         finally:
-            self._cond.acquire()
+            self._lock.acquire()
             for slot, result in zip(batch, results, strict=True):
                 slot.result = result
+                slot.wakeup.notify()
             if self._pending:
-                self._pending[0].lead = True  # pass the lead on; we answer our own request
+                successor = self._pending[0]  # pass the lead on; we answer our own request
+                successor.lead = True
+                successor.wakeup.notify()
             else:
                 self._leading = False
-            self._cond.notify_all()
 
     def _admit_all(self, batch: list[_Slot], *, isolate: bool) -> list[Answer | BaseException]:
         results: list[Answer | BaseException] = []

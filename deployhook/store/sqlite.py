@@ -192,7 +192,9 @@ class SqliteBackend:
             conn.execute("BEGIN")
         except sqlite3.Error as exc:
             self._drop_connection()
-            raise StoreUnavailable(f"store not readable: {exc}") from None
+            with self._read_only(exc) as fallback:
+                yield self._tx(fallback)
+            return
         try:
             yield self._tx(conn)
         except sqlite3.Error as exc:
@@ -210,6 +212,31 @@ class SqliteBackend:
             except sqlite3.Error as exc:
                 self._drop_connection()
                 raise StoreUnavailable(f"store not readable: {exc}") from None
+
+    @contextmanager
+    def _read_only(self, cause: sqlite3.Error) -> Iterator[sqlite3.Connection]:
+        """A connection that reads the file as it is, for a store that cannot be opened
+        for writing (read-only disk: WAL needs to create its -shm file even to read).
+
+        `immutable` skips locking and the WAL index; a file that was shut down cleanly
+        holds everything. Status pages keep working while deliveries answer 503.
+        """
+        if not self.path.exists():
+            raise StoreUnavailable(f"store not readable: {cause}")
+        try:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True,
+                                   isolation_level=None, check_same_thread=False)
+        except sqlite3.Error:
+            raise StoreUnavailable(f"store not readable: {cause}") from None
+        conn.row_factory = sqlite3.Row
+        try:
+            yield conn
+        except sqlite3.Error as exc:
+            if not _is_storage_fault(exc):
+                raise
+            raise StoreUnavailable(f"store not readable: {exc}") from None
+        finally:
+            conn.close()
 
     # -- schema ------------------------------------------------------------------
 
