@@ -16,6 +16,7 @@ from collections.abc import Callable
 import structlog
 
 from deployhook.errors import StoreUnavailable
+from deployhook.models import Outcome
 from deployhook.store import ledger
 from deployhook.store.backend import Backend
 from deployhook.store.ledger import Answer, Intake
@@ -127,6 +128,8 @@ class GroupCommit:
             if not isinstance(exc, StoreUnavailable):
                 log.exception("delivery_batch_failed", size=len(batch))
             return [exc] * len(batch)
-        if any(isinstance(r, Answer) and r.job is not None for r in results):
+        # Only a new job needs an idle worker woken: one that joined the queued job is
+        # already known to the worker, which claims it when its repo is free.
+        if any(isinstance(r, Answer) and r.outcome == Outcome.QUEUED for r in results):
             self._on_job()
         return results
