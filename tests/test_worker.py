@@ -367,3 +367,55 @@ def test_job_output_is_stored_with_secrets_masked(settings: Settings, remote: Re
     stored = "\n".join(r["line"] for r in svc.store.log_lines(job.id))
     assert "leak: [redacted] [redacted]" in stored
     assert "other-repo-webhook-secret" not in stored
+
+
+def test_on_local_changes_reset_discards_tracked_edits_and_keeps_untracked(
+        settings: Settings, remote: Remote, fake_docker: FakeDocker, open_service: Any) -> None:
+    write_registry(settings.registry, {"site": {
+        "path": str(remote.checkout), "health_timeout": 0, "on_local_changes": "reset"}})
+    (remote.checkout / "index.html").write_text("hand edit on the server\n")
+    (remote.checkout / ".env").write_text("KEEP=me\n")
+    sha = remote.commit_and_push({"index.html": "v2\n"})
+    svc = open_service(settings)
+    job, _ = svc.run(svc.registry.get("site"), sha=sha)
+    burst(svc)
+    assert svc.store.job(job.id).status == Status.SUCCEEDED
+    assert (remote.checkout / "index.html").read_text() == "v2\n"
+    assert (remote.checkout / ".env").read_text() == "KEEP=me\n"
+    log = "\n".join(r["line"] for r in svc.store.log_lines(job.id))
+    assert "discarding local changes to tracked files: index.html" in log
+
+
+def test_untracked_file_in_the_way_fails_instead_of_being_overwritten(
+        client: Any, service: Service, remote: Remote, fake_docker: FakeDocker) -> None:
+    (remote.checkout / "config.local").write_text("the server's own\n")
+    sha = remote.commit_and_push({"config.local": "from the repo\n"})
+    job_id = push(client, sha)["job"]
+    burst(service)
+    job = service.store.job(job_id)
+    assert job.status == Status.FAILED
+    assert "Untracked working tree file 'config.local' would be overwritten" in (job.error or "")
+    assert (remote.checkout / "config.local").read_text() == "the server's own\n"
+    assert fake_docker.ups() == []
+
+
+def test_submodules_are_updated_when_the_repo_asks(settings: Settings, remote: Remote,
+                                                  tmp_path: Path, fake_docker: FakeDocker,
+                                                  open_service: Any,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # Local file:// submodules need git's explicit consent (real ones use https or ssh).
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "protocol.file.allow")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "always")
+    from tests.helpers import make_remote
+    (tmp_path / "themes").mkdir()
+    theme = make_remote(tmp_path / "themes", "theme", files={"style.css": "body{}\n"})
+    git(remote.dev, "submodule", "add", "-q", theme.origin.as_uri(), "theme")
+    sha = remote.commit_and_push({"index.html": "with a theme\n"})
+    write_registry(settings.registry, {"site": {
+        "path": str(remote.checkout), "health_timeout": 0, "submodules": True}})
+    svc = open_service(settings)
+    job, _ = svc.run(svc.registry.get("site"), sha=sha)
+    burst(svc)
+    assert svc.store.job(job.id).status == Status.SUCCEEDED, svc.store.job(job.id).error
+    assert (remote.checkout / "theme" / "style.css").read_text() == "body{}\n"
