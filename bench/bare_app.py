@@ -23,9 +23,16 @@ if __name__ == "__main__":
     class Bare(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
             bind, processes, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-            for key, value in {"bind": bind, "workers": processes, "worker_class": "gthread",
-                               "threads": threads, "accesslog": None, "loglevel": "warning",
-                               "backlog": 2048, "keepalive": 5}.items():
+            for key, value in {
+                "bind": bind,
+                "workers": processes,
+                "worker_class": "gthread",
+                "threads": threads,
+                "accesslog": None,
+                "loglevel": "warning",
+                "backlog": 2048,
+                "keepalive": 5,
+            }.items():
                 self.cfg.set(key, value)
             if "control_socket_disable" in self.cfg.settings:
                 self.cfg.set("control_socket_disable", True)

@@ -32,7 +32,7 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
-            urllib.request.urlopen(url, timeout=1)  # noqa: S310 - loopback only
+            urllib.request.urlopen(url, timeout=1)
             return
         except OSError as exc:
             if getattr(exc, "code", None):  # an HTTP error answer: it is up
@@ -44,14 +44,26 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 def push_body(sha: str, *, repo: str, size: int = 3072) -> bytes:
     """A Gitea push payload of about `size` bytes, in Gitea's wire layout."""
     doc = {
-        "ref": "refs/heads/main", "before": "0" * 40, "after": sha,
+        "ref": "refs/heads/main",
+        "before": "0" * 40,
+        "after": sha,
         "compare_url": f"https://git.example.com/jeff/{repo}/compare/{sha}",
-        "commits": [{"id": sha, "message": "", "url": f"https://git.example.com/c/{sha}",
-                     "author": {"name": "Jeff", "email": "jeff@example.com"}}],
-        "total_commits": 1, "head_commit": {"id": sha},
-        "repository": {"full_name": f"jeff/{repo}",
-                       "html_url": f"https://git.example.com/jeff/{repo}"},
-        "pusher": {"login": "jeff"}, "sender": {"login": "jeff"},
+        "commits": [
+            {
+                "id": sha,
+                "message": "",
+                "url": f"https://git.example.com/c/{sha}",
+                "author": {"name": "Jeff", "email": "jeff@example.com"},
+            }
+        ],
+        "total_commits": 1,
+        "head_commit": {"id": sha},
+        "repository": {
+            "full_name": f"jeff/{repo}",
+            "html_url": f"https://git.example.com/jeff/{repo}",
+        },
+        "pusher": {"login": "jeff"},
+        "sender": {"login": "jeff"},
     }
     body = json.dumps(doc, indent=2)
     doc["commits"][0]["message"] = "x" * max(0, size - len(body))
@@ -62,8 +74,13 @@ def sign(body: bytes) -> str:
     return hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
 
 
-def wrk_script(path: Path, *, repos: list[str], bodies_per_repo: int = 20,
-               shas: dict[str, list[str]] | None = None) -> Path:
+def wrk_script(
+    path: Path,
+    *,
+    repos: list[str],
+    bodies_per_repo: int = 20,
+    shas: dict[str, list[str]] | None = None,
+) -> Path:
     """A wrk Lua script cycling through pre-signed pushes, each with a fresh delivery id.
 
     shas: real commit ids per repo (so a deploy can fetch them); default: made-up ones.
@@ -71,14 +88,19 @@ def wrk_script(path: Path, *, repos: list[str], bodies_per_repo: int = 20,
     entries = []
     for repo in repos:
         for n in range(bodies_per_repo):
-            sha = shas[repo][n % len(shas[repo])] if shas else \
-                hashlib.sha1(f"{repo}-{n}".encode()).hexdigest()  # noqa: S324 - a fake id
+            sha = (
+                shas[repo][n % len(shas[repo])]
+                if shas
+                else hashlib.sha1(f"{repo}-{n}".encode()).hexdigest()  # noqa: S324 - fake id
+            )
             body = push_body(sha, repo=repo)
             entries.append((repo, body.decode(), sign(body)))
     lua = ["local reqs = {}"]
     for i, (repo, body, digest) in enumerate(entries, start=1):
-        lua.append(f"reqs[{i}] = {{path = {json.dumps('/deploy/' + repo)}, "
-                   f"body = {json.dumps(body)}, sig = {json.dumps(digest)}}}")
+        lua.append(
+            f"reqs[{i}] = {{path = {json.dumps('/deploy/' + repo)}, "
+            f"body = {json.dumps(body)}, sig = {json.dumps(digest)}}}"
+        )
     lua.append(f"local n = {len(entries)}")
     lua.append("""
 local counter = 0
@@ -139,35 +161,68 @@ class WrkResult:
         return self.requests / self.duration_s if self.duration_s else 0.0
 
 
-def run_wrk(url: str, script: Path, *, connections: int, seconds: int,
-            threads: int = 2, nonce: str | None = None) -> WrkResult:
+def run_wrk(
+    url: str,
+    script: Path,
+    *,
+    connections: int,
+    seconds: int,
+    threads: int = 2,
+    nonce: str | None = None,
+) -> WrkResult:
     wrk = shutil.which("wrk")
     if wrk is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
     nonce = nonce or secrets.token_hex(6)  # delivery ids unique across runs, not one only
-    out = subprocess.run([wrk, "-t", str(min(threads, connections)), "-c", str(connections),
-                          "-d", f"{seconds}s", "--latency", "-s", str(script), url, "--", nonce],
-                         capture_output=True, text=True, check=True).stdout
-    match = re.search(r"RESULT requests=(\d+) duration_us=(\d+) p50_us=(\d+) p99_us=(\d+) "
-                      r"errors=(\d+)", out)
+    out = subprocess.run(
+        [
+            wrk,
+            "-t",
+            str(min(threads, connections)),
+            "-c",
+            str(connections),
+            "-d",
+            f"{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+            "--",
+            nonce,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    match = re.search(
+        r"RESULT requests=(\d+) duration_us=(\d+) p50_us=(\d+) p99_us=(\d+) "
+        r"errors=(\d+)",
+        out,
+    )
     if not match:
         raise RuntimeError(f"no wrk result in:\n{out}")
     req, dur, p50, p99, err = (int(g) for g in match.groups())
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     ok2xx = re.search(r" ok2xx=(\d+)", out)
-    return WrkResult(req, dur / 1e6, p50 / 1000, p99 / 1000,
-                     err + (int(non2xx.group(1)) if non2xx else 0),
-                     int(ok2xx.group(1)) if ok2xx else -1)
+    return WrkResult(
+        req,
+        dur / 1e6,
+        p50 / 1000,
+        p99 / 1000,
+        err + (int(non2xx.group(1)) if non2xx else 0),
+        int(ok2xx.group(1)) if ok2xx else -1,
+    )
 
 
 def rss_mb(pid: int) -> float:
     """Resident size of a process and all its descendants, in MB."""
     pids = [pid]
     try:
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
-                             text=True).stdout
+        out = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True
+        ).stdout
         for child in out.split():
-            pids.extend([int(child)] + _descendants(int(child)))
+            pids.extend([int(child), *_descendants(int(child))])
     except OSError:
         pass
     total = 0
@@ -182,8 +237,9 @@ def rss_mb(pid: int) -> float:
 
 
 def _descendants(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
-                         text=True).stdout
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True
+    ).stdout
     found = []
     for child in out.split():
         found.append(int(child))
@@ -206,8 +262,11 @@ def tool_version(argv: list[str]) -> str:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return "not found"
-    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) \
+    return (
+        (out.stdout or out.stderr).strip().splitlines()[0]
+        if (out.stdout or out.stderr)
         else "unknown"
+    )
 
 
 def env_with(**extra: str) -> dict[str, str]:

@@ -120,9 +120,11 @@ def overlaps(commands: list[Command]) -> tuple[int, int]:
         mine = sorted((c for c in commands if c.repo == repo), key=lambda c: c.start)
         for i, a in enumerate(mine):
             end = a.end if a.end is not None else float("inf")
-            pairs += sum(1 for b in mine[i + 1:] if b.start < end)
-        events = sorted([(c.start, 1) for c in mine] +
-                        [(c.end if c.end is not None else float("inf"), -1) for c in mine])
+            pairs += sum(1 for b in mine[i + 1 :] if b.start < end)
+        events = sorted(
+            [(c.start, 1) for c in mine]
+            + [(c.end if c.end is not None else float("inf"), -1) for c in mine]
+        )
         running = 0
         for _ts, step in events:
             running += step
@@ -149,8 +151,7 @@ class Cgroup:
     def wrap(self, argv: list[str]) -> list[str]:
         if self.path is None:
             return argv
-        return ["/bin/sh", "-c", f'echo $$ > {self.path}/cgroup.procs && exec "$@"', "sh",
-                *argv]
+        return ["/bin/sh", "-c", f'echo $$ > {self.path}/cgroup.procs && exec "$@"', "sh", *argv]
 
     def pids(self, root: int) -> list[int]:
         if self.path is not None:
@@ -161,8 +162,11 @@ class Cgroup:
         """How often a fork was refused for the pids limit (pids.events `max`)."""
         if self.path is None:
             return None
-        events = dict(line.split() for line in (self.path / "pids.events").read_text()
-                      .splitlines() if line.strip())
+        events = dict(
+            line.split()
+            for line in (self.path / "pids.events").read_text().splitlines()
+            if line.strip()
+        )
         return int(events.get("max", 0))
 
     def remove(self) -> None:
@@ -249,8 +253,9 @@ class Server:
     def _busy(self) -> bool:
         if self.db is not None:
             with contextlib.closing(sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)) as c:
-                if c.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
-                             ).fetchone()[0]:
+                if c.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
+                ).fetchone()[0]:
                     return True
         if self.record is not None:
             if any(c.end is None for c in read_commands(self.record)):
@@ -271,8 +276,9 @@ class Server:
 
 
 def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def make_repo(root: Path, name: str, commits: int) -> tuple[Path, list[str]]:
@@ -305,9 +311,20 @@ def fake_compose(tmp: Path, sleep: float) -> tuple[Path, Path]:
 def start_bare(tmp: Path, *, processes: int, threads: int, **_: Any) -> Server:
     port = free_port()
     cgroup = Cgroup("bare")
-    proc = subprocess.Popen(cgroup.wrap([sys.executable, str(ROOT / "bench" / "bare_app.py"),
-                                         f"127.0.0.1:{port}", str(processes), str(threads)]),
-                            cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cgroup.wrap(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "bare_app.py"),
+                f"127.0.0.1:{port}",
+                str(processes),
+                str(threads),
+            ]
+        ),
+        cwd=tmp,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     server = Server("bare flask", f"http://127.0.0.1:{port}", proc, cgroup)
     wait_http(server.url + "/nothing")
     return server
@@ -317,55 +334,99 @@ def start_webhook(tmp: Path, *, sleep: float, **_: Any) -> Server:
     home = tmp / "webhook"
     home.mkdir()
     script, record = fake_compose(home, sleep)
-    hooks = [{
-        "id": name,
-        "execute-command": str(script),
-        "command-working-directory": str(home),
-        "pass-arguments-to-command": [
-            {"source": "string", "name": "webhook"}, {"source": "string", "name": name},
-            {"source": "payload", "name": "after"},
-            {"source": "header", "name": "X-Gitea-Delivery"}],
-        "success-http-response-code": 202,
-        "trigger-rule": {"match": {"type": "payload-hmac-sha256", "secret": SECRET,
-                                   "parameter": {"source": "header",
-                                                 "name": "X-Gitea-Signature"}}},
-    } for name in [*REPOS, BURST_REPO]]
+    hooks = [
+        {
+            "id": name,
+            "execute-command": str(script),
+            "command-working-directory": str(home),
+            "pass-arguments-to-command": [
+                {"source": "string", "name": "webhook"},
+                {"source": "string", "name": name},
+                {"source": "payload", "name": "after"},
+                {"source": "header", "name": "X-Gitea-Delivery"},
+            ],
+            "success-http-response-code": 202,
+            "trigger-rule": {
+                "match": {
+                    "type": "payload-hmac-sha256",
+                    "secret": SECRET,
+                    "parameter": {"source": "header", "name": "X-Gitea-Signature"},
+                }
+            },
+        }
+        for name in [*REPOS, BURST_REPO]
+    ]
     (home / "hooks.json").write_text(json.dumps(hooks, indent=2))
     port = free_port()
     cgroup = Cgroup("webhook")
-    proc = subprocess.Popen(cgroup.wrap(["/usr/bin/webhook", "-hooks", str(home / "hooks.json"),
-                                         "-ip", "127.0.0.1", "-port", str(port),
-                                         "-urlprefix", "deploy"]),
-                            cwd=home, stdout=subprocess.DEVNULL,
-                            stderr=open(home / "webhook.log", "wb"))  # noqa: SIM115
+    proc = subprocess.Popen(
+        cgroup.wrap(
+            [
+                "/usr/bin/webhook",
+                "-hooks",
+                str(home / "hooks.json"),
+                "-ip",
+                "127.0.0.1",
+                "-port",
+                str(port),
+                "-urlprefix",
+                "deploy",
+            ]
+        ),
+        cwd=home,
+        stdout=subprocess.DEVNULL,
+        stderr=open(home / "webhook.log", "wb"),  # noqa: SIM115 - the server keeps it
+    )
     server = Server("webhook", f"http://127.0.0.1:{port}", proc, cgroup, record=record)
     wait_http(server.url + "/deploy/none")
     return server
 
 
-def start_deployhook(tmp: Path, *, sleep: float, processes: int, threads: int,
-                     repos: dict[str, Path], **_: Any) -> Server:
+def start_deployhook(
+    tmp: Path, *, sleep: float, processes: int, threads: int, repos: dict[str, Path], **_: Any
+) -> Server:
     home = tmp / "deployhook"
     home.mkdir()
     script, record = fake_compose(home, sleep)
     registry = home / "repos.yml"
-    registry.write_text("repos:\n" + "".join(
-        f"  {name}:\n    path: {path}\n    health_timeout: 0\n" for name, path in repos.items()))
+    registry.write_text(
+        "repos:\n"
+        + "".join(
+            f"  {name}:\n    path: {path}\n    health_timeout: 0\n" for name, path in repos.items()
+        )
+    )
     port = free_port()
-    env = env_with(DEPLOYHOOK_REGISTRY=str(registry), DEPLOYHOOK_DATA_DIR=str(home / "data"),
-                   DEPLOYHOOK_SECRET=SECRET, DEPLOYHOOK_WEB_PROCESSES=str(processes),
-                   DEPLOYHOOK_WEB_THREADS=str(threads), DEPLOYHOOK_RECONCILE_INTERVAL="0",
-                   DEPLOYHOOK_COMPOSE=f"{script} compose", DEPLOYHOOK_LOG_FORMAT="json",
-                   DEPLOYHOOK_STOP_GRACE="10",
-                   # Nothing pruned while the ledger is checked afterwards.
-                   DEPLOYHOOK_KEEP_JOBS="1000000", DEPLOYHOOK_KEEP_DELIVERIES="1000000")
+    env = env_with(
+        DEPLOYHOOK_REGISTRY=str(registry),
+        DEPLOYHOOK_DATA_DIR=str(home / "data"),
+        DEPLOYHOOK_SECRET=SECRET,
+        DEPLOYHOOK_WEB_PROCESSES=str(processes),
+        DEPLOYHOOK_WEB_THREADS=str(threads),
+        DEPLOYHOOK_RECONCILE_INTERVAL="0",
+        DEPLOYHOOK_COMPOSE=f"{script} compose",
+        DEPLOYHOOK_LOG_FORMAT="json",
+        DEPLOYHOOK_STOP_GRACE="10",
+        # Nothing pruned while the ledger is checked afterwards.
+        DEPLOYHOOK_KEEP_JOBS="1000000",
+        DEPLOYHOOK_KEEP_DELIVERIES="1000000",
+    )
     cgroup = Cgroup("deployhook")
-    proc = subprocess.Popen(cgroup.wrap([sys.executable, "-m", "deployhook", "serve", "--bind",
-                                         f"127.0.0.1:{port}"]),
-                            env=env, cwd=home, stdout=subprocess.DEVNULL,
-                            stderr=open(home / "serve.log", "wb"))  # noqa: SIM115
-    server = Server("deployhook", f"http://127.0.0.1:{port}", proc, cgroup, record=record,
-                    db=home / "data" / "deployhook.sqlite3", checkouts=repos)
+    proc = subprocess.Popen(
+        cgroup.wrap([sys.executable, "-m", "deployhook", "serve", "--bind", f"127.0.0.1:{port}"]),
+        env=env,
+        cwd=home,
+        stdout=subprocess.DEVNULL,
+        stderr=open(home / "serve.log", "wb"),  # noqa: SIM115 - the server keeps it
+    )
+    server = Server(
+        "deployhook",
+        f"http://127.0.0.1:{port}",
+        proc,
+        cgroup,
+        record=record,
+        db=home / "data" / "deployhook.sqlite3",
+        checkouts=repos,
+    )
     wait_http(server.url + "/healthz")
     return server
 
@@ -389,14 +450,18 @@ def honesty_webhook(server: Server, nonce: str, ok2xx: int) -> Honesty:
     return Honesty(ok2xx, ok2xx, min(ran, ok2xx), len(mine))
 
 
-def honesty_deployhook(server: Server, nonce: str, ok2xx: int,
-                       since: float) -> Honesty:
+def honesty_deployhook(server: Server, nonce: str, ok2xx: int, since: float) -> Honesty:
     assert server.db is not None and server.record is not None
     with contextlib.closing(sqlite3.connect(f"file:{server.db}?mode=ro", uri=True)) as conn:
-        rows = conn.execute("SELECT id, repo, sha, job_id FROM deliveries WHERE http_status ="
-                            " 202 AND delivery_id LIKE ? ORDER BY id", (nonce + "-%",)).fetchall()
-        jobs = {r[0]: (r[1], r[2], r[3], r[4]) for r in conn.execute(
-            "SELECT id, repo, sha, status, started_at FROM jobs")}
+        rows = conn.execute(
+            "SELECT id, repo, sha, job_id FROM deliveries WHERE http_status ="
+            " 202 AND delivery_id LIKE ? ORDER BY id",
+            (nonce + "-%",),
+        ).fetchall()
+        jobs = {
+            r[0]: (r[1], r[2], r[3], r[4])
+            for r in conn.execute("SELECT id, repo, sha, status, started_at FROM jobs")
+        }
     newest: dict[int, str] = {}
     for _id, _repo, sha, job in rows:
         newest[job] = sha  # rows come in ledger order: the last joined is the newest
@@ -408,8 +473,12 @@ def honesty_deployhook(server: Server, nonce: str, ok2xx: int,
         jrepo, jsha, status, started = jobs[job]
         # The job carries this push's sha or a newer one, it succeeded, and the fake
         # compose really ran in that repo's checkout with that sha after it started.
-        if jrepo == repo and jsha == newest[job] and status == "succeeded" and any(
-                r == repo and s == jsha and st >= started - 0.01 for r, s, st in ran):
+        if (
+            jrepo == repo
+            and jsha == newest[job]
+            and status == "succeeded"
+            and any(r == repo and s == jsha and st >= started - 0.01 for r, s, st in ran)
+        ):
             honoured += 1
     commands = [c for c in read_commands(server.record) if c.start >= since]
     return Honesty(ok2xx, len(rows), honoured, len(commands))
@@ -445,8 +514,13 @@ class PeakRss:
             self._thread.join()
 
 
-def post(url: str, path: str, body: bytes, headers: dict[str, str],
-         conn: http.client.HTTPConnection | None = None) -> tuple[int, bytes]:
+def post(
+    url: str,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    conn: http.client.HTTPConnection | None = None,
+) -> tuple[int, bytes]:
     own = conn is None
     conn = conn or http.client.HTTPConnection(url.removeprefix("http://"), timeout=30)
     try:
@@ -459,8 +533,12 @@ def post(url: str, path: str, body: bytes, headers: dict[str, str],
 
 
 def push_headers(body: bytes, delivery: str, signature: str | None = None) -> dict[str, str]:
-    return {"Content-Type": "application/json", "X-Gitea-Event": "push",
-            "X-Gitea-Delivery": delivery, "X-Gitea-Signature": signature or sign(body)}
+    return {
+        "Content-Type": "application/json",
+        "X-Gitea-Event": "push",
+        "X-Gitea-Delivery": delivery,
+        "X-Gitea-Signature": signature or sign(body),
+    }
 
 
 def burst(server: Server, shas: list[str]) -> dict[str, Any]:
@@ -475,8 +553,13 @@ def burst(server: Server, shas: list[str]) -> dict[str, Any]:
     for n, body in enumerate(bodies):
         target = first + n * gap
         time.sleep(max(0.0, target - time.time()))
-        status, _ = post(server.url, f"/deploy/{BURST_REPO}", body,
-                         push_headers(body, f"burst-{secrets.token_hex(4)}-{n}"), conn)
+        status, _ = post(
+            server.url,
+            f"/deploy/{BURST_REPO}",
+            body,
+            push_headers(body, f"burst-{secrets.token_hex(4)}-{n}"),
+            conn,
+        )
         statuses.append(status)
     sent = time.time() - first
     conn.close()
@@ -490,22 +573,32 @@ def burst(server: Server, shas: list[str]) -> dict[str, Any]:
     checkout = server.checkouts.get(BURST_REPO)
     if checkout is not None:  # deployhook: what the checkout is on is what is live
         live = git(checkout, "rev-parse", "HEAD")
-    return {"sent_in_s": round(sent, 3), "answers_2xx": sum(200 <= s < 300 for s in statuses),
-            "commands": len(commands), "overlapping_pairs": pairs, "most_at_once": most,
-            "last_sha_live": live == last,
-            "last_live_after_s": round(last_end - first, 2) if last_end else None,
-            "shas_deployed": len({c.sha for c in commands})}
+    return {
+        "sent_in_s": round(sent, 3),
+        "answers_2xx": sum(200 <= s < 300 for s in statuses),
+        "commands": len(commands),
+        "overlapping_pairs": pairs,
+        "most_at_once": most,
+        "last_sha_live": live == last,
+        "last_live_after_s": round(last_end - first, 2) if last_end else None,
+        "shas_deployed": len({c.sha for c in commands}),
+    }
 
 
 def wrong_signature(server: Server) -> str:
     body = push_body(secrets.token_hex(20), repo=REPOS[0])
-    status, answer = post(server.url, f"/deploy/{REPOS[0]}", body,
-                          push_headers(body, f"wrong-{secrets.token_hex(4)}", "0" * 64))
+    status, answer = post(
+        server.url,
+        f"/deploy/{REPOS[0]}",
+        body,
+        push_headers(body, f"wrong-{secrets.token_hex(4)}", "0" * 64),
+    )
     return f"{status} {answer.decode(errors='replace').strip()[:60]}"
 
 
-def measure(server: Server, args: argparse.Namespace, script: Path,
-            burst_shas: list[str] | None) -> dict[str, Any]:
+def measure(
+    server: Server, args: argparse.Namespace, script: Path, burst_shas: list[str] | None
+) -> dict[str, Any]:
     result: dict[str, Any] = {"levels": []}
     time.sleep(2)
     result["rss_idle_mb"], result["pss_idle_mb"] = (round(v, 1) for v in server.memory())
@@ -517,24 +610,33 @@ def measure(server: Server, args: argparse.Namespace, script: Path,
         for conc in args.levels:
             nonce = secrets.token_hex(6)
             since = time.time()
-            res = run_wrk(server.url + "/", script, connections=conc, seconds=args.seconds,
-                          nonce=nonce)
+            res = run_wrk(
+                server.url + "/", script, connections=conc, seconds=args.seconds, nonce=nonce
+            )
             load = os.getloadavg()[0]
             server.settle()
             level: dict[str, Any] = {
-                "concurrency": conc, "rps": round(res.rps), "p50_ms": round(res.p50_ms, 1),
-                "p99_ms": round(res.p99_ms, 1), "errors": res.errors, "ok2xx": res.ok2xx,
-                "requests": res.requests, "load_1m_after": round(load, 2)}
+                "concurrency": conc,
+                "rps": round(res.rps),
+                "p50_ms": round(res.p50_ms, 1),
+                "p99_ms": round(res.p99_ms, 1),
+                "errors": res.errors,
+                "ok2xx": res.ok2xx,
+                "requests": res.requests,
+                "load_1m_after": round(load, 2),
+            }
             honesty = None
             if server.db is not None:
                 honesty = honesty_deployhook(server, nonce, res.ok2xx, since)
             elif server.record is not None:
                 honesty = honesty_webhook(server, nonce, res.ok2xx)
             if honesty is not None:
-                level.update(accepted=honesty.accepted, honoured=honesty.honoured,
-                             commands=honesty.commands,
-                             honoured_rps=round(res.rps * honesty.honoured /
-                                                max(honesty.accepted, 1)))
+                level.update(
+                    accepted=honesty.accepted,
+                    honoured=honesty.honoured,
+                    commands=honesty.commands,
+                    honoured_rps=round(res.rps * honesty.honoured / max(honesty.accepted, 1)),
+                )
             result["levels"].append(level)
             print(f"  {server.name} c={conc}: {level}", flush=True)
         if burst_shas is not None:
@@ -570,9 +672,12 @@ def versions(args: argparse.Namespace) -> dict[str, str]:
     return {
         "wrk": tool_version(["wrk", "-v"]).split(" [")[0],
         "webhook": tool_version(["/usr/bin/webhook", "-version"]),
-        "python": platform.python_version(), "gunicorn": version("gunicorn"),
-        "flask": version("flask"), "sqlite": sqlite3.sqlite_version,
-        "git": tool_version(["git", "--version"]), "kernel": platform.release(),
+        "python": platform.python_version(),
+        "gunicorn": version("gunicorn"),
+        "flask": version("flask"),
+        "sqlite": sqlite3.sqlite_version,
+        "git": tool_version(["git", "--version"]),
+        "kernel": platform.release(),
         "cpus": str(os.cpu_count()),
         "nofile": "{} soft, {} hard".format(*resource.getrlimit(resource.RLIMIT_NOFILE)),
         "gunicorn_setup": f"gthread {args.processes} processes x {args.threads} threads",
@@ -594,29 +699,46 @@ def table(results: dict[str, dict[str, Any]], levels: list[int]) -> str:
 
     for i, conc in enumerate(levels):
         row(f"c={conc}: accepted req/s", lambda r, i=i: str(r["levels"][i]["rps"]))
-        row(f"c={conc}: p50 / p99 ms", lambda r, i=i:
-            f"{r['levels'][i]['p50_ms']} / {r['levels'][i]['p99_ms']}")
-        row(f"c={conc}: 2xx honoured", lambda r, i=i:
-            f"{r['levels'][i]['honoured']} of {r['levels'][i]['accepted']} "
-            f"({100 * r['levels'][i]['honoured'] / max(r['levels'][i]['accepted'], 1):.1f}%)")
-        row(f"c={conc}: honoured deliveries/s", lambda r, i=i:
-            str(r["levels"][i]["honoured_rps"]))
+        row(
+            f"c={conc}: p50 / p99 ms",
+            lambda r, i=i: f"{r['levels'][i]['p50_ms']} / {r['levels'][i]['p99_ms']}",
+        )
+        row(
+            f"c={conc}: 2xx honoured",
+            lambda r, i=i: (
+                f"{r['levels'][i]['honoured']} of {r['levels'][i]['accepted']} "
+                f"({100 * r['levels'][i]['honoured'] / max(r['levels'][i]['accepted'], 1):.1f}%)"
+            ),
+        )
+        row(f"c={conc}: honoured deliveries/s", lambda r, i=i: str(r["levels"][i]["honoured_rps"]))
         row(f"c={conc}: deploy commands run", lambda r, i=i: str(r["levels"][i]["commands"]))
     row("burst of 50: 2xx answers", lambda r: str(r["burst"]["answers_2xx"]))
     row("burst of 50: deploy commands", lambda r: str(r["burst"]["commands"]))
-    row("burst of 50: overlapping pairs (most at once)", lambda r:
-        f"{r['burst']['overlapping_pairs']} ({r['burst']['most_at_once']})")
-    row("burst of 50: last sha live after", lambda r:
-        f"{r['burst']['last_live_after_s']} s" + ("" if r["burst"]["last_sha_live"]
-                                                   else " (then overwritten: stale)"))
+    row(
+        "burst of 50: overlapping pairs (most at once)",
+        lambda r: f"{r['burst']['overlapping_pairs']} ({r['burst']['most_at_once']})",
+    )
+    row(
+        "burst of 50: last sha live after",
+        lambda r: (
+            f"{r['burst']['last_live_after_s']} s"
+            + ("" if r["burst"]["last_sha_live"] else " (then overwritten: stale)")
+        ),
+    )
     row("wrong signature answer", lambda r: r["wrong_signature"].split(" ", 1)[0])
     row("memory idle: RSS / PSS, MB", lambda r: f"{r['rss_idle_mb']} / {r['pss_idle_mb']}")
-    row("memory peak under load: RSS / PSS, MB (processes)", lambda r:
-        f"{r['rss_peak_mb']} / {r['pss_peak_mb']} ({r['most_processes']})")
-    row("memory after the load: RSS / PSS, MB", lambda r:
-        f"{r['rss_after_mb']} / {r['pss_after_mb']}")
-    row("forks refused by the pids limit", lambda r:
-        f"{r['pids_limit_hits']} (limit {r['pids_limit']})")
+    row(
+        "memory peak under load: RSS / PSS, MB (processes)",
+        lambda r: f"{r['rss_peak_mb']} / {r['pss_peak_mb']} ({r['most_processes']})",
+    )
+    row(
+        "memory after the load: RSS / PSS, MB",
+        lambda r: f"{r['rss_after_mb']} / {r['pss_after_mb']}",
+    )
+    row(
+        "forks refused by the pids limit",
+        lambda r: f"{r['pids_limit_hits']} (limit {r['pids_limit']})",
+    )
     return "\n".join(lines)
 
 
@@ -628,21 +750,25 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--servers", default="bare flask,webhook,deployhook")
-    parser.add_argument("--wait-load", type=float, default=0.0,
-                        help="first wait (up to --wait-max s) for a 1-minute load under this")
+    parser.add_argument(
+        "--wait-load",
+        type=float,
+        default=0.0,
+        help="first wait (up to --wait-max s) for a 1-minute load under this",
+    )
     parser.add_argument("--wait-max", type=float, default=1200.0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     args.levels = [int(c) for c in args.concurrency.split(",")]
     if not shutil.which("wrk") or not Path("/usr/bin/webhook").exists():
         sys.exit("needs wrk and webhook (apt-get install wrk webhook)")
-    load_start = wait_for_quiet(args.wait_load, args.wait_max) if args.wait_load else \
-        os.getloadavg()[0]
+    load_start = (
+        wait_for_quiet(args.wait_load, args.wait_max) if args.wait_load else os.getloadavg()[0]
+    )
     info = versions(args)
     info["load_1m_at_start"] = f"{load_start:.2f}"
     print("# " + "; ".join(f"{k} {v}" for k, v in info.items()), flush=True)
-    starters = {"bare flask": start_bare, "webhook": start_webhook,
-                "deployhook": start_deployhook}
+    starters = {"bare flask": start_bare, "webhook": start_webhook, "deployhook": start_deployhook}
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="dh-vs-webhook-") as raw:
         tmp = Path(raw)
@@ -653,16 +779,22 @@ def main() -> None:
         script = wrk_script(tmp / "push.lua", repos=REPOS, shas=shas)
         for name in args.servers.split(","):
             print(f"# {name}", flush=True)
-            server = starters[name](tmp, sleep=args.deploy_seconds, processes=args.processes,
-                                    threads=args.threads, repos=repos)
+            server = starters[name](
+                tmp,
+                sleep=args.deploy_seconds,
+                processes=args.processes,
+                threads=args.threads,
+                repos=repos,
+            )
             try:
-                results[name] = measure(server, args, script,
-                                        burst_shas if server.record else None)
+                results[name] = measure(server, args, script, burst_shas if server.record else None)
             finally:
                 server.stop()
     info["load_1m_at_end"] = f"{os.getloadavg()[0]:.2f}"
-    print(f"\n# load average (1 min): {info['load_1m_at_start']} at start, "
-          f"{info['load_1m_at_end']} at end\n")
+    print(
+        f"\n# load average (1 min): {info['load_1m_at_start']} at start, "
+        f"{info['load_1m_at_end']} at end\n"
+    )
     print(table(results, args.levels))
     if args.json:
         args.json.write_text(json.dumps({"info": info, "results": results}, indent=2))

@@ -55,13 +55,32 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def settings_for(tmp: Path, checkout: Path, *, compose_cmd: str | None,
-                 health_timeout: int) -> Settings:
+def settings_for(
+    tmp: Path, checkout: Path, *, compose_cmd: str | None, health_timeout: int
+) -> Settings:
     registry = tmp / "repos.yml"
-    registry.write_text(yaml.safe_dump({"repos": {"site": {
-        "path": str(checkout), "health_timeout": health_timeout, "rollback": False}}}))
-    return Settings.load({}, registry=registry, data_dir=tmp / "data", secret=SECRET,
-                         reconcile_interval=0, stop_grace=5, compose=compose_cmd)
+    registry.write_text(
+        yaml.safe_dump(
+            {
+                "repos": {
+                    "site": {
+                        "path": str(checkout),
+                        "health_timeout": health_timeout,
+                        "rollback": False,
+                    }
+                }
+            }
+        )
+    )
+    return Settings.load(
+        {},
+        registry=registry,
+        data_dir=tmp / "data",
+        secret=SECRET,
+        reconcile_interval=0,
+        stop_grace=5,
+        compose=compose_cmd,
+    )
 
 
 def push(client: Any, sha: str) -> tuple[int, float, float]:
@@ -77,19 +96,24 @@ def push(client: Any, sha: str) -> tuple[int, float, float]:
 
 def by_hand(checkout: Path, base: tuple[str, ...], project: str) -> None:
     """The same deploy as a shell script would do it."""
+
     def run(*argv: str) -> str:
-        return subprocess.run(argv, cwd=checkout, check=True, capture_output=True,
-                              text=True).stdout
+        return subprocess.run(argv, cwd=checkout, check=True, capture_output=True, text=True).stdout
 
     run("git", "fetch", "--prune", "--no-tags", "origin", "main")
     run("git", "merge", "--ff-only", "-q", "origin/main")
     run(*base, "up", "-d", "--build")
-    ids = run("docker", "ps", "-q", "--filter",
-              f"label=com.docker.compose.project={project}").split()
+    ids = run(
+        "docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={project}"
+    ).split()
     while True:
-        states = run("docker", "inspect", "--format",
-                     "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}",
-                     *ids).split("\n")
+        states = run(
+            "docker",
+            "inspect",
+            "--format",
+            "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}",
+            *ids,
+        ).split("\n")
         if all(s.strip() in {"running healthy", "running"} for s in states if s.strip()):
             return
         time.sleep(0.5)
@@ -98,8 +122,7 @@ def by_hand(checkout: Path, base: tuple[str, ...], project: str) -> None:
 def overhead(tmp: Path, *, runs: int, compose_cmd: str | None) -> dict[str, float]:
     client = DockerClient.from_env(timeout=120)
     stack = make_stack(tmp, client)
-    settings = settings_for(tmp, stack.remote.checkout, compose_cmd=compose_cmd,
-                            health_timeout=60)
+    settings = settings_for(tmp, stack.remote.checkout, compose_cmd=compose_cmd, health_timeout=60)
     stack.compose = base = compose.command(settings.compose)
     service = Service.open(settings)
     web = create_app(settings, service_=service, configure_logging=False).test_client()
@@ -130,22 +153,27 @@ def overhead(tmp: Path, *, runs: int, compose_cmd: str | None) -> dict[str, floa
     print(f"\n== no-change deploy, {shlex.join(base)}, {runs} runs each (seconds)")
     print(f"{'':12} {'median':>8} {'p90':>8} {'min':>8}")
     for name, values in (("deployhook", ours), ("by hand", hand)):
-        print(f"{name:12} {statistics.median(values):8.3f} {pct(values, 90):8.3f} "
-              f"{min(values):8.3f}")
+        print(
+            f"{name:12} {statistics.median(values):8.3f} {pct(values, 90):8.3f} {min(values):8.3f}"
+        )
     ratio = statistics.median(ours) / statistics.median(hand)
     print(f"ratio of medians: {ratio:.2f}x (target <= 1.2x)")
-    print("last deployhook job's steps: " +
-          ", ".join(f"{k} {v:.3f}" for k, v in steps.items()))
-    return {"ours_median": statistics.median(ours), "ours_p90": pct(ours, 90),
-            "hand_median": statistics.median(hand), "hand_p90": pct(hand, 90),
-            "ratio": ratio}
+    print("last deployhook job's steps: " + ", ".join(f"{k} {v:.3f}" for k, v in steps.items()))
+    return {
+        "ours_median": statistics.median(ours),
+        "ours_p90": pct(ours, 90),
+        "hand_median": statistics.median(hand),
+        "hand_p90": pct(hand, 90),
+        "ratio": ratio,
+    }
 
 
 def pickup(tmp: Path, *, pushes: int) -> dict[str, float]:
     remote = make_remote(tmp, "pickup")
     fake = make_fake_docker(tmp / "fake-docker")
-    settings = settings_for(tmp, remote.checkout, compose_cmd=f"{fake.path} compose",
-                            health_timeout=0)
+    settings = settings_for(
+        tmp, remote.checkout, compose_cmd=f"{fake.path} compose", health_timeout=0
+    )
     web_service = Service.open(settings)
     worker_service = Service.open(settings)  # as the separate worker process has its own
     web = create_app(settings, service_=web_service, configure_logging=False).test_client()
@@ -176,22 +204,28 @@ def pickup(tmp: Path, *, pushes: int) -> dict[str, float]:
         thread.join(timeout=30)
         web_service.close()
         worker_service.close()
-    print(f"\n== idle-worker pickup, {pushes} pushes (ms; negative: the worker started "
-          "before the 202 reached the client)")
+    print(
+        f"\n== idle-worker pickup, {pushes} pushes (ms; negative: the worker started "
+        "before the 202 reached the client)"
+    )
     print(f"{'':24} {'p50':>8} {'p99':>8} {'max':>8}")
-    for name, values in (("202 -> first step", from_202), ("request -> first step",
-                                                            from_sent)):
+    for name, values in (("202 -> first step", from_202), ("request -> first step", from_sent)):
         print(f"{name:24} {pct(values, 50):8.1f} {pct(values, 99):8.1f} {max(values):8.1f}")
-    return {"p50": pct(from_202, 50), "p99": pct(from_202, 99), "sent_p50": pct(from_sent, 50),
-            "sent_p99": pct(from_sent, 99)}
+    return {
+        "p50": pct(from_202, 50),
+        "p99": pct(from_202, 99),
+        "sent_p50": pct(from_sent, 50),
+        "sent_p99": pct(from_sent, 99),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--pushes", type=int, default=30)
-    parser.add_argument("--compose", default=None,
-                        help="compose command (default: auto-detect, as deployhook does)")
+    parser.add_argument(
+        "--compose", default=None, help="compose command (default: auto-detect, as deployhook does)"
+    )
     parser.add_argument("--skip-overhead", action="store_true")
     args = parser.parse_args()
     log.configure(fmt="json", level="error", stream=sys.stderr)

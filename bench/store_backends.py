@@ -53,8 +53,12 @@ def postgres_server(given: str | None) -> str:
     url = given or os.environ.get("DEPLOYHOOK_TEST_DATABASE_URL")
     if url:
         return url
-    out = subprocess.run(["bash", str(ROOT / ".ci" / "postgres.sh"), "start"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["bash", str(ROOT / ".ci" / "postgres.sh"), "start"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return out.strip().splitlines()[-1]
 
 
@@ -68,18 +72,28 @@ def write_registry(tmp: Path) -> Path:
     # The checkouts don't exist: a claimed job fails at once in `fetch`, after its first
     # step started, which is all the pickup measurement needs.
     registry = tmp / "repos.yml"
-    registry.write_text("repos:\n" + "".join(
-        f"  {name}:\n    path: {tmp / 'checkouts' / name}\n    health_timeout: 0\n"
-        f"    rollback: false\n" for name in REPOS))
+    registry.write_text(
+        "repos:\n"
+        + "".join(
+            f"  {name}:\n    path: {tmp / 'checkouts' / name}\n    health_timeout: 0\n"
+            f"    rollback: false\n"
+            for name in REPOS
+        )
+    )
     return registry
 
 
 def base_env(tmp: Path, database_url: str | None) -> dict[str, str]:
-    extra = {"DEPLOYHOOK_REGISTRY": str(write_registry(tmp)),
-             "DEPLOYHOOK_DATA_DIR": str(tmp / "data"), "DEPLOYHOOK_SECRET": SECRET,
-             "DEPLOYHOOK_RECONCILE_INTERVAL": "0", "DEPLOYHOOK_LOG_LEVEL": "warning",
-             "DEPLOYHOOK_LOG_FORMAT": "json", "DEPLOYHOOK_WEB_PROCESSES": "2",
-             "DEPLOYHOOK_WEB_THREADS": "16"}
+    extra = {
+        "DEPLOYHOOK_REGISTRY": str(write_registry(tmp)),
+        "DEPLOYHOOK_DATA_DIR": str(tmp / "data"),
+        "DEPLOYHOOK_SECRET": SECRET,
+        "DEPLOYHOOK_RECONCILE_INTERVAL": "0",
+        "DEPLOYHOOK_LOG_LEVEL": "warning",
+        "DEPLOYHOOK_LOG_FORMAT": "json",
+        "DEPLOYHOOK_WEB_PROCESSES": "2",
+        "DEPLOYHOOK_WEB_THREADS": "16",
+    }
     if database_url:
         extra["DEPLOYHOOK_DATABASE_URL"] = database_url
     return env_with(**extra)
@@ -87,14 +101,17 @@ def base_env(tmp: Path, database_url: str | None) -> dict[str, str]:
 
 def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as fh:
-        return subprocess.Popen([sys.executable, "-m", "deployhook", *argv], env=env,
-                                stdout=subprocess.DEVNULL, stderr=fh)
+        return subprocess.Popen(
+            [sys.executable, "-m", "deployhook", *argv],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=fh,
+        )
 
 
 def throughput(tmp: Path, env: dict[str, str], *, seconds: int) -> list[WrkResult]:
     port = free_port()
-    proc = start(["serve", "--no-worker", "--bind", f"127.0.0.1:{port}"], env,
-                 tmp / "serve.log")
+    proc = start(["serve", "--no-worker", "--bind", f"127.0.0.1:{port}"], env, tmp / "serve.log")
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + "/healthz")
@@ -111,8 +128,7 @@ def _when(iso: str) -> float:
 
 def pickups(tmp: Path, env: dict[str, str], *, count: int) -> list[float]:
     port = free_port()
-    web = start(["serve", "--no-worker", "--bind", f"127.0.0.1:{port}"], env,
-                tmp / "serve.log")
+    web = start(["serve", "--no-worker", "--bind", f"127.0.0.1:{port}"], env, tmp / "serve.log")
     worker = start(["worker"], env, tmp / "worker.log")
     url = f"http://127.0.0.1:{port}"
     found: list[float] = []
@@ -122,16 +138,22 @@ def pickups(tmp: Path, env: dict[str, str], *, count: int) -> list[float]:
         for n in range(count + 3):
             sha = secrets.token_hex(20)
             body = push_body(sha, repo=REPOS[n % len(REPOS)])
-            request = urllib.request.Request(  # noqa: S310 - loopback, http only
-                f"{url}/deploy/{REPOS[n % len(REPOS)]}", data=body, method="POST",
-                headers={"Content-Type": "application/json", "X-Gitea-Event": "push",
-                         "X-Gitea-Delivery": secrets.token_hex(8),
-                         "X-Gitea-Signature": sign(body)})
-            with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - loopback
+            request = urllib.request.Request(
+                f"{url}/deploy/{REPOS[n % len(REPOS)]}",
+                data=body,
+                method="POST",
+                headers={
+                    "Content-Type": "application/json",
+                    "X-Gitea-Event": "push",
+                    "X-Gitea-Delivery": secrets.token_hex(8),
+                    "X-Gitea-Signature": sign(body),
+                },
+            )
+            with urllib.request.urlopen(request, timeout=10) as resp:
                 job_id = json.load(resp)["job"]
             end = time.monotonic() + 30
             while time.monotonic() < end:
-                with urllib.request.urlopen(f"{url}/jobs/{job_id}", timeout=10) as resp:  # noqa: S310
+                with urllib.request.urlopen(f"{url}/jobs/{job_id}", timeout=10) as resp:
                     job = json.load(resp)
                 if job["status"] not in ("queued", "running"):
                     break
@@ -162,16 +184,20 @@ def main() -> None:
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
         version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
-    print(f"# {tool_version(['wrk', '-v'])}; python {sys.version.split()[0]}; "
-          f"sqlite {sqlite3.sqlite_version}; PostgreSQL {version} on loopback; "
-          f"gunicorn gthread 2x16; {os.cpu_count()} cores")
+    print(
+        f"# {tool_version(['wrk', '-v'])}; python {sys.version.split()[0]}; "
+        f"sqlite {sqlite3.sqlite_version}; PostgreSQL {version} on loopback; "
+        f"gunicorn gthread 2x16; {os.cpu_count()} cores"
+    )
     results: dict[str, tuple[list[WrkResult], list[float]]] = {}
     try:
         for name, url in (("sqlite", None), ("postgres", with_schema(server, schema))):
             with tempfile.TemporaryDirectory(prefix=f"dh-bench-{name}-") as raw:
                 env = base_env(Path(raw), url)
-                results[name] = (throughput(Path(raw), env, seconds=args.seconds),
-                                 pickups(Path(raw), env, count=args.pickups))
+                results[name] = (
+                    throughput(Path(raw), env, seconds=args.seconds),
+                    pickups(Path(raw), env, count=args.pickups),
+                )
     finally:
         with psycopg.connect(server, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
@@ -185,8 +211,10 @@ def main() -> None:
     for label, q in (("pickup p50", 0.5), ("pickup p95", 0.95), ("pickup max", 1.0)):
         cells = [f"{ms(results[name][1], q):>8.1f} ms" for name in ("sqlite", "postgres")]
         print(f"{label:>22} | {cells[0]:>24} | {cells[1]:>24}")
-    print(f"{'pickup samples':>22} | {len(results['sqlite'][1]):>24} | "
-          f"{len(results['postgres'][1]):>24}")
+    print(
+        f"{'pickup samples':>22} | {len(results['sqlite'][1]):>24} | "
+        f"{len(results['postgres'][1]):>24}"
+    )
 
 
 if __name__ == "__main__":

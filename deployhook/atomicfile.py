@@ -31,8 +31,9 @@ def locked(file: Path) -> Iterator[tuple[Path, str]]:
         try:
             fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise RegistryError(f"{file}: no such file (create it, or set "
-                                "DEPLOYHOOK_REGISTRY)") from None
+            raise RegistryError(
+                f"{file}: no such file (create it, or set DEPLOYHOOK_REGISTRY)"
+            ) from None
         except OSError as exc:
             raise RegistryError(f"{file}: cannot open: {exc.strerror}") from None
         try:
@@ -71,8 +72,7 @@ def write(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if isinstance(exc, OSError):
-            raise WriteFailed(f"{path}: not changed, cannot write: "
-                              f"{exc.strerror or exc}") from None
+            raise WriteFailed(f"{path}: not changed, cannot write: {exc.strerror or exc}") from None
         raise
     _fsync_dir(path.parent)
 

@@ -19,11 +19,19 @@ UNKNOWN_COLOUR = "#9f9f9f"
 # Advance widths of Verdana at 11 px (the font these badges are drawn in), so the
 # boxes fit their text without a font at hand. Anything else counts as a wide letter.
 _WIDTHS: dict[str, float] = {
-    **dict.fromkeys("ijl.,:;'!|", 3.1), **dict.fromkeys("ft()[]", 4.3),
-    **dict.fromkeys("r-", 4.7), " ": 3.9, "I": 4.3,
-    **dict.fromkeys("acesvxyz", 6.0), **dict.fromkeys("bdghknopqu", 7.0),
-    **dict.fromkeys("0123456789", 7.0), "m": 10.7, "w": 9.0,
-    **dict.fromkeys("ABCDEFGHJKLNOPQRSTUVXYZ", 7.6), "M": 8.6, "W": 11.0,
+    **dict.fromkeys("ijl.,:;'!|", 3.1),
+    **dict.fromkeys("ft()[]", 4.3),
+    **dict.fromkeys("r-", 4.7),
+    " ": 3.9,
+    "I": 4.3,
+    **dict.fromkeys("acesvxyz", 6.0),
+    **dict.fromkeys("bdghknopqu", 7.0),
+    **dict.fromkeys("0123456789", 7.0),
+    "m": 10.7,
+    "w": 9.0,
+    **dict.fromkeys("ABCDEFGHJKLNOPQRSTUVXYZ", 7.6),
+    "M": 8.6,
+    "W": 11.0,
 }
 _WIDE = 7.6
 _PAD = 6
@@ -58,5 +66,5 @@ def render(message: str, *, label: str = "deploy") -> str:
         f'<text aria-hidden="true" x="{left * 10 + right * 5}" y="150" fill="#010101"'
         f' fill-opacity=".3" transform="scale(.1)">{msg}</text>'
         f'<text x="{left * 10 + right * 5}" y="140" transform="scale(.1)">{msg}</text>'
-        '</g></svg>'
+        "</g></svg>"
     )

@@ -19,16 +19,19 @@ def _detect() -> tuple[str, ...]:
     docker = shutil.which("docker")
     if docker:
         try:
-            probe = subprocess.run([docker, "compose", "version"], capture_output=True,
-                                   timeout=20, check=False)
+            probe = subprocess.run(
+                [docker, "compose", "version"], capture_output=True, timeout=20, check=False
+            )
         except (OSError, subprocess.TimeoutExpired):
             probe = None
         if probe is not None and probe.returncode == 0:
             return ("docker", "compose")
     if shutil.which("docker-compose"):
         return ("docker-compose",)
-    raise StepFailed("no compose command found: install the docker compose plugin or "
-                     "docker-compose, or set DEPLOYHOOK_COMPOSE")
+    raise StepFailed(
+        "no compose command found: install the docker compose plugin or "
+        "docker-compose, or set DEPLOYHOOK_COMPOSE"
+    )
 
 
 def command(configured: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -48,8 +51,9 @@ def is_v1(base: tuple[str, ...]) -> bool:
 @functools.cache
 def _major(base: tuple[str, ...]) -> int:
     try:
-        probe = subprocess.run([*base, "version", "--short"], capture_output=True, text=True,
-                               timeout=20, check=False)
+        probe = subprocess.run(
+            [*base, "version", "--short"], capture_output=True, text=True, timeout=20, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return 1  # unknown: the name says v1
     version = probe.stdout.strip().removeprefix("v")

@@ -112,12 +112,13 @@ class Settings:
             raw = env.get(PREFIX + name.upper())
             if raw is not None:
                 values[name] = parse(name.upper(), raw.strip() if name != "secret" else raw)
-        for name, value in overrides.items():
-            if value is None:
+        for name, given in overrides.items():
+            if given is None:
                 continue
-            if isinstance(value, str) and name in _PARSERS:
-                value = _PARSERS[name](name.upper(), value)
-            values[name] = value
+            if isinstance(given, str) and name in _PARSERS:
+                values[name] = _PARSERS[name](name.upper(), given)
+            else:
+                values[name] = given
         settings = cls(**values)
         if settings.web_processes < 1:
             raise ConfigError(f"{PREFIX}WEB_PROCESSES: must be at least 1")

@@ -123,8 +123,12 @@ def _text(doc: Any, *path: str) -> str | None:
 
 def _web_url(doc: dict[str, Any]) -> str | None:
     url = _text(doc, "repository", "html_url")
-    if url and url.startswith(("https://", "http://")) and len(url) < 512 and \
-            not any(c in url for c in "\"'<> \x00\n\r"):
+    if (
+        url
+        and url.startswith(("https://", "http://"))
+        and len(url) < 512
+        and not any(c in url for c in "\"'<> \x00\n\r")
+    ):
         return url.rstrip("/")
     return None
 
@@ -132,8 +136,12 @@ def _web_url(doc: dict[str, Any]) -> str | None:
 def _check_ref(ref: Any) -> str:
     if not isinstance(ref, str) or not ref:
         raise BadPayload("push payload has no 'ref'")
-    if len(ref) > _MAX_REF or not ref.startswith("refs/") or _REF_BAD_RE.search(ref) \
-            or ref.endswith(("/", ".", ".lock")):
+    if (
+        len(ref) > _MAX_REF
+        or not ref.startswith("refs/")
+        or _REF_BAD_RE.search(ref)
+        or ref.endswith(("/", ".", ".lock"))
+    ):
         raise BadPayload("'ref' is not a valid git ref name")
     return ref
 
@@ -152,20 +160,32 @@ def parse(body: bytes, *, media: str, event: str | None) -> Event:
     if name == "ping":
         return Event(Kind.PING, name, full_name=full_name)
     if name != "push":
-        return Event(Kind.IGNORED, name, full_name=full_name,
-                     reason=f"event {name!r} is not a push")
+        return Event(
+            Kind.IGNORED, name, full_name=full_name, reason=f"event {name!r} is not a push"
+        )
     ref = _check_ref(doc.get("ref"))
     sha = _check_sha(doc.get("after"), "after")
     before_raw = doc.get("before")
-    before = before_raw.lower() if isinstance(before_raw, str) and \
-        SHA_RE.match(before_raw.lower()) else None
-    push = Event(Kind.PUSH, name, ref=ref, sha=sha, before=before, full_name=full_name,
-                 repo_url=_web_url(doc))
+    before = (
+        before_raw.lower()
+        if isinstance(before_raw, str) and SHA_RE.match(before_raw.lower())
+        else None
+    )
+    push = Event(
+        Kind.PUSH,
+        name,
+        ref=ref,
+        sha=sha,
+        before=before,
+        full_name=full_name,
+        repo_url=_web_url(doc),
+    )
     if set(sha) == {"0"} or doc.get("deleted") is True:
         return replace(push, kind=Kind.IGNORED, reason=f"{ref} was deleted")
     if ref.startswith("refs/tags/"):
-        return replace(push, kind=Kind.IGNORED,
-                       reason=f"tag push ({ref.removeprefix('refs/tags/')})")
+        return replace(
+            push, kind=Kind.IGNORED, reason=f"tag push ({ref.removeprefix('refs/tags/')})"
+        )
     if not ref.startswith("refs/heads/"):
         return replace(push, kind=Kind.IGNORED, reason=f"{ref} is not a branch")
     return push

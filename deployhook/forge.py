@@ -87,8 +87,15 @@ class Gitea:
     def __post_init__(self) -> None:
         log.redact([self.token])
 
-    def request(self, method: str, path: str, *, json: Any = None, retry_timeouts: bool = True,
-                abort: threading.Event | None = None) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        retry_timeouts: bool = True,
+        abort: threading.Event | None = None,
+    ) -> Any:
         """Call the API; return the decoded JSON answer (None when it has no body).
 
         retry_timeouts: False for a call that creates something, where a request that
@@ -107,28 +114,36 @@ class Gitea:
             limit = min(self.timeout, left)
             try:
                 with requests.Session() as session:
-                    resp = session.request(method, url, json=json, headers=headers,
-                                           timeout=(limit, limit))
+                    resp = session.request(
+                        method, url, json=json, headers=headers, timeout=(limit, limit)
+                    )
             except requests.ConnectionError as exc:
                 raise _Retryable(_reason(exc)) from None
             except requests.Timeout as exc:
                 if not retry_timeouts:
-                    raise ForgeError(f"Gitea at {self.url} did not answer {method} {path} in "
-                                     f"time (not retried: it may have been applied)") from None
+                    raise ForgeError(
+                        f"Gitea at {self.url} did not answer {method} {path} in "
+                        f"time (not retried: it may have been applied)"
+                    ) from None
                 raise _Retryable(_reason(exc)) from None
             except requests.RequestException as exc:
-                raise ForgeError(f"Gitea call {method} {path} failed: "
-                                 f"{type(exc).__name__}") from None
+                raise ForgeError(
+                    f"Gitea call {method} {path} failed: {type(exc).__name__}"
+                ) from None
             if resp.status_code >= 500:
-                raise _Retryable(f"answered {resp.status_code} {resp.reason}: "
-                                 f"{_message(resp)}".rstrip(": "), status=resp.status_code)
+                raise _Retryable(
+                    f"answered {resp.status_code} {resp.reason}: {_message(resp)}".rstrip(": "),
+                    status=resp.status_code,
+                )
             return resp
 
         def stop(state: tenacity.RetryCallState) -> bool:
             upcoming = getattr(state, "upcoming_sleep", 0.0) or 0.0
-            return (state.attempt_number >= ATTEMPTS
-                    or time.monotonic() + upcoming >= end - 0.05
-                    or (abort is not None and abort.is_set()))
+            return (
+                state.attempt_number >= ATTEMPTS
+                or time.monotonic() + upcoming >= end - 0.05
+                or (abort is not None and abort.is_set())
+            )
 
         def sleep(seconds: float) -> None:
             if abort is None:
@@ -137,20 +152,31 @@ class Gitea:
                 abort.wait(seconds)
 
         retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(_Retryable), stop=stop,
-            wait=tenacity.wait_exponential(multiplier=0.5, max=4), sleep=sleep, reraise=True,
+            retry=tenacity.retry_if_exception_type(_Retryable),
+            stop=stop,
+            wait=tenacity.wait_exponential(multiplier=0.5, max=4),
+            sleep=sleep,
+            reraise=True,
             before_sleep=lambda state: logger.info(
-                "forge_retrying", method=method, path=path, attempt=state.attempt_number,
-                error=str(state.outcome.exception()) if state.outcome else None))
+                "forge_retrying",
+                method=method,
+                path=path,
+                attempt=state.attempt_number,
+                error=str(state.outcome.exception()) if state.outcome else None,
+            ),
+        )
         try:
             resp = retrying(attempt)
         except _Retryable as exc:
-            raise ForgeError(f"Gitea at {self.url}: {method} {path}: {exc}",
-                             status=exc.status) from None
+            raise ForgeError(
+                f"Gitea at {self.url}: {method} {path}: {exc}", status=exc.status
+            ) from None
         if resp.status_code >= 400:
-            raise ForgeError(f"Gitea at {self.url} answered {resp.status_code} "
-                             f"{resp.reason} to {method} {path}: {_message(resp)}",
-                             status=resp.status_code)
+            raise ForgeError(
+                f"Gitea at {self.url} answered {resp.status_code} "
+                f"{resp.reason} to {method} {path}: {_message(resp)}",
+                status=resp.status_code,
+            )
         if not resp.content:
             return None
         try:
@@ -164,15 +190,31 @@ class Gitea:
     def repo_path(owner: str, name: str) -> str:
         return f"/repos/{quote(owner, safe='')}/{quote(name, safe='')}"
 
-    def set_status(self, owner: str, name: str, sha: str, *, state: str, context: str,
-                   description: str, target_url: str | None = None,
-                   abort: threading.Event | None = None) -> None:
-        body = {"state": state, "context": context,
-                "description": _one_line(description, _DESCRIPTION_MAX)}
+    def set_status(
+        self,
+        owner: str,
+        name: str,
+        sha: str,
+        *,
+        state: str,
+        context: str,
+        description: str,
+        target_url: str | None = None,
+        abort: threading.Event | None = None,
+    ) -> None:
+        body = {
+            "state": state,
+            "context": context,
+            "description": _one_line(description, _DESCRIPTION_MAX),
+        }
         if target_url:
             body["target_url"] = target_url
-        self.request("POST", f"{self.repo_path(owner, name)}/statuses/{quote(sha, safe='')}",
-                     json=body, abort=abort)
+        self.request(
+            "POST",
+            f"{self.repo_path(owner, name)}/statuses/{quote(sha, safe='')}",
+            json=body,
+            abort=abort,
+        )
 
     def mirror_sync(self, owner: str, name: str) -> None:
         self.request("POST", f"{self.repo_path(owner, name)}/mirror-sync")
@@ -180,8 +222,9 @@ class Gitea:
     def hooks(self, owner: str, name: str) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
         for page in range(1, 21):
-            batch = self.request("GET", f"{self.repo_path(owner, name)}/hooks?page={page}"
-                                 f"&limit={_PAGE}")
+            batch = self.request(
+                "GET", f"{self.repo_path(owner, name)}/hooks?page={page}&limit={_PAGE}"
+            )
             batch = [h for h in batch or [] if isinstance(h, dict)]
             found += batch
             if len(batch) < _PAGE:
@@ -189,20 +232,23 @@ class Gitea:
         return found
 
     def create_hook(self, owner: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        made = self.request("POST", f"{self.repo_path(owner, name)}/hooks", json=body,
-                            retry_timeouts=False)
+        made = self.request(
+            "POST", f"{self.repo_path(owner, name)}/hooks", json=body, retry_timeouts=False
+        )
         return made if isinstance(made, dict) else {}
 
-    def edit_hook(self, owner: str, name: str, hook_id: int,
-                  body: dict[str, Any]) -> dict[str, Any]:
-        made = self.request("PATCH", f"{self.repo_path(owner, name)}/hooks/{int(hook_id)}",
-                            json=body)
+    def edit_hook(
+        self, owner: str, name: str, hook_id: int, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        made = self.request(
+            "PATCH", f"{self.repo_path(owner, name)}/hooks/{int(hook_id)}", json=body
+        )
         return made if isinstance(made, dict) else {}
 
 
 def _one_line(text: str, limit: int) -> str:
     line = " ".join(text.split())
-    return line if len(line) <= limit else line[:limit - 1] + "…"
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,8 +264,9 @@ class Target:
         return f"{self.owner}/{self.name}"
 
 
-def connect(repo: Repo, *, budget: float | None = None,
-            environ: Mapping[str, str] | None = None) -> Target:
+def connect(
+    repo: Repo, *, budget: float | None = None, environ: Mapping[str, str] | None = None
+) -> Target:
     """Return the repo's Gitea target, or raise ForgeNotConfigured saying what is missing."""
     env = os.environ if environ is None else environ
     budget = BUDGET_S if budget is None else budget
@@ -230,14 +277,15 @@ def connect(repo: Repo, *, budget: float | None = None,
         raise ForgeNotConfigured(f"repo {repo.name!r}: source (owner/name on Gitea) is not set")
     owner, sep, name = repo.source[0].partition("/")
     if not sep or not owner or not name or "/" in name:
-        raise ForgeNotConfigured(f"repo {repo.name!r}: source {repo.source[0]!r} is not "
-                                 "owner/name")
+        raise ForgeNotConfigured(f"repo {repo.name!r}: source {repo.source[0]!r} is not owner/name")
     if not gitea.token_env:
         raise ForgeNotConfigured(f"repo {repo.name!r}: gitea.token_env is not set")
     token = (env.get(gitea.token_env) or "").strip()
     if not token:
-        raise ForgeNotConfigured(f"repo {repo.name!r}: environment variable "
-                                 f"{gitea.token_env} (gitea.token_env) is unset or empty")
+        raise ForgeNotConfigured(
+            f"repo {repo.name!r}: environment variable "
+            f"{gitea.token_env} (gitea.token_env) is unset or empty"
+        )
     timeout = min(TIMEOUT_S, budget)
     return Target(Gitea(gitea.url, token, timeout=timeout, budget=budget), owner, name)
 
@@ -245,8 +293,12 @@ def connect(repo: Repo, *, budget: float | None = None,
 def ensure_hook(target: Target, *, url: str, secret: str, branch: str) -> tuple[str, int]:
     """Create the push webhook to url, or update the one already there; ("created", id)."""
     config = {"url": url, "content_type": "json", "secret": secret}
-    body: dict[str, Any] = {"config": config, "events": ["push"], "branch_filter": branch,
-                            "active": True}  # Gitea creates hooks inactive by default
+    body: dict[str, Any] = {
+        "config": config,
+        "events": ["push"],
+        "branch_filter": branch,
+        "active": True,
+    }  # Gitea creates hooks inactive by default
     client = target.client
     for existing in client.hooks(target.owner, target.name):
         if (existing.get("config") or {}).get("url") == url and "id" in existing:
@@ -266,11 +318,15 @@ def explain(exc: ForgeError, target: Target, *, token_env: str | None) -> str:
     if exc.status == 401:
         return f"{where} refused the token in {token_env} (401 Unauthorized)"
     if exc.status == 403:
-        return (f"{where}: the token in {token_env} may not manage webhooks of "
-                f"{target.full_name} (403 Forbidden)")
+        return (
+            f"{where}: the token in {token_env} may not manage webhooks of "
+            f"{target.full_name} (403 Forbidden)"
+        )
     if exc.status == 404:
-        return (f"{where} has no repository {target.full_name}, or the token in {token_env} "
-                "cannot see it (404 Not Found)")
+        return (
+            f"{where} has no repository {target.full_name}, or the token in {token_env} "
+            "cannot see it (404 Not Found)"
+        )
     return str(exc)
 
 
@@ -279,6 +335,7 @@ def job_url(public_url: str | None, job_id: int) -> str | None:
 
 
 # -- the post step: Gitea pull-mirror sync ----------------------------------------------
+
 
 def step_mirror_sync(ctx: Context) -> None:
     """Ask Gitea to sync its pull mirror of the repo now (`gitea.mirror_sync`)."""
@@ -293,8 +350,12 @@ def step_mirror_sync(ctx: Context) -> None:
 
 # -- the reporter: commit status -------------------------------------------------------
 
-_STATE_OF = {Status.SUCCEEDED: "success", Status.FAILED: "failure",
-             Status.CANCELLED: "error", Status.INTERRUPTED: "error"}
+_STATE_OF = {
+    Status.SUCCEEDED: "success",
+    Status.FAILED: "failure",
+    Status.CANCELLED: "error",
+    Status.INTERRUPTED: "error",
+}
 
 
 class CommitStatus:
@@ -318,14 +379,28 @@ class CommitStatus:
             ctx.output(f"gitea: no commit status: {exc}")
             return None
 
-    def _send(self, ctx: Context, target: Target, *, sha: str, state: str, description: str,
-              abort: threading.Event | None = None) -> None:
+    def _send(
+        self,
+        ctx: Context,
+        target: Target,
+        *,
+        sha: str,
+        state: str,
+        description: str,
+        abort: threading.Event | None = None,
+    ) -> None:
         context = f"deploy/{ctx.repo.name}"
         try:
-            target.client.set_status(target.owner, target.name, sha, state=state,
-                                     context=context, description=description,
-                                     target_url=job_url(ctx.settings.public_url, ctx.job.id),
-                                     abort=abort)
+            target.client.set_status(
+                target.owner,
+                target.name,
+                sha,
+                state=state,
+                context=context,
+                description=description,
+                target_url=job_url(ctx.settings.public_url, ctx.job.id),
+                abort=abort,
+            )
         except ForgeError as exc:
             ctx.output(f"gitea: commit status {state} not set on {sha[:12]}: {exc}")
             logger.warning("gitea_status_failed", state=state, error=str(exc))
@@ -338,13 +413,18 @@ class CommitStatus:
         if target is None:
             return
         abort = threading.Event()
-        what = "rolling back to this commit" if ctx.job.trigger == Trigger.ROLLBACK else \
-            f"deploying ({ctx.job.trigger})"
+        what = (
+            "rolling back to this commit"
+            if ctx.job.trigger == Trigger.ROLLBACK
+            else f"deploying ({ctx.job.trigger})"
+        )
         thread = threading.Thread(
-            target=self._send, args=(ctx, target),
-            kwargs={"sha": ctx.job.sha, "state": "pending", "description": what,
-                    "abort": abort},
-            name=f"job-{ctx.job.id}-gitea-status", daemon=True)
+            target=self._send,
+            args=(ctx, target),
+            kwargs={"sha": ctx.job.sha, "state": "pending", "description": what, "abort": abort},
+            name=f"job-{ctx.job.id}-gitea-status",
+            daemon=True,
+        )
         with self._lock:
             # Jobs that never reached finished() (a worker stopping) leave their entry.
             self._pending = {k: v for k, v in self._pending.items() if v[0].is_alive()}
@@ -364,12 +444,21 @@ class CommitStatus:
             thread.join(TIMEOUT_S + 1)
         budget = max(BUDGET_S - (time.monotonic() - began), TIMEOUT_S)
         client = target.client
-        target = Target(Gitea(client.url, client.token, timeout=client.timeout, budget=budget),
-                        target.owner, target.name)
+        target = Target(
+            Gitea(client.url, client.token, timeout=client.timeout, budget=budget),
+            target.owner,
+            target.name,
+        )
         if job.status == Status.SUCCEEDED:
-            description = f"deployed in {job.duration_s:g} s" if job.duration_s is not None \
-                else "deployed"
+            description = (
+                f"deployed in {job.duration_s:g} s" if job.duration_s is not None else "deployed"
+            )
         else:
             description = job.error or str(job.status)
-        self._send(ctx, target, sha=job.sha, state=_STATE_OF.get(job.status, "error"),
-                   description=description)
+        self._send(
+            ctx,
+            target,
+            sha=job.sha,
+            state=_STATE_OF.get(job.status, "error"),
+            description=description,
+        )

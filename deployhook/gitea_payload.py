@@ -24,34 +24,64 @@ def _marshal_indent(doc: Any) -> bytes:
     return text.encode("utf-8")
 
 
-def push_body(*, sha: str, ref: str, full_name: str, base_url: str,
-              message: str = "deployhook deliver: test delivery\n") -> bytes:
+def push_body(
+    *,
+    sha: str,
+    ref: str,
+    full_name: str,
+    base_url: str,
+    message: str = "deployhook deliver: test delivery\n",
+) -> bytes:
     """The body of Gitea's Test Delivery for the commit `sha` at `ref`."""
     owner, _, name = full_name.rpartition("/")
     html_url = f"{base_url.rstrip('/')}/{full_name}"
     person = {"name": owner or "deployhook", "email": "deployhook@localhost", "username": ""}
     commit = {
-        "id": sha, "message": message, "url": f"{html_url}/commit/{sha}",
-        "author": person, "committer": person, "verification": None,
-        "timestamp": "0001-01-01T00:00:00Z", "added": None, "removed": None,
+        "id": sha,
+        "message": message,
+        "url": f"{html_url}/commit/{sha}",
+        "author": person,
+        "committer": person,
+        "verification": None,
+        "timestamp": "0001-01-01T00:00:00Z",
+        "added": None,
+        "removed": None,
         "modified": None,
     }
-    user = {"id": 0, "login": owner, "login_name": "", "full_name": "", "email": "",
-            "username": owner}
+    user = {
+        "id": 0,
+        "login": owner,
+        "login_name": "",
+        "full_name": "",
+        "email": "",
+        "username": owner,
+    }
     doc = {
-        "ref": ref, "before": sha, "after": sha,
+        "ref": ref,
+        "before": sha,
+        "after": sha,
         "compare_url": f"{html_url}/compare/{sha}...{sha}",
-        "commits": [commit], "total_commits": 1, "head_commit": commit,
-        "repository": {"id": 0, "owner": user, "name": name, "full_name": full_name,
-                       "html_url": html_url, "default_branch": ref.removeprefix("refs/heads/"),
-                       "clone_url": f"{html_url}.git"},
-        "pusher": user, "sender": user,
+        "commits": [commit],
+        "total_commits": 1,
+        "head_commit": commit,
+        "repository": {
+            "id": 0,
+            "owner": user,
+            "name": name,
+            "full_name": full_name,
+            "html_url": html_url,
+            "default_branch": ref.removeprefix("refs/heads/"),
+            "clone_url": f"{html_url}.git",
+        },
+        "pusher": user,
+        "sender": user,
     }
     return _marshal_indent(doc)
 
 
-def headers(body: bytes, *, secret: str, event: str = "push",
-            delivery: str | None = None) -> dict[str, str]:
+def headers(
+    body: bytes, *, secret: str, event: str = "push", delivery: str | None = None
+) -> dict[str, str]:
     """Gitea's header block for body, signed with secret (Host and length are added later)."""
     delivery = delivery or str(uuid.uuid4())
     sha256 = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()

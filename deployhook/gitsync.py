@@ -48,11 +48,13 @@ def _ssh_command(path: Path) -> str:
 def git_env(path: Path, extra_config: dict[str, str] | None = None) -> dict[str, str]:
     """The environment every git process runs with (deployhook's own secrets removed)."""
     env = process.scrubbed_environ()
-    env.update({
-        "GIT_TERMINAL_PROMPT": "0",
-        "GIT_SSH_COMMAND": _ssh_command(path),
-        "LC_ALL": "C",
-    })
+    env.update(
+        {
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_SSH_COMMAND": _ssh_command(path),
+            "LC_ALL": "C",
+        }
+    )
     env.setdefault("GIT_ASKPASS", "/bin/false")
     env.setdefault("SSH_ASKPASS", "/bin/false")
     config = {"safe.directory": str(path)}
@@ -68,8 +70,11 @@ def git_env(path: Path, extra_config: dict[str, str] | None = None) -> dict[str,
 def _short(exc: git.GitCommandError) -> str:
     """Git's first fatal or error line: the cause ("'x' does not appear to be a git
     repository"), not the generic last one ("Could not read from remote repository")."""
-    lines = [ln.strip().removeprefix("stderr: ").strip(" '")
-             for ln in str(exc.stderr or "").splitlines() if ln.strip()]
+    lines = [
+        ln.strip().removeprefix("stderr: ").strip(" '")
+        for ln in str(exc.stderr or "").splitlines()
+        if ln.strip()
+    ]
     meaningful = [ln for ln in lines if ln.lower().startswith(("fatal", "error"))]
     return (meaningful or lines or [f"git exited with {exc.status}"])[0]
 
@@ -82,8 +87,11 @@ def remote_head(repo: Repo, *, timeout: float) -> str:
     try:
         out = cmd.execute(
             ["git", "ls-remote", "--", repo.remote, repo.ref],
-            env=git_env(repo.path), kill_after_timeout=timeout, with_extended_output=False,
-            start_new_session=True)
+            env=git_env(repo.path),
+            kill_after_timeout=timeout,
+            with_extended_output=False,
+            start_new_session=True,
+        )
     except git.GitCommandError as exc:
         raise StepFailed(f"git ls-remote {repo.remote} failed: {_short(exc)}") from None
     for line in str(out).splitlines():
@@ -102,13 +110,19 @@ def _open(repo: Repo) -> git.Repo:
         raise StepFailed(f"{repo.path} is not a git checkout") from None
 
 
-def _git(handle: git.Repo, *args: str, timeout: float | None = None,
-         env: dict[str, str] | None = None) -> str:
+def _git(
+    handle: git.Repo, *args: str, timeout: float | None = None, env: dict[str, str] | None = None
+) -> str:
     """Run one git command in the checkout, with deployhook's environment."""
     try:
-        out = handle.git.execute(["git", *args], env=env or git_env(Path(handle.working_dir)),
-                                 kill_after_timeout=timeout, with_extended_output=False,
-                                 strip_newline_in_stdout=True, start_new_session=True)
+        out = handle.git.execute(
+            ["git", *args],
+            env=env or git_env(Path(handle.working_dir)),
+            kill_after_timeout=timeout,
+            with_extended_output=False,
+            strip_newline_in_stdout=True,
+            start_new_session=True,
+        )
     except git.GitCommandError as exc:
         raise StepFailed(f"git {args[0]} failed: {_short(exc)}") from None
     return str(out)
@@ -138,8 +152,7 @@ def fetch(repo: Repo, sha: str, *, timeout: float, output: Callable[[str], None]
         raise StepFailed(f"{repo.path} has no remote named {repo.remote!r}")
     refspec = f"+{repo.ref}:refs/remotes/{repo.remote}/{repo.branch}"
     try:
-        _git(handle, "fetch", "--prune", "--no-tags", "--", repo.remote, refspec,
-             timeout=timeout)
+        _git(handle, "fetch", "--prune", "--no-tags", "--", repo.remote, refspec, timeout=timeout)
     except StepFailed as exc:
         raise StepFailed(f"{exc} (remote {repo.remote!r})") from None
     output(f"fetched {repo.branch} from {repo.remote}")
@@ -150,8 +163,9 @@ def fetch(repo: Repo, sha: str, *, timeout: float, output: Callable[[str], None]
         except StepFailed as exc:
             output(str(exc))
         if not has_commit(handle, sha):
-            raise StepFailed(f"commit {sha[:12]} is not on {repo.remote} (was it force-pushed "
-                             "away?)")
+            raise StepFailed(
+                f"commit {sha[:12]} is not on {repo.remote} (was it force-pushed away?)"
+            )
 
 
 def local_changes(handle: git.Repo) -> list[str]:
@@ -169,11 +183,14 @@ def checkout(repo: Repo, sha: str, *, output: Callable[[str], None]) -> str | No
     handle = _open(repo)
     changed = local_changes(handle)
     if changed:
-        shown = ", ".join(changed[:10]) + (f" and {len(changed) - 10} more" if
-                                           len(changed) > 10 else "")
+        shown = ", ".join(changed[:10]) + (
+            f" and {len(changed) - 10} more" if len(changed) > 10 else ""
+        )
         if repo.on_local_changes != "reset":
-            raise StepFailed(f"local changes to tracked files: {shown} "
-                             "(on_local_changes: fail; commit, stash or discard them)")
+            raise StepFailed(
+                f"local changes to tracked files: {shown} "
+                "(on_local_changes: fail; commit, stash or discard them)"
+            )
         output(f"discarding local changes to tracked files: {shown}")
         _git(handle, "reset", "--hard", "--quiet", "HEAD")
     previous = head(repo)
@@ -184,8 +201,10 @@ def checkout(repo: Repo, sha: str, *, output: Callable[[str], None]) -> str | No
         output(f"switched to branch {repo.branch}")
     if previous != sha:
         _git(handle, "reset", "--keep", "--quiet", sha)
-    output(f"{repo.branch} is at {sha[:12]}" + (f" (was {previous[:12]})" if previous and
-                                                 previous != sha else ""))
+    output(
+        f"{repo.branch} is at {sha[:12]}"
+        + (f" (was {previous[:12]})" if previous and previous != sha else "")
+    )
     return previous
 
 

@@ -46,6 +46,7 @@ API_TIMEOUT_S = 30
 
 # -- the engine ----------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def _engine() -> Iterator[DockerClient]:
     """A Docker client from the environment (DOCKER_HOST); engine errors become StepFailed."""
@@ -54,8 +55,7 @@ def _engine() -> Iterator[DockerClient]:
         client = _connect()
         yield client
     except APIError as exc:
-        raise StepFailed(f"docker engine error: {_one_line(str(exc.explanation or exc))}") \
-            from None
+        raise StepFailed(f"docker engine error: {_one_line(str(exc.explanation or exc))}") from None
     except (DockerException, requests.exceptions.RequestException) as exc:
         raise StepFailed(f"docker engine unreachable: {_one_line(str(exc))}") from None
     finally:
@@ -77,8 +77,9 @@ def _connect() -> DockerClient:
             try:
                 probe.connect(host.removeprefix("unix://"))
             except OSError as exc:
-                raise StepFailed(f"docker engine unreachable: {host}: "
-                                 f"{exc.strerror or exc}") from None
+                raise StepFailed(
+                    f"docker engine unreachable: {host}: {exc.strerror or exc}"
+                ) from None
     client = DockerClient.from_env(version=MINIMUM_DOCKER_API_VERSION, timeout=API_TIMEOUT_S)
     try:
         client.api._version = client.api._retrieve_server_version()
@@ -100,7 +101,7 @@ def _epoch(stamp: str | None) -> float | None:
 
 def _one_line(text: str, limit: int = 200) -> str:
     line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[:limit - 1] + "…"
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 class Verdict(Enum):
@@ -130,24 +131,27 @@ class ContainerState:
         health = state.get("Health") or {}
         logs = health.get("Log") or []
         labels = (attrs.get("Config") or {}).get("Labels") or {}
-        return cls(id=str(attrs.get("Id", "")), name=str(attrs.get("Name", "")).lstrip("/"),
-                   service=labels.get(SERVICE_LABEL, ""),
-                   status=state.get("Status", "unknown"),
-                   health=health.get("Status") or None,
-                   exit_code=int(state.get("ExitCode") or 0),
-                   oom_killed=bool(state.get("OOMKilled")),
-                   last_output=_one_line(logs[-1].get("Output", "")) if logs else "",
-                   error=_one_line(state.get("Error") or ""),
-                   started_at=_epoch(state.get("StartedAt")))
+        return cls(
+            id=str(attrs.get("Id", "")),
+            name=str(attrs.get("Name", "")).lstrip("/"),
+            service=labels.get(SERVICE_LABEL, ""),
+            status=state.get("Status", "unknown"),
+            health=health.get("Status") or None,
+            exit_code=int(state.get("ExitCode") or 0),
+            oom_killed=bool(state.get("OOMKilled")),
+            last_output=_one_line(logs[-1].get("Output", "")) if logs else "",
+            error=_one_line(state.get("Error") or ""),
+            started_at=_epoch(state.get("StartedAt")),
+        )
 
     @property
     def verdict(self) -> Verdict:
         if self.status == "running":
             return {"unhealthy": Verdict.FAILED, "starting": Verdict.WAITING}.get(
-                self.health or "", Verdict.READY)
+                self.health or "", Verdict.READY
+            )
         if self.status == "exited":
-            return Verdict.READY if self.exit_code == 0 and not self.oom_killed \
-                else Verdict.FAILED
+            return Verdict.READY if self.exit_code == 0 and not self.oom_killed else Verdict.FAILED
         if self.status in {"created", "removing"}:
             return Verdict.WAITING
         return Verdict.FAILED  # restarting, dead, paused
@@ -166,10 +170,10 @@ class ContainerState:
         return text + (f": {self.error}" if self.error else "")
 
 
-def _states(client: DockerClient, project: str,
-            services: set[str] | None) -> list[ContainerState]:
-    found = client.api.containers(all=True, filters={
-        "label": [f"{PROJECT_LABEL}={project}", f"{ONEOFF_LABEL}=False"]})
+def _states(client: DockerClient, project: str, services: set[str] | None) -> list[ContainerState]:
+    found = client.api.containers(
+        all=True, filters={"label": [f"{PROJECT_LABEL}={project}", f"{ONEOFF_LABEL}=False"]}
+    )
     states = []
     for summary in found:
         labels = summary.get("Labels") or {}
@@ -183,20 +187,31 @@ def _states(client: DockerClient, project: str,
     return sorted(states, key=lambda s: s.name)
 
 
-def _none_found(client: DockerClient, repo: Repo, project: str,
-                services: set[str] | None) -> StepFailed:
+def _none_found(
+    client: DockerClient, repo: Repo, project: str, services: set[str] | None
+) -> StepFailed:
     wanted = f" (services {', '.join(sorted(services))})" if services is not None else ""
     # A hint for a name computed differently from Compose's: what this checkout started.
-    beside = client.api.containers(all=True, filters={
-        "label": f"{WORKDIR_LABEL}={os.path.realpath(repo.path)}"})
+    beside = client.api.containers(
+        all=True, filters={"label": f"{WORKDIR_LABEL}={os.path.realpath(repo.path)}"}
+    )
     others = {str((c.get("Labels") or {}).get(PROJECT_LABEL)) for c in beside} - {project}
-    hint = f"; containers from this checkout carry project {', '.join(sorted(others))}" \
-        if others else ""
+    hint = (
+        f"; containers from this checkout carry project {', '.join(sorted(others))}"
+        if others
+        else ""
+    )
     return StepFailed(f"no containers of compose project {project!r}{wanted} found{hint}")
 
 
-def wait_healthy(repo: Repo, *, compose_base: tuple[str, ...], deadline: process.Deadline,
-                 cancel: threading.Event, output: Callable[[str], None]) -> None:
+def wait_healthy(
+    repo: Repo,
+    *,
+    compose_base: tuple[str, ...],
+    deadline: process.Deadline,
+    cancel: threading.Event,
+    output: Callable[[str], None],
+) -> None:
     """Wait until the project's containers run (healthy where checked) or one fails.
 
     A one-shot container that exited 0 is done. Unhealthy, exited non-zero, restarting
@@ -221,29 +236,38 @@ def wait_healthy(repo: Repo, *, compose_base: tuple[str, ...], deadline: process
             if failed:
                 raise StepFailed(failed[0].describe())
             now = time.monotonic()
-            waiting = [s for s in states if s.verdict is Verdict.WAITING
-                       or not _settled(s, first_seen, now)]
+            waiting = [
+                s
+                for s in states
+                if s.verdict is Verdict.WAITING or not _settled(s, first_seen, now)
+            ]
             if not waiting:
-                output(f"{len(states)} container(s) of project {project} ready: " +
-                       ", ".join(_ready(s) for s in states))
+                output(
+                    f"{len(states)} container(s) of project {project} ready: "
+                    + ", ".join(_ready(s) for s in states)
+                )
                 return
             if now >= end:
                 deadline.check()
                 more = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
-                raise StepFailed(f"still waiting after {repo.health_timeout} s: "
-                                 f"{waiting[0].describe()}{more}")
+                raise StepFailed(
+                    f"still waiting after {repo.health_timeout} s: {waiting[0].describe()}{more}"
+                )
             # A new line when who waits (or in which state) changes, else a reminder now
             # and then: health output changes every check and would flood the log.
             current = tuple((s.name, s.status, s.health) for s in waiting)
             if current != shown or now - reminded >= REMIND_S:
-                output(f"waiting for {len(waiting)} of {len(states)} container(s): " +
-                       "; ".join(s.describe() for s in waiting))
+                output(
+                    f"waiting for {len(waiting)} of {len(states)} container(s): "
+                    + "; ".join(s.describe() for s in waiting)
+                )
                 shown, reminded = current, now
             cancel.wait(min(POLL_S, max(end - now, 0.01)))
 
 
-def _settled(state: ContainerState, first_seen: dict[tuple[str, float | None], float],
-             now: float) -> bool:
+def _settled(
+    state: ContainerState, first_seen: dict[tuple[str, float | None], float], now: float
+) -> bool:
     """True unless a container without healthcheck started less than SETTLE_S ago."""
     if state.status != "running" or state.health:
         return True
@@ -259,8 +283,9 @@ def _ready(state: ContainerState) -> str:
     return f"{state.name} {state.health}" if state.health else f"{state.name} running"
 
 
-def prune_images(repo: Repo, *, compose_base: tuple[str, ...],
-                 output: Callable[[str], None]) -> None:
+def prune_images(
+    repo: Repo, *, compose_base: tuple[str, ...], output: Callable[[str], None]
+) -> None:
     """Remove this project's dangling images, never another project's.
 
     Compose v2 labels the images it builds with the project; v1 labels nothing, and a
@@ -268,17 +293,22 @@ def prune_images(repo: Repo, *, compose_base: tuple[str, ...],
     """
     project = project_name(repo, compose_base)
     if compose.is_v1(compose_base):
-        output("prune skipped: docker-compose v1 does not label the images it builds, so a "
-               f"dangling image of project {project} cannot be told from another project's")
+        output(
+            "prune skipped: docker-compose v1 does not label the images it builds, so a "
+            f"dangling image of project {project} cannot be told from another project's"
+        )
         return
     with _engine() as client:
-        result = client.images.prune(filters={"dangling": True,
-                                              "label": [f"{PROJECT_LABEL}={project}"]})
+        result = client.images.prune(
+            filters={"dangling": True, "label": [f"{PROJECT_LABEL}={project}"]}
+        )
     deleted = [d["Deleted"] for d in result.get("ImagesDeleted") or [] if d.get("Deleted")]
     if not deleted:
         output(f"no dangling images of project {project}")
         return
     mib = (result.get("SpaceReclaimed") or 0) / 2**20
-    output(f"removed {len(deleted)} dangling image(s) of project {project} ({mib:.1f} MiB): " +
-           ", ".join(d.removeprefix("sha256:")[:12] for d in deleted))
+    output(
+        f"removed {len(deleted)} dangling image(s) of project {project} ({mib:.1f} MiB): "
+        + ", ".join(d.removeprefix("sha256:")[:12] for d in deleted)
+    )
     log.info("images_pruned", project=project, images=len(deleted))

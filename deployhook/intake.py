@@ -89,18 +89,18 @@ def _check(req: Request, repo: Repo, *, max_body: int, default_secret: str | Non
     media = events.check_media_type(req.content_type)
     secrets = resolve_secrets(repo, default=default_secret)
     log.redact(secrets)
-    signature.verify(events.signed_bodies(body, media), secrets,
-                     signature.signatures(req.headers))
-    event = events.parse(body, media=media,
-                         event=events.header(req.headers, events.EVENT_HEADERS))
+    signature.verify(events.signed_bodies(body, media), secrets, signature.signatures(req.headers))
+    event = events.parse(body, media=media, event=events.header(req.headers, events.EVENT_HEADERS))
     if repo.source and event.full_name not in repo.source:
-        raise SourceMismatch(f"payload is for {event.full_name or 'no repository'!r}, "
-                             f"not {' or '.join(repo.source)}")
+        raise SourceMismatch(
+            f"payload is for {event.full_name or 'no repository'!r}, not {' or '.join(repo.source)}"
+        )
     return event
 
 
-def receive(req: Request, *, registry: Registry, store: Store, max_body: int,
-            default_secret: str | None) -> tuple[int, dict[str, Any]]:
+def receive(
+    req: Request, *, registry: Registry, store: Store, max_body: int, default_secret: str | None
+) -> tuple[int, dict[str, Any]]:
     """Judge one delivery and answer it: (HTTP status, JSON body)."""
     started = time.perf_counter()
     received_at = time.time()
@@ -108,28 +108,49 @@ def receive(req: Request, *, registry: Registry, store: Store, max_body: int,
     event_name = events.header(req.headers, events.EVENT_HEADERS)
     event_name = event_name[:64] if event_name else None
     structlog.contextvars.bind_contextvars(repo=req.name[:200], delivery=delivery_id)
-    base = Intake(repo=req.name, kind="rejected", received_at=received_at,
-                  delivery_id=delivery_id, event=event_name)
+    base = Intake(
+        repo=req.name,
+        kind="rejected",
+        received_at=received_at,
+        delivery_id=delivery_id,
+        event=event_name,
+    )
     repo = registry.find(req.name)
     try:
         if repo is None:
-            status, body, outcome, job_id = 404, {"error": f"no repo named {req.name!r}"}, \
-                "rejected", None
+            status, body, outcome, job_id = (
+                404,
+                {"error": f"no repo named {req.name!r}"},
+                "rejected",
+                None,
+            )
             store.record_rejection(replace(base, http_status=404, reason=body["error"]))
         else:
-            status, body, outcome, job_id = _admit(req, repo, base, store=store,
-                                                   max_body=max_body,
-                                                   default_secret=default_secret)
-        logger.info("delivery_answered", event_name=event_name, outcome=outcome,
-                    status=status, job=job_id,
-                    latency_ms=round((time.perf_counter() - started) * 1000, 2))
+            status, body, outcome, job_id = _admit(
+                req, repo, base, store=store, max_body=max_body, default_secret=default_secret
+            )
+        logger.info(
+            "delivery_answered",
+            event_name=event_name,
+            outcome=outcome,
+            status=status,
+            job=job_id,
+            latency_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
         return status, body
     finally:
         structlog.contextvars.unbind_contextvars("repo", "delivery")
 
 
-def _admit(req: Request, repo: Repo, base: Intake, *, store: Store, max_body: int,
-           default_secret: str | None) -> tuple[int, dict[str, Any], str, int | None]:
+def _admit(
+    req: Request,
+    repo: Repo,
+    base: Intake,
+    *,
+    store: Store,
+    max_body: int,
+    default_secret: str | None,
+) -> tuple[int, dict[str, Any], str, int | None]:
     node = repo.node or ""
     try:
         event = _check(req, repo, max_body=max_body, default_secret=default_secret)
@@ -141,18 +162,30 @@ def _admit(req: Request, repo: Repo, base: Intake, *, store: Store, max_body: in
     reason = event.reason
     if event.kind == Kind.PUSH and event.ref != repo.ref:
         kind, reason = "ignored", f"push to {event.branch}, not the deploy branch {repo.branch}"
-    item = replace(base, kind=kind, sha=event.sha, ref=event.ref, reason=reason, node=node,
-                   repo_url=event.repo_url)
+    item = replace(
+        base,
+        kind=kind,
+        sha=event.sha,
+        ref=event.ref,
+        reason=reason,
+        node=node,
+        repo_url=event.repo_url,
+    )
     try:
         answer = store.submit(item)
     except StoreUnavailable as exc:
         logger.error("delivery_not_stored", error=str(exc))
         return 503, {"error": str(exc)}, "unavailable", None
-    return (answer.http_status, answer.body, str(answer.outcome),
-            answer.job.id if answer.job else answer.body.get("job"))
+    return (
+        answer.http_status,
+        answer.body,
+        str(answer.outcome),
+        answer.job.id if answer.job else answer.body.get("job"),
+    )
 
 
-def _reject(store: Store, base: Intake, status: int, reason: str, *,
-            node: str) -> tuple[int, dict[str, Any], str, None]:
+def _reject(
+    store: Store, base: Intake, status: int, reason: str, *, node: str
+) -> tuple[int, dict[str, Any], str, None]:
     store.record_rejection(replace(base, http_status=status, reason=reason, node=node))
     return status, {"error": reason}, "rejected", None

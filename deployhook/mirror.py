@@ -67,8 +67,9 @@ def _short(exc: git.GitCommandError) -> str:
 
 def _run(cwd: Path, args: list[str], *, env: dict[str, str], timeout: float) -> str:
     try:
-        out = git.Git(str(cwd)).execute(["git", *args], env=env, kill_after_timeout=timeout,
-                                        with_extended_output=False)
+        out = git.Git(str(cwd)).execute(
+            ["git", *args], env=env, kill_after_timeout=timeout, with_extended_output=False
+        )
     except git.GitCommandError as exc:
         raise StepFailed(f"git {args[0]} failed: {_short(exc)}") from None
     return str(out)
@@ -95,8 +96,12 @@ def _ensure_cache(cache: Path, *, object_format: str) -> None:
     # Built aside and renamed, so a crash never leaves a half-made cache in place.
     tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", dir=cache.parent))
     try:
-        _run(tmp, ["init", "--quiet", "--bare", f"--object-format={object_format}", str(tmp)],
-             env=gitsync.git_env(tmp), timeout=30)
+        _run(
+            tmp,
+            ["init", "--quiet", "--bare", f"--object-format={object_format}", str(tmp)],
+            env=gitsync.git_env(tmp),
+            timeout=30,
+        )
         if cache.exists():
             shutil.rmtree(cache)
         tmp.rename(cache)
@@ -112,13 +117,20 @@ def resolve_token(repo: Repo, environ: Mapping[str, str] | None = None) -> str |
         return None
     token = ((os.environ if environ is None else environ).get(mirror.token_env) or "").strip()
     if not token:
-        raise StepFailed(f"mirror.token_env: environment variable {mirror.token_env} is unset "
-                         "or empty")
+        raise StepFailed(
+            f"mirror.token_env: environment variable {mirror.token_env} is unset or empty"
+        )
     return token
 
 
-def push(repo: Repo, *, data_dir: Path, timeout: Callable[[], float],
-         output: Callable[[str], None], environ: Mapping[str, str] | None = None) -> int:
+def push(
+    repo: Repo,
+    *,
+    data_dir: Path,
+    timeout: Callable[[], float],
+    output: Callable[[str], None],
+    environ: Mapping[str, str] | None = None,
+) -> int:
     """Bring the cache up to date with the origin, then push it to the mirror.
 
     Returns how many refs the mirror changed. timeout gives the seconds left each time.
@@ -133,14 +145,23 @@ def push(repo: Repo, *, data_dir: Path, timeout: Callable[[], float],
 
     fetch_env = gitsync.git_env(cache, {f"remote.{_SOURCE}.url": origin})
     # No FETCH_HEAD: it would write the origin URL (and any credentials in it) to disk.
-    _run(cache, ["fetch", "--quiet", "--prune", "--no-write-fetch-head", "--no-tags", _SOURCE,
-                 *REFSPECS], env=fetch_env, timeout=max(timeout(), 1))
+    _run(
+        cache,
+        ["fetch", "--quiet", "--prune", "--no-write-fetch-head", "--no-tags", _SOURCE, *REFSPECS],
+        env=fetch_env,
+        timeout=max(timeout(), 1),
+    )
     output(f"mirror: fetched all branches and tags from {safe_url(origin)}")
 
-    push_env = gitsync.git_env(cache, {f"remote.{_MIRROR}.url": mirror.url,
-                                       **auth_config(mirror.url, token)})
-    out = _run(cache, ["push", "--porcelain", "--prune", _MIRROR, *REFSPECS], env=push_env,
-               timeout=max(timeout(), 1))
+    push_env = gitsync.git_env(
+        cache, {f"remote.{_MIRROR}.url": mirror.url, **auth_config(mirror.url, token)}
+    )
+    out = _run(
+        cache,
+        ["push", "--porcelain", "--prune", _MIRROR, *REFSPECS],
+        env=push_env,
+        timeout=max(timeout(), 1),
+    )
     changed = 0
     for line in out.splitlines():
         flag, _, rest = line.partition("\t")
@@ -154,5 +175,6 @@ def push(repo: Repo, *, data_dir: Path, timeout: Callable[[], float],
 
 def step(ctx: Context) -> None:
     """The `mirror` post step."""
-    push(ctx.repo, data_dir=ctx.settings.data_dir, timeout=ctx.deadline.remaining,
-         output=ctx.output)
+    push(
+        ctx.repo, data_dir=ctx.settings.data_dir, timeout=ctx.deadline.remaining, output=ctx.output
+    )

@@ -51,8 +51,7 @@ def iso(ts: float | None) -> str | None:
     """Render an epoch timestamp as ISO 8601 UTC, or None."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +63,13 @@ class Step:
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "status": str(self.status),
-                "started_at": iso(self.started_at), "finished_at": iso(self.finished_at),
-                "error": self.error}
+        return {
+            "name": self.name,
+            "status": str(self.status),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "error": self.error,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,12 +107,20 @@ class Job:
     def to_dict(self) -> dict[str, Any]:
         """The JOB shape of the HTTP contract."""
         return {
-            "id": self.id, "repo": self.repo, "status": str(self.status),
-            "trigger": str(self.trigger), "sha": self.sha, "ref": self.ref,
-            "delivery": self.delivery, "previous_sha": self.previous_sha,
-            "created_at": iso(self.created_at), "started_at": iso(self.started_at),
-            "finished_at": iso(self.finished_at), "duration_s": self.duration_s,
-            "error": self.error, "steps": [s.to_dict() for s in self.steps],
+            "id": self.id,
+            "repo": self.repo,
+            "status": str(self.status),
+            "trigger": str(self.trigger),
+            "sha": self.sha,
+            "ref": self.ref,
+            "delivery": self.delivery,
+            "previous_sha": self.previous_sha,
+            "created_at": iso(self.created_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "duration_s": self.duration_s,
+            "error": self.error,
+            "steps": [s.to_dict() for s in self.steps],
         }
 
 
@@ -129,9 +140,17 @@ class Delivery:
     sha: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.delivery_id, "event": self.event, "received_at": iso(self.received_at),
-                "outcome": str(self.outcome), "reason": self.reason, "job": self.job,
-                "http_status": self.http_status, "sha": self.sha, "seq": self.id}
+        return {
+            "id": self.delivery_id,
+            "event": self.event,
+            "received_at": iso(self.received_at),
+            "outcome": str(self.outcome),
+            "reason": self.reason,
+            "job": self.job,
+            "http_status": self.http_status,
+            "sha": self.sha,
+            "seq": self.id,
+        }
 
 
 @dataclass(frozen=True, slots=True)

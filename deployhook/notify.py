@@ -82,17 +82,28 @@ def decide(job: Job, before: State, *, public_url: str | None) -> Message | None
     tail = f"\n{link}" if link else ""
     if job.trigger == Trigger.ROLLBACK and after is not None:
         if after == State.ROLLED_BACK:
-            return Message(Kind.ROLLBACK, f"{job.repo} rolled back to {sha}",
-                           f"{job.repo}: rolled back to {sha} after a failed deploy{tail}")
-        return Message(Kind.ROLLBACK, f"{job.repo}: rollback to {sha} failed",
-                       f"{job.repo}: rollback to {sha} failed: {job.error}{tail}")
+            return Message(
+                Kind.ROLLBACK,
+                f"{job.repo} rolled back to {sha}",
+                f"{job.repo}: rolled back to {sha} after a failed deploy{tail}",
+            )
+        return Message(
+            Kind.ROLLBACK,
+            f"{job.repo}: rollback to {sha} failed",
+            f"{job.repo}: rollback to {sha} failed: {job.error}{tail}",
+        )
     if after == State.FAILING and before != State.FAILING:
-        return Message(Kind.FAILURE, f"{job.repo}: deploy of {sha} failed",
-                       f"{job.repo}: deploy of {sha} ({job.trigger}) failed: {job.error}{tail}")
+        return Message(
+            Kind.FAILURE,
+            f"{job.repo}: deploy of {sha} failed",
+            f"{job.repo}: deploy of {sha} ({job.trigger}) failed: {job.error}{tail}",
+        )
     if after == State.OK and before != State.OK:
-        return Message(Kind.RECOVERY, f"{job.repo} recovered: {sha} deployed",
-                       f"{job.repo}: {sha} deployed ({job.trigger}); the repo is healthy "
-                       f"again{tail}")
+        return Message(
+            Kind.RECOVERY,
+            f"{job.repo} recovered: {sha} deployed",
+            f"{job.repo}: {sha} deployed ({job.trigger}); the repo is healthy again{tail}",
+        )
     return None
 
 
@@ -119,9 +130,11 @@ def send(urls: str, message: Message) -> tuple[int, list[str]]:
     """
     import apprise
 
-    notify_type = {Kind.FAILURE: apprise.NotifyType.FAILURE,
-                   Kind.ROLLBACK: apprise.NotifyType.WARNING,
-                   Kind.RECOVERY: apprise.NotifyType.SUCCESS}[message.kind]
+    notify_type = {
+        Kind.FAILURE: apprise.NotifyType.FAILURE,
+        Kind.ROLLBACK: apprise.NotifyType.WARNING,
+        Kind.RECOVERY: apprise.NotifyType.SUCCESS,
+    }[message.kind]
     hub = apprise.Apprise(asset=apprise.AppriseAsset(storage_mode="memory"))
     valid = hub.add(urls)
     sent, failed = 0, [] if valid else ["(an invalid Apprise URL)"]
@@ -132,14 +145,15 @@ def send(urls: str, message: Message) -> tuple[int, list[str]]:
         service.socket_read_timeout = min(service.socket_read_timeout, _TIMEOUT_S)
 
         def attempt(service: Any = service) -> None:
-            if not service.notify(body=message.body, title=message.title,
-                                  notify_type=notify_type):
+            if not service.notify(body=message.body, title=message.title, notify_type=notify_type):
                 raise _NotSent
 
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(_NotSent),
             stop=tenacity.stop_after_attempt(ATTEMPTS) | _StopAt(end),
-            wait=tenacity.wait_exponential(multiplier=0.5, max=4), reraise=True)
+            wait=tenacity.wait_exponential(multiplier=0.5, max=4),
+            reraise=True,
+        )
         try:
             retrying(attempt)
         except _NotSent:
@@ -168,21 +182,24 @@ class Notifier:
     def finished(self, ctx: Context, job: Job) -> None:
         if not ctx.repo.notify_env:
             return
-        message = decide(job, previous_state(ctx.store, job),
-                         public_url=ctx.settings.public_url)
+        message = decide(job, previous_state(ctx.store, job), public_url=ctx.settings.public_url)
         if message is None:
             return
         urls = urls_for(ctx.repo.notify_env)
         if urls is None:
-            ctx.output(f"notify: {ctx.repo.notify_env} is unset or empty; no {message.kind} "
-                       "message sent")
+            ctx.output(
+                f"notify: {ctx.repo.notify_env} is unset or empty; no {message.kind} message sent"
+            )
             return
         sent, failed = send(urls, message)
         if failed:
             ctx.output(f"notify: {message.kind} message not delivered to {', '.join(failed)}")
-            logger.warning("notification_failed", kind=str(message.kind), failed=len(failed),
-                           sent=sent)
+            logger.warning(
+                "notification_failed", kind=str(message.kind), failed=len(failed), sent=sent
+            )
         if sent:
-            ctx.output(f"notify: {message.kind} message sent to {sent} "
-                       f"destination{'s' if sent != 1 else ''}")
+            ctx.output(
+                f"notify: {message.kind} message sent to {sent} "
+                f"destination{'s' if sent != 1 else ''}"
+            )
             logger.info("notification_sent", kind=str(message.kind), sent=sent)

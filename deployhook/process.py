@@ -42,8 +42,9 @@ class Deadline:
 
 # Secrets of deployhook itself, which a deployed repo's compose file must not be able to
 # interpolate into its containers (`${DEPLOYHOOK_ADMIN_TOKEN}`).
-_PRIVATE_VARIABLES = frozenset({"DEPLOYHOOK_SECRET", "DEPLOYHOOK_ADMIN_TOKEN",
-                                "DEPLOYHOOK_DATABASE_URL"})
+_PRIVATE_VARIABLES = frozenset(
+    {"DEPLOYHOOK_SECRET", "DEPLOYHOOK_ADMIN_TOKEN", "DEPLOYHOOK_DATABASE_URL"}
+)
 _private_names: set[str] = set()
 
 
@@ -55,12 +56,12 @@ def keep_private(names: Iterable[str | None]) -> None:
 def scrubbed_environ(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for a child process: this one's, without deployhook's secrets."""
     hidden = _PRIVATE_VARIABLES | _private_names
-    return {k: v for k, v in (os.environ if base is None else base).items()
-            if k not in hidden}
+    return {k: v for k, v in (os.environ if base is None else base).items() if k not in hidden}
 
 
-def stop_group(pgid: int, *, grace: float = TERM_GRACE_S,
-               leader: subprocess.Popen[bytes] | None = None) -> None:
+def stop_group(
+    pgid: int, *, grace: float = TERM_GRACE_S, leader: subprocess.Popen[bytes] | None = None
+) -> None:
     """SIGTERM a process group, then SIGKILL whatever is left after grace seconds.
 
     leader: our own child leading the group; it is reaped while we wait, or its zombie
@@ -92,9 +93,17 @@ def group_of_job(pgid: int, job_id: int) -> bool:
     return f"{JOB_ENV}={job_id}".encode() in environ.split(b"\0")
 
 
-def run(argv: Sequence[str], *, cwd: Path, output: Callable[[str], None], deadline: Deadline,
-        cancel: threading.Event, env: Mapping[str, str] | None = None,
-        on_start: Callable[[int], None] | None = None, job_id: int | None = None) -> int:
+def run(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    output: Callable[[str], None],
+    deadline: Deadline,
+    cancel: threading.Event,
+    env: Mapping[str, str] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    job_id: int | None = None,
+) -> int:
     """Run argv to completion and return its exit status.
 
     Raises JobTimedOut past the deadline and JobCancelled when cancel is set, after the
@@ -105,9 +114,15 @@ def run(argv: Sequence[str], *, cwd: Path, output: Callable[[str], None], deadli
     if job_id is not None:
         child_env[JOB_ENV] = str(job_id)
     try:
-        proc = subprocess.Popen(list(argv), cwd=cwd, env=child_env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env=child_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     except OSError as exc:
         raise StepFailed(f"cannot run {argv[0]}: {exc.strerror}") from None
     if on_start is not None:

@@ -23,11 +23,19 @@ from deployhook.registry import Repo
 
 # Discovery order of each version: the first file found wins, plus one override file.
 _FILES_V2 = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
-_OVERRIDES_V2 = ("compose.override.yml", "compose.override.yaml",
-                 "docker-compose.override.yml", "docker-compose.override.yaml")
+_OVERRIDES_V2 = (
+    "compose.override.yml",
+    "compose.override.yaml",
+    "docker-compose.override.yml",
+    "docker-compose.override.yaml",
+)
 _FILES_V1 = ("docker-compose.yml", "docker-compose.yaml", "compose.yml", "compose.yaml")
-_OVERRIDES_V1 = ("docker-compose.override.yml", "docker-compose.override.yaml",
-                 "compose.override.yml", "compose.override.yaml")
+_OVERRIDES_V1 = (
+    "docker-compose.override.yml",
+    "docker-compose.override.yaml",
+    "compose.override.yml",
+    "compose.override.yaml",
+)
 
 
 def _normalize_v1(name: str) -> str:
@@ -40,8 +48,10 @@ def _normalize_v2(name: str) -> str:
     return "".join(re.findall(r"[a-z0-9_-]", name.lower())).lstrip("_-")
 
 
-_VAR_RE = re.compile(r"\$(?:(\$)|([A-Za-z_][A-Za-z0-9_]*)|\{([A-Za-z_][A-Za-z0-9_]*)"
-                     r"(?:(:?[-+?])([^}]*))?\})")
+_VAR_RE = re.compile(
+    r"\$(?:(\$)|([A-Za-z_][A-Za-z0-9_]*)|\{([A-Za-z_][A-Za-z0-9_]*)"
+    r"(?:(:?[-+?])([^}]*))?\})"
+)
 
 
 def _interpolate(text: str, env: Mapping[str, str]) -> str:
@@ -96,8 +106,11 @@ def _config(repo: Repo, *, v1: bool, environ: Mapping[str, str]) -> _Config:
     explicit = [cwd / f for f in repo.compose_files]
     from_env = environ.get("COMPOSE_FILE") or root_env.get("COMPOSE_FILE")
     if not explicit and from_env:
-        sep = environ.get("COMPOSE_PATH_SEPARATOR") or \
-            root_env.get("COMPOSE_PATH_SEPARATOR") or os.pathsep
+        sep = (
+            environ.get("COMPOSE_PATH_SEPARATOR")
+            or root_env.get("COMPOSE_PATH_SEPARATOR")
+            or os.pathsep
+        )
         explicit = [cwd / f for f in from_env.split(sep) if f]
     if explicit:
         files = explicit
@@ -127,8 +140,11 @@ class _AnyTagLoader(yaml.SafeLoader):
 
 
 _AnyTagLoader.add_multi_constructor(
-    "!", lambda loader, _suffix, node: loader.construct_scalar(node)
-    if isinstance(node, yaml.ScalarNode) else None)
+    "!",
+    lambda loader, _suffix, node: (
+        loader.construct_scalar(node) if isinstance(node, yaml.ScalarNode) else None
+    ),
+)
 
 
 def _documents(files: tuple[Path, ...]) -> list[dict[str, Any]]:
@@ -142,8 +158,9 @@ def _documents(files: tuple[Path, ...]) -> list[dict[str, Any]]:
     return docs
 
 
-def project_name(repo: Repo, compose_base: tuple[str, ...], *,
-                 environ: Mapping[str, str] | None = None) -> str:
+def project_name(
+    repo: Repo, compose_base: tuple[str, ...], *, environ: Mapping[str, str] | None = None
+) -> str:
     """The compose project name as Compose sets it in the `com.docker.compose.project` label.
 
     `-p`, else COMPOSE_PROJECT_NAME (process environment, then `.env`), else (v2 only)
@@ -184,11 +201,14 @@ def current_services(repo: Repo, compose_base: tuple[str, ...]) -> set[str] | No
     declared: dict[str, list[str]] = {}
     for doc in docs:
         services = doc.get("services")
-        for name, spec in (services.items() if isinstance(services, dict) else ()):
+        for name, spec in services.items() if isinstance(services, dict) else ():
             wanted = spec.get("profiles") if isinstance(spec, dict) else None
             if isinstance(wanted, list):  # a later file's profiles replace an earlier's
                 declared[str(name)] = [str(p) for p in wanted]
             else:
                 declared.setdefault(str(name), [])
-    return {name for name, wanted in declared.items()
-            if not wanted or "*" in profiles or profiles & set(wanted)}
+    return {
+        name
+        for name, wanted in declared.items()
+        if not wanted or "*" in profiles or profiles & set(wanted)
+    }

@@ -7,7 +7,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,9 +73,12 @@ class Repo:
     @property
     def private_variables(self) -> set[str]:
         """Environment variables holding this repo's secrets, tokens and notify URLs."""
-        names = {self.secret_env, self.notify_env,
-                 self.mirror.token_env if self.mirror else None,
-                 self.gitea.token_env if self.gitea else None}
+        names = {
+            self.secret_env,
+            self.notify_env,
+            self.mirror.token_env if self.mirror else None,
+            self.gitea.token_env if self.gitea else None,
+        }
         return {n for n in names if n}
 
 
@@ -116,6 +119,27 @@ _MIRROR_KEYS = {"url": "str", "token_env": "env"}
 _GITEA_KEYS = {"url": "str", "token_env": "env", "commit_status": "bool", "mirror_sync": "bool"}
 
 
+def _is_text(raw: Any) -> bool:
+    return isinstance(raw, str) and bool(raw.strip())
+
+
+def _is_ref(raw: Any) -> bool:
+    """A branch or remote name that cannot be taken for an option or a revision."""
+    return _is_text(raw) and not raw.startswith("-") and not any(c in raw for c in " ~^:?*[\\")
+
+
+# kind -> whether a raw YAML value is acceptable for it. bool is not an int here:
+# `timeout: true` is a mistake, not 1.
+_ACCEPTS: dict[str, Callable[[Any], bool]] = {
+    "str": _is_text,
+    "ref": _is_ref,
+    "env": lambda raw: isinstance(raw, str) and bool(_ENV_NAME_RE.match(raw)),
+    "bool": lambda raw: isinstance(raw, bool),
+    "positive": lambda raw: type(raw) is int and raw >= 1,
+    "nonnegative": lambda raw: type(raw) is int and raw >= 0,
+}
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """A SafeLoader that refuses duplicate mapping keys instead of keeping the last one."""
 
@@ -143,50 +167,35 @@ class _Checker:
 
     def value(self, where: str, kind: str, raw: Any, spec: _Key | None = None) -> Any:
         description = spec.description if spec else kind
-        if kind in {"str", "ref"}:
-            if not isinstance(raw, str) or not raw.strip():
+        if kind in _ACCEPTS:
+            if not _ACCEPTS[kind](raw):
                 raise self.fail(where, f"must be {description}, got {raw!r}")
-            if kind == "ref" and (raw.startswith("-") or any(c in raw for c in " ~^:?*[\\")):
-                raise self.fail(where, f"{raw!r} is not a valid {description}")
-            return raw.strip()
-        if kind == "env":
-            if not isinstance(raw, str) or not _ENV_NAME_RE.match(raw):
-                raise self.fail(where, f"must be {description}, got {raw!r}")
-            return raw
-        if kind == "bool":
-            if not isinstance(raw, bool):
-                raise self.fail(where, f"must be true or false, got {raw!r}")
-            return raw
-        if kind in {"positive", "nonnegative"}:
-            low = 1 if kind == "positive" else 0
-            if isinstance(raw, bool) or not isinstance(raw, int) or raw < low:
-                raise self.fail(where, f"must be {description}, got {raw!r}")
-            return raw
+            return raw.strip() if isinstance(raw, str) else raw
         if kind == "choice":
-            assert spec is not None
-            if raw not in spec.choices:
+            if spec is None or raw not in spec.choices:
                 raise self.fail(where, f"must be {description}, got {raw!r}")
             return raw
         if kind in {"list", "str_or_list"}:
             items = [raw] if kind == "str_or_list" and isinstance(raw, str) else raw
-            if not isinstance(items, list) or not all(
-                isinstance(i, str) and i.strip() for i in items
-            ):
+            if not isinstance(items, list) or not all(_is_text(i) for i in items):
                 raise self.fail(where, f"must be {description}, got {raw!r}")
             return tuple(i.strip() for i in items)
-        if kind in {"mirror", "gitea"}:
-            keys = _MIRROR_KEYS if kind == "mirror" else _GITEA_KEYS
-            if not isinstance(raw, dict):
-                raise self.fail(where, f"must be {description}, got {raw!r}")
-            unknown = sorted(set(raw) - set(keys), key=str)
-            if unknown:
-                raise self.fail(f"{where}.{unknown[0]}", f"unknown key (expected one of "
-                                f"{', '.join(keys)})")
-            if "url" not in raw:
-                raise self.fail(f"{where}.url", "is required")
-            parsed = {k: self.value(f"{where}.{k}", keys[k], v) for k, v in raw.items()}
-            return Mirror(**parsed) if kind == "mirror" else Gitea(**parsed)
-        raise AssertionError(kind)
+        return self.block(where, kind, raw, description)
+
+    def block(self, where: str, kind: str, raw: Any, description: str) -> Mirror | Gitea:
+        """A nested mapping: `mirror:` or `gitea:`."""
+        keys = _MIRROR_KEYS if kind == "mirror" else _GITEA_KEYS
+        if not isinstance(raw, dict):
+            raise self.fail(where, f"must be {description}, got {raw!r}")
+        unknown = sorted(set(raw) - set(keys), key=str)
+        if unknown:
+            raise self.fail(
+                f"{where}.{unknown[0]}", f"unknown key (expected one of {', '.join(keys)})"
+            )
+        if "url" not in raw:
+            raise self.fail(f"{where}.url", "is required")
+        parsed = {k: self.value(f"{where}.{k}", keys[k], v) for k, v in raw.items()}
+        return Mirror(**parsed) if kind == "mirror" else Gitea(**parsed)
 
     def settings(self, where: str, raw: Any, *, allow_path: bool) -> dict[str, Any]:
         if raw is None:
@@ -196,8 +205,9 @@ class _Checker:
         out: dict[str, Any] = {}
         for key, value in raw.items():
             if key not in _REPO_KEYS:
-                raise self.fail(f"{where}.{key}", "unknown key (a typo would silently "
-                                "disable a setting)")
+                raise self.fail(
+                    f"{where}.{key}", "unknown key (a typo would silently disable a setting)"
+                )
             if key == "path" and not allow_path:
                 raise self.fail(f"{where}.path", "a path belongs to one repo, not to defaults")
             spec = _REPO_KEYS[key]
@@ -220,15 +230,20 @@ class _Checker:
         paths: dict[Path, str] = {}
         for name, raw in entries.items():
             if not isinstance(name, str) or not NAME_RE.match(name):
-                raise self.fail(f"repos.{name}", "invalid name: use letters, digits, '.', '_' "
-                                "and '-', starting with a letter or digit")
+                raise self.fail(
+                    f"repos.{name}",
+                    "invalid name: use letters, digits, '.', '_' "
+                    "and '-', starting with a letter or digit",
+                )
             own = self.settings(f"repos.{name}", raw, allow_path=True)
             if "path" not in own:
                 raise self.fail(f"repos.{name}.path", "is required (the git checkout)")
             repo = self.repo(name, defaults, own)
             if repo.path in paths:
-                raise self.fail(f"repos.{name}.path", f"{repo.path} is already the path of "
-                                f"repo {paths[repo.path]!r}")
+                raise self.fail(
+                    f"repos.{name}.path",
+                    f"{repo.path} is already the path of repo {paths[repo.path]!r}",
+                )
             paths[repo.path] = name
             repos[name] = repo
         return repos
@@ -240,11 +255,12 @@ class _Checker:
             merged.pop("secret_file", None)
         merged.update(own)
         if "secret_env" in merged and "secret_file" in merged:
-            raise self.fail(f"repos.{name}.secret_file", "set secret_env or secret_file, "
-                            "not both")
+            raise self.fail(f"repos.{name}.secret_file", "set secret_env or secret_file, not both")
         if merged.get("gitea") is not None and not merged.get("source"):
-            raise self.fail(f"repos.{name}.gitea", "needs `source` (the owner/name of the repo "
-                            "on Gitea) to call its API")
+            raise self.fail(
+                f"repos.{name}.gitea",
+                "needs `source` (the owner/name of the repo on Gitea) to call its API",
+            )
         merged["path"] = self.resolve(Path(os.path.expanduser(merged["path"])))
         if "secret_file" in merged:
             merged["secret_file"] = self.resolve(Path(os.path.expanduser(merged["secret_file"])))
@@ -282,8 +298,9 @@ def load(file: Path) -> dict[str, Repo]:
     return parse(text, file=file)
 
 
-def resolve_secrets(repo: Repo, *, default: str | None,
-                    environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+def resolve_secrets(
+    repo: Repo, *, default: str | None, environ: Mapping[str, str] | None = None
+) -> tuple[str, ...]:
     """Return the repo's webhook secrets (several allowed, for rotation).
 
     Raises SecretNotConfigured when none can be found: a push is then refused, never
@@ -298,8 +315,9 @@ def resolve_secrets(repo: Repo, *, default: str | None,
         try:
             raw = repo.secret_file.read_text(encoding="utf-8")
         except OSError as exc:
-            raise SecretNotConfigured(f"{origin} cannot be read: "
-                                      f"{exc.strerror or type(exc).__name__}") from None
+            raise SecretNotConfigured(
+                f"{origin} cannot be read: {exc.strerror or type(exc).__name__}"
+            ) from None
         except UnicodeDecodeError:
             raise SecretNotConfigured(f"{origin} is not UTF-8 text") from None
     else:
@@ -307,8 +325,9 @@ def resolve_secrets(repo: Repo, *, default: str | None,
         origin = "DEPLOYHOOK_SECRET"
     secrets = tuple(s.strip() for s in _SECRET_SPLIT_RE.split(raw or "") if s.strip())
     if not secrets:
-        raise SecretNotConfigured(f"no webhook secret for repo {repo.name!r}: {origin} "
-                                  "is unset or empty")
+        raise SecretNotConfigured(
+            f"no webhook secret for repo {repo.name!r}: {origin} is unset or empty"
+        )
     return secrets
 
 
@@ -421,8 +440,9 @@ class Registry:
                 return  # written to while we read it: a later look reads it whole
         except RegistryError as exc:
             if self.error != str(exc):
-                log.error("registry_invalid", file=str(self.file), error=str(exc),
-                          kept=len(self._repos))
+                log.error(
+                    "registry_invalid", file=str(self.file), error=str(exc), kept=len(self._repos)
+                )
             self.error = str(exc)
         else:
             if self.loaded and self.error is None:

@@ -29,9 +29,21 @@ from deployhook.registry import NAME_RE, Repo, parse
 _DOC_START_RE = re.compile(r"(?:[ \t]*(?:#[^\n]*)?\n)*(---)(?:[ \t]|\n|\Z)")
 
 # Keys in the order `repos add` writes them (the order of CONTRACT §2).
-KEY_ORDER = ("path", "branch", "remote", "source", "secret_env", "secret_file",
-             "compose_files", "project_name", "services", "timeout", "health_timeout",
-             "rollback", "on_local_changes")
+KEY_ORDER = (
+    "path",
+    "branch",
+    "remote",
+    "source",
+    "secret_env",
+    "secret_file",
+    "compose_files",
+    "project_name",
+    "services",
+    "timeout",
+    "health_timeout",
+    "rollback",
+    "on_local_changes",
+)
 
 
 def _yaml(text: str) -> tuple[YAML, Any]:
@@ -75,7 +87,7 @@ def _dump(yaml: YAML, doc: Any, original: str) -> str:
     yaml.dump(doc, out)
     # ruamel drops the comments above a `---`: put them back.
     start = _DOC_START_RE.match(original)
-    prefix = original[:start.start(1)] if start else ""
+    prefix = original[: start.start(1)] if start else ""
     return prefix + out.getvalue()
 
 
@@ -134,8 +146,11 @@ def _last_slot(node: Any) -> _Slot | None:
 
 
 def _is_block(value: Any) -> bool:
-    return isinstance(value, CommentedMap | CommentedSeq) and bool(len(value)) and \
-        not value.fa.flow_style()
+    return (
+        isinstance(value, CommentedMap | CommentedSeq)
+        and bool(len(value))
+        and not value.fa.flow_style()
+    )
 
 
 def _split(value: str) -> tuple[str, str]:
@@ -168,8 +183,10 @@ def build_entry(settings: dict[str, Any]) -> CommentedMap:
 def add_repo(file: Path, name: str, settings: dict[str, Any]) -> Repo:
     """Add repo `name` to the registry file; return it as the registry will see it."""
     if not NAME_RE.match(name) or name in {".", ".."}:
-        raise RegistryError(f"{file}: repos.{name}: invalid name: use letters, digits, '.', "
-                            "'_' and '-', starting with a letter or digit")
+        raise RegistryError(
+            f"{file}: repos.{name}: invalid name: use letters, digits, '.', "
+            "'_' and '-', starting with a letter or digit"
+        )
     with atomicfile.locked(file) as (real, text):
         parse(text, file=file)  # an already broken file is the admin's to fix first
         new_text = _with_entry(text, name, build_entry(settings), file=file)
@@ -195,8 +212,9 @@ def _with_entry(text: str, name: str, entry: CommentedMap, *, file: Path) -> str
         return text + tail + _dump(yaml, {"repos": {name: entry}}, "")
     repos = doc.get("repos")
     if repos is not None and name in repos:
-        raise RegistryError(f"{file}: repos.{name}: already exists (remove it first, or "
-                            "edit the file)")
+        raise RegistryError(
+            f"{file}: repos.{name}: already exists (remove it first, or edit the file)"
+        )
     if not isinstance(repos, CommentedMap) or not len(repos):
         fresh = CommentedMap()
         fresh.fa.set_block_style()

@@ -7,6 +7,7 @@ runner never raises.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import traceback
@@ -43,8 +44,9 @@ class JobOutput:
         self._pending: list[tuple[float, str]] = []
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._flusher, name=f"job-{job_id}-output",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._flusher, name=f"job-{job_id}-output", daemon=True
+        )
         self._thread.start()
 
     def __call__(self, line: str) -> None:
@@ -100,10 +102,15 @@ class Context:
 
     def run(self, argv: list[str]) -> int:
         """Run a child process in the checkout, in its own group, output to the job log."""
-        return process.run(argv, cwd=self.repo.path, output=self.output,
-                           deadline=self.deadline, cancel=self.cancel, job_id=self.job.id,
-                           on_start=lambda pgid: self.store.set_job_fields(self.job.id,
-                                                                           pgid=pgid))
+        return process.run(
+            argv,
+            cwd=self.repo.path,
+            output=self.output,
+            deadline=self.deadline,
+            cancel=self.cancel,
+            job_id=self.job.id,
+            on_start=lambda pgid: self.store.set_job_fields(self.job.id, pgid=pgid),
+        )
 
     def compose_base(self) -> tuple[str, ...]:
         return compose.command(self.settings.compose)
@@ -121,8 +128,9 @@ class Reporter(Protocol):
 
 
 def step_fetch(ctx: Context) -> None:
-    gitsync.fetch(ctx.repo, ctx.job.sha, timeout=max(ctx.deadline.remaining(), 1),
-                  output=ctx.output)
+    gitsync.fetch(
+        ctx.repo, ctx.job.sha, timeout=max(ctx.deadline.remaining(), 1), output=ctx.output
+    )
 
 
 def step_checkout(ctx: Context) -> None:
@@ -130,8 +138,9 @@ def step_checkout(ctx: Context) -> None:
     ctx.store.set_job_fields(ctx.job.id, previous_sha=ctx.previous_sha)
     ctx.changed = ctx.changed or ctx.previous_sha != ctx.job.sha
     if ctx.repo.submodules:
-        gitsync.update_submodules(ctx.repo, timeout=max(ctx.deadline.remaining(), 1),
-                                  output=ctx.output)
+        gitsync.update_submodules(
+            ctx.repo, timeout=max(ctx.deadline.remaining(), 1), output=ctx.output
+        )
 
 
 def step_compose(ctx: Context) -> None:
@@ -146,8 +155,13 @@ def step_compose(ctx: Context) -> None:
 def step_health(ctx: Context) -> None:
     from deployhook import health
 
-    health.wait_healthy(ctx.repo, compose_base=ctx.compose_base(), deadline=ctx.deadline,
-                        cancel=ctx.cancel, output=ctx.output)
+    health.wait_healthy(
+        ctx.repo,
+        compose_base=ctx.compose_base(),
+        deadline=ctx.deadline,
+        cancel=ctx.cancel,
+        output=ctx.output,
+    )
 
 
 def step_prune(ctx: Context) -> None:
@@ -167,8 +181,11 @@ DEPLOY_STEPS: list[tuple[str, Callable[[Repo], bool], StepFn]] = [
 # After a good deploy: a failure is recorded on the step and does not undo the deploy.
 POST_STEPS: list[tuple[str, Callable[[Repo], bool], StepFn]] = [
     ("mirror", lambda repo: repo.mirror is not None, mirror.step),
-    ("mirror_sync", lambda repo: bool(repo.gitea and repo.gitea.mirror_sync),
-     forge.step_mirror_sync),
+    (
+        "mirror_sync",
+        lambda repo: bool(repo.gitea and repo.gitea.mirror_sync),
+        forge.step_mirror_sync,
+    ),
     ("prune", lambda repo: repo.prune_images, step_prune),
 ]
 REPORTERS: list[Reporter] = [forge.CommitStatus(), notify.Notifier()]
@@ -183,18 +200,26 @@ class Result:
 
 def _one_line(text: str, limit: int = 300) -> str:
     line = " ".join(text.split())
-    return line if len(line) <= limit else line[:limit - 1] + "…"
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 class Deploy:
     """Runs one claimed job to its end and records everything on it."""
 
-    def __init__(self, *, job: Job, repo: Repo, settings: Settings, store: Store,
-                 cancel: threading.Event) -> None:
+    def __init__(
+        self, *, job: Job, repo: Repo, settings: Settings, store: Store, cancel: threading.Event
+    ) -> None:
         self.job = job
         output = JobOutput(store, job.id)
-        self.ctx = Context(job=job, repo=repo, settings=settings, store=store, output=output,
-                           deadline=process.Deadline(repo.timeout), cancel=cancel)
+        self.ctx = Context(
+            job=job,
+            repo=repo,
+            settings=settings,
+            store=store,
+            output=output,
+            deadline=process.Deadline(repo.timeout),
+            cancel=cancel,
+        )
 
     def _step(self, name: str, fn: StepFn) -> None:
         ctx = self.ctx
@@ -208,22 +233,26 @@ class Deploy:
             fn(ctx)
         except StepFailed as exc:
             ctx.output(f"==> {name} failed: {exc}")
-            ctx.store.finish_step(ctx.job.id, idx, status=StepStatus.FAILED,
-                                  error=_one_line(str(exc)))
+            ctx.store.finish_step(
+                ctx.job.id, idx, status=StepStatus.FAILED, error=_one_line(str(exc))
+            )
             logger.warning("step_failed", step=name, error=str(exc))
             raise
         except Exception as exc:
             ctx.output(f"==> {name} crashed: {type(exc).__name__}: {exc}")
             for line in traceback.format_exc().splitlines():
                 ctx.output(line)
-            ctx.store.finish_step(ctx.job.id, idx, status=StepStatus.FAILED,
-                                  error=_one_line(f"{type(exc).__name__}: {exc}"))
+            ctx.store.finish_step(
+                ctx.job.id,
+                idx,
+                status=StepStatus.FAILED,
+                error=_one_line(f"{type(exc).__name__}: {exc}"),
+            )
             logger.exception("step_crashed", step=name)
             raise StepFailed(f"{name}: internal error: {type(exc).__name__}: {exc}") from exc
         ctx.store.finish_step(ctx.job.id, idx, status=StepStatus.SUCCEEDED)
         ctx.output(f"==> {name} done in {time.monotonic() - started:.1f} s")
-        logger.info("step_succeeded", step=name,
-                    duration_s=round(time.monotonic() - started, 3))
+        logger.info("step_succeeded", step=name, duration_s=round(time.monotonic() - started, 3))
 
     def run(self) -> Result:
         ctx = self.ctx
@@ -246,10 +275,9 @@ class Deploy:
         if status == Status.SUCCEEDED:
             for name, applies, fn in POST_STEPS:
                 if applies(ctx.repo):
-                    try:
+                    # A failed post step is recorded on it; the deploy stands.
+                    with contextlib.suppress(StepFailed):
                         self._step(name, fn)
-                    except StepFailed:
-                        pass  # recorded on the step; the deploy stands
         ctx.output(f"==> job {status}" + (f": {error}" if error else ""))
         ctx.output.close()
         return Result(status, error, ctx.changed)
@@ -268,9 +296,15 @@ def _report_finished(ctx: Context, job: Job) -> None:
 
 def report_ended(job: Job, *, repo: Repo, settings: Settings, store: Store) -> None:
     """Tell the reporters about a job that ended outside a Deploy (interrupted)."""
-    ctx = Context(job=job, repo=repo, settings=settings, store=store,
-                  output=JobOutput(store, job.id), deadline=process.Deadline(repo.timeout),
-                  cancel=threading.Event())
+    ctx = Context(
+        job=job,
+        repo=repo,
+        settings=settings,
+        store=store,
+        output=JobOutput(store, job.id),
+        deadline=process.Deadline(repo.timeout),
+        cancel=threading.Event(),
+    )
     try:
         _report_finished(ctx, job)
     finally:

@@ -121,8 +121,12 @@ class Supervisor:
         self.web = self._spawn("_web")
         if self.with_worker:
             self.worker = self._spawn("worker")
-        log.info("serve_started", bind=self.settings.bind, web_pid=self.web.pid,
-                 worker_pid=self.worker.pid if self.worker else None)
+        log.info(
+            "serve_started",
+            bind=self.settings.bind,
+            web_pid=self.web.pid,
+            worker_pid=self.worker.pid if self.worker else None,
+        )
         next_restart = 0.0
         worker_started = time.monotonic()
         while not self.stopping:
@@ -137,8 +141,9 @@ class Supervisor:
                     time.sleep(0.3)  # a signal to the whole group may reach us last
                     if self.stopping:
                         break
-                    log.error("worker_exited", code=self.worker.returncode,
-                              restart_in_s=self._backoff)
+                    log.error(
+                        "worker_exited", code=self.worker.returncode, restart_in_s=self._backoff
+                    )
                     next_restart = now + self._backoff
                     self._backoff = min(self._backoff * 2, _RESTART_BACKOFF_MAX)
                 elif now >= next_restart:

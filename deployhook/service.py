@@ -36,8 +36,9 @@ class Service:
 
     def mask_secrets(self) -> None:
         """Register every secret and token we know of, so no log or shown output holds one."""
-        log.redact([self.settings.admin_token, *secret_values(self.registry,
-                                                              default=self.settings.secret)])
+        log.redact(
+            [self.settings.admin_token, *secret_values(self.registry, default=self.settings.secret)]
+        )
 
     # -- deploys ---------------------------------------------------------------------
 
@@ -48,11 +49,17 @@ class Service:
             try:
                 sha = gitsync.remote_head(repo, timeout=20)
             except StepFailed as exc:
-                raise Conflict(f"cannot read the head of {repo.branch} on {repo.remote}: "
-                               f"{exc}") from None
-        return self.store.enqueue(repo=repo.name, sha=gitsync.check_sha(sha), ref=repo.ref,
-                                  trigger=Trigger.MANUAL, node=repo.node or "",
-                                  remote_head=remote_head)
+                raise Conflict(
+                    f"cannot read the head of {repo.branch} on {repo.remote}: {exc}"
+                ) from None
+        return self.store.enqueue(
+            repo=repo.name,
+            sha=gitsync.check_sha(sha),
+            ref=repo.ref,
+            trigger=Trigger.MANUAL,
+            node=repo.node or "",
+            remote_head=remote_head,
+        )
 
     def rollback(self, repo: Repo, *, to: str | None = None) -> tuple[Job, bool]:
         """Queue a rollback to `to`, by default the newest good sha other than the deployed one."""
@@ -61,8 +68,13 @@ class Service:
             to = self.store.newest_good_sha(repo.name, other_than=deployed)
             if to is None:
                 raise Conflict(f"{repo.name} has no earlier good deploy to roll back to")
-        return self.store.enqueue(repo=repo.name, sha=gitsync.check_sha(to), ref=repo.ref,
-                                  trigger=Trigger.ROLLBACK, node=repo.node or "")
+        return self.store.enqueue(
+            repo=repo.name,
+            sha=gitsync.check_sha(to),
+            ref=repo.ref,
+            trigger=Trigger.ROLLBACK,
+            node=repo.node or "",
+        )
 
     def release(self, repo: Repo) -> Job | None:
         return self.store.release(repo.name, node=repo.node or "")
@@ -75,25 +87,36 @@ class Service:
         state = view["state"]
         last: Job | None = view["last_job"]
         return {
-            "repo": repo.name, "branch": repo.branch, "deployed_sha": view["deployed_sha"],
-            "held": state.held, "last_job": last.to_dict() if last else None,
-            "queued": 1 if view["queued"] else 0, "problem": state.problem,
+            "repo": repo.name,
+            "branch": repo.branch,
+            "deployed_sha": view["deployed_sha"],
+            "held": state.held,
+            "last_job": last.to_dict() if last else None,
+            "queued": 1 if view["queued"] else 0,
+            "problem": state.problem,
         }
 
     def live_workers(self) -> list[dict[str, Any]]:
         """Workers that beat recently, less those whose liveness lock says they died."""
         rows = self.store.workers(since=time.time() - WORKER_STALE_S)
         # A killed worker's last beat stays fresh for a while; its lock goes at once.
-        return [w for w in rows if not (
-            (w["host"] == self.store.host or self.store.liveness_across_hosts)
-            and self.store.worker_alive(w["id"]) is False)]
+        return [
+            w
+            for w in rows
+            if not (
+                (w["host"] == self.store.host or self.store.liveness_across_hosts)
+                and self.store.worker_alive(w["id"]) is False
+            )
+        ]
 
     def problems(self) -> list[str]:
         """What /healthz reports as degraded (deliveries are still accepted)."""
         found = []
         if self.settings.private_status and not self.settings.admin_token:
-            found.append("DEPLOYHOOK_PRIVATE_STATUS is on but DEPLOYHOOK_ADMIN_TOKEN is unset: "
-                         "status answers 401 to everyone")
+            found.append(
+                "DEPLOYHOOK_PRIVATE_STATUS is on but DEPLOYHOOK_ADMIN_TOKEN is unset: "
+                "status answers 401 to everyone"
+            )
         self.registry.refresh()
         if self.registry.error:
             found.append(f"registry invalid, last good one in use: {self.registry.error}")

@@ -32,7 +32,7 @@ def signatures(headers: Any) -> list[str]:
     for name, prefix in SIGNATURE_HEADERS:
         value = (headers.get(name) or "").strip()
         if prefix and value.lower().startswith(prefix):
-            value = value[len(prefix):]
+            value = value[len(prefix) :]
         elif prefix:
             value = ""
         if value:
@@ -47,8 +47,9 @@ def verify(bodies: Iterable[bytes], secrets: Iterable[str], offered: list[str]) 
     `payload` field by Gitea. Several secrets: rotation. Every comparison is constant-time.
     """
     if not offered:
-        raise MissingSignature("no signature header (X-Gitea-Signature, X-Gogs-Signature "
-                               "or X-Hub-Signature-256)")
+        raise MissingSignature(
+            "no signature header (X-Gitea-Signature, X-Gogs-Signature or X-Hub-Signature-256)"
+        )
     matched = False
     for body in bodies:
         for secret in secrets:

@@ -18,7 +18,7 @@ class RepoSummary:
 
     repo: str
     branch: str
-    status: str                 # the last job's status, or "never"
+    status: str  # the last job's status, or "never"
     held: bool
     queued: bool
     last_job: Job | None
@@ -45,20 +45,32 @@ class RepoSummary:
     def to_dict(self) -> dict[str, Any]:
         last = self.last_job
         return {
-            "repo": self.repo, "branch": self.branch, "status": self.status,
-            "held": self.held, "queued": 1 if self.queued else 0,
+            "repo": self.repo,
+            "branch": self.branch,
+            "status": self.status,
+            "held": self.held,
+            "queued": 1 if self.queued else 0,
             "running": self.running.id if self.running else None,
             "current_step": self.current_step,
-            "deployed_sha": self.deployed_sha, "deployed_url": self.deployed_url,
+            "deployed_sha": self.deployed_sha,
+            "deployed_url": self.deployed_url,
             "deployed_at": iso(self.deployed_at),
-            "last_job": None if last is None else {
-                "id": last.id, "status": str(last.status), "trigger": str(last.trigger),
-                "sha": last.sha, "commit_url": last.commit_url,
-                "created_at": iso(last.created_at), "started_at": iso(last.started_at),
-                "finished_at": iso(last.finished_at), "duration_s": last.duration_s,
+            "last_job": None
+            if last is None
+            else {
+                "id": last.id,
+                "status": str(last.status),
+                "trigger": str(last.trigger),
+                "sha": last.sha,
+                "commit_url": last.commit_url,
+                "created_at": iso(last.created_at),
+                "started_at": iso(last.started_at),
+                "finished_at": iso(last.finished_at),
+                "duration_s": last.duration_s,
                 "error": last.error,
             },
-            "when": iso(self.when), "problem": self.problem,
+            "when": iso(self.when),
+            "problem": self.problem,
         }
 
 
@@ -74,13 +86,24 @@ def summarize(service: Service, names: list[str] | None = None) -> list[RepoSumm
         good: Job | None = view["good_job"]
         url = None
         if good is not None:
-            url = good.commit_url or (f"{state.repo_url}/commit/{good.sha}"
-                                      if state.repo_url else None)
-        out.append(RepoSummary(
-            repo=name, branch=repos[name].branch, status=str(last.status) if last else NEVER,
-            held=state.held, queued=view["queued"], last_job=last, running=view["running"],
-            deployed_sha=view["deployed_sha"], deployed_url=url,
-            deployed_at=good.finished_at if good else None, problem=state.problem))
+            url = good.commit_url or (
+                f"{state.repo_url}/commit/{good.sha}" if state.repo_url else None
+            )
+        out.append(
+            RepoSummary(
+                repo=name,
+                branch=repos[name].branch,
+                status=str(last.status) if last else NEVER,
+                held=state.held,
+                queued=view["queued"],
+                last_job=last,
+                running=view["running"],
+                deployed_sha=view["deployed_sha"],
+                deployed_url=url,
+                deployed_at=good.finished_at if good else None,
+                problem=state.problem,
+            )
+        )
     return out
 
 

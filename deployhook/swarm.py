@@ -40,8 +40,12 @@ TAG_ENV = "DEPLOYHOOK_IMAGE_TAG"
 REGISTRY_ENV = "DEPLOYHOOK_IMAGE_REGISTRY"
 # Compose's own discovery order; `stack deploy` has none, so it gets the file named.
 DEFAULT_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
-OVERRIDE_FILES = ("compose.override.yaml", "compose.override.yml",
-                  "docker-compose.override.yaml", "docker-compose.override.yml")
+OVERRIDE_FILES = (
+    "compose.override.yaml",
+    "compose.override.yml",
+    "docker-compose.override.yaml",
+    "docker-compose.override.yml",
+)
 _POLL_S = 0.5
 # An update that stopped (failure_action pause) or undid itself will not converge.
 _STOPPED_UPDATES = {"paused", "rollback_started", "rollback_paused", "rollback_completed"}
@@ -72,8 +76,10 @@ def stack_files(repo: Repo) -> list[str]:
         return list(repo.compose_files)
     found = [name for name in DEFAULT_FILES if (repo.path / name).is_file()][:1]
     if not found:
-        raise StepFailed(f"no compose file in {repo.path} (looked for "
-                         f"{', '.join(DEFAULT_FILES)}); set compose_files")
+        raise StepFailed(
+            f"no compose file in {repo.path} (looked for "
+            f"{', '.join(DEFAULT_FILES)}); set compose_files"
+        )
     return found + [name for name in OVERRIDE_FILES if (repo.path / name).is_file()][:1]
 
 
@@ -86,9 +92,16 @@ def environment(ctx: Context) -> dict[str, str]:
 
 def _run(ctx: Context, argv: list[str], what: str) -> None:
     ctx.output("$ " + " ".join(argv))
-    code = process.run(argv, cwd=ctx.repo.path, output=ctx.output, deadline=ctx.deadline,
-                       cancel=ctx.cancel, env=environment(ctx), job_id=ctx.job.id,
-                       on_start=lambda pgid: ctx.store.set_job_fields(ctx.job.id, pgid=pgid))
+    code = process.run(
+        argv,
+        cwd=ctx.repo.path,
+        output=ctx.output,
+        deadline=ctx.deadline,
+        cancel=ctx.cancel,
+        env=environment(ctx),
+        job_id=ctx.job.id,
+        on_start=lambda pgid: ctx.store.set_job_fields(ctx.job.id, pgid=pgid),
+    )
     if code != 0:
         raise StepFailed(f"{what} exited with {code}")
 
@@ -100,10 +113,16 @@ def built_images(ctx: Context) -> dict[str, str]:
     """
     argv = [*compose.base_args(ctx.compose_base(), ctx.repo), "config"]
     try:
-        done = subprocess.run(argv, cwd=ctx.repo.path, env=environment(ctx),
-                              capture_output=True, text=True, check=False,
-                              timeout=max(min(ctx.deadline.remaining(), 120), 1),
-                              start_new_session=True)
+        done = subprocess.run(
+            argv,
+            cwd=ctx.repo.path,
+            env=environment(ctx),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=max(min(ctx.deadline.remaining(), 120), 1),
+            start_new_session=True,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise StepFailed(f"compose config failed: {exc}") from None
     if done.returncode != 0:
@@ -115,22 +134,31 @@ def built_images(ctx: Context) -> dict[str, str]:
         raise StepFailed("compose config printed something that is not YAML") from None
     services = doc.get("services") or {}
     wanted = set(ctx.repo.services) or set(services)
-    return {name: str(spec.get("image") or "") for name, spec in services.items()
-            if name in wanted and isinstance(spec, dict) and spec.get("build")}
+    return {
+        name: str(spec.get("image") or "")
+        for name, spec in services.items()
+        if name in wanted and isinstance(spec, dict) and spec.get("build")
+    }
 
 
 def check_images(images: dict[str, str], *, tag: str, registry: str | None) -> None:
     """Refuse images that `stack deploy` could not roll out (or not pull elsewhere)."""
     for service, image in sorted(images.items()):
         if not image:
-            raise StepFailed(f"service {service} builds an image but names none: give it "
-                             f"`image: NAME:${{{TAG_ENV}}}` (stack deploy ignores build:)")
+            raise StepFailed(
+                f"service {service} builds an image but names none: give it "
+                f"`image: NAME:${{{TAG_ENV}}}` (stack deploy ignores build:)"
+            )
         if not image.endswith(":" + tag):
-            raise StepFailed(f"service {service}: image {image} is not tagged with "
-                             f"${{{TAG_ENV}}}, so a rebuilt image would never roll out")
+            raise StepFailed(
+                f"service {service}: image {image} is not tagged with "
+                f"${{{TAG_ENV}}}, so a rebuilt image would never roll out"
+            )
         if registry and not image.startswith(registry.rstrip("/") + "/"):
-            raise StepFailed(f"service {service}: image {image} is not under image_registry "
-                             f"{registry}, so other nodes could not pull it")
+            raise StepFailed(
+                f"service {service}: image {image} is not under image_registry "
+                f"{registry}, so other nodes could not pull it"
+            )
 
 
 def step_build(ctx: Context) -> None:
@@ -176,16 +204,29 @@ def step_health(ctx: Context) -> None:
     timeout = min(float(ctx.repo.health_timeout), max(ctx.deadline.remaining(), 0))
     client = DockerClient.from_env(timeout=30)
     try:
-        wait_converged(client, stack_name(ctx.repo), services=ctx.repo.services,
-                       timeout=timeout, cancel=ctx.cancel, output=ctx.output,
-                       since=float(ctx.notes.get("stack_deploy_at", 0)))
+        wait_converged(
+            client,
+            stack_name(ctx.repo),
+            services=ctx.repo.services,
+            timeout=timeout,
+            cancel=ctx.cancel,
+            output=ctx.output,
+            since=float(ctx.notes.get("stack_deploy_at", 0)),
+        )
     finally:
         client.close()
 
 
-def wait_converged(client: DockerClient, stack: str, *, services: tuple[str, ...],
-                   timeout: float, cancel: threading.Event,
-                   output: Callable[[str], None], since: float = 0.0) -> None:
+def wait_converged(
+    client: DockerClient,
+    stack: str,
+    *,
+    services: tuple[str, ...],
+    timeout: float,
+    cancel: threading.Event,
+    output: Callable[[str], None],
+    since: float = 0.0,
+) -> None:
     """Block until each service has its desired tasks running at its current image.
 
     A task whose container has a health check counts once healthy: swarm keeps it
@@ -222,33 +263,44 @@ def wait_converged(client: DockerClient, stack: str, *, services: tuple[str, ...
         cancel.wait(_POLL_S)
 
 
-def _service_state(client: DockerClient, attrs: dict[str, Any], *,
-                   since: float) -> tuple[str | None, str]:
+def _service_state(
+    client: DockerClient, attrs: dict[str, Any], *, since: float
+) -> tuple[str | None, str]:
     """(None, "") when converged, else (what it waits for, the last task error)."""
     name = attrs["Spec"]["Name"]
     update = attrs.get("UpdateStatus") or {}
     # Right after a deploy the status may still be an earlier update's (a paused one).
     # The manager runs on this host (stack deploy needs one): one clock, a little slack.
     if update.get("State") in _STOPPED_UPDATES and _when(update.get("StartedAt")) >= since - 1:
-        raise StepFailed(f"service {name}: update {update['State']}: "
-                         f"{update.get('Message') or 'no message'}")
+        raise StepFailed(
+            f"service {name}: update {update['State']}: {update.get('Message') or 'no message'}"
+        )
     template = attrs["Spec"]["TaskTemplate"]
     image = template["ContainerSpec"]["Image"]
     mode = attrs["Spec"].get("Mode") or {}
     if "Global" in mode:
-        want = sum(1 for n in client.nodes.list()
-                   if n.attrs["Status"]["State"] == "ready"
-                   and n.attrs["Spec"].get("Availability") == "active")
+        want = sum(
+            1
+            for n in client.nodes.list()
+            if n.attrs["Status"]["State"] == "ready"
+            and n.attrs["Spec"].get("Availability") == "active"
+        )
     else:
         want = int((mode.get("Replicated") or {}).get("Replicas", 1))
-    one_shot = ((template.get("RestartPolicy") or {}).get("Condition") in {"none", "on-failure"})
+    one_shot = (template.get("RestartPolicy") or {}).get("Condition") in {"none", "on-failure"}
     done_states = {"running", "complete"} if one_shot else {"running"}
     tasks = client.api.tasks(filters={"service": attrs["ID"]})
     current = [t for t in tasks if t["Spec"]["ContainerSpec"]["Image"] == image]
-    ready = [t for t in current if t["Status"]["State"] in done_states
-             and (t.get("DesiredState") == "running" or t["Status"]["State"] == "complete")]
-    failed = sorted((t for t in current if t["Status"]["State"] in {"failed", "rejected"}),
-                    key=lambda t: t["Status"].get("Timestamp", ""))
+    ready = [
+        t
+        for t in current
+        if t["Status"]["State"] in done_states
+        and (t.get("DesiredState") == "running" or t["Status"]["State"] == "complete")
+    ]
+    failed = sorted(
+        (t for t in current if t["Status"]["State"] in {"failed", "rejected"}),
+        key=lambda t: t["Status"].get("Timestamp", ""),
+    )
     problem = ""
     if failed:
         status = failed[-1]["Status"]

@@ -29,9 +29,16 @@ def format_line(ts: float, line: str) -> str:
     return f"{iso(ts)} {log.mask(line)}\n"
 
 
-def lines(store: Store, job_id: int, *, follow: bool = False, poll_s: float = POLL_S,
-          max_s: float = FOLLOW_MAX_S, gone: Callable[[], bool] = lambda: False,
-          sleep: Callable[[float], None] = time.sleep) -> Iterator[str]:
+def lines(
+    store: Store,
+    job_id: int,
+    *,
+    follow: bool = False,
+    poll_s: float = POLL_S,
+    max_s: float = FOLLOW_MAX_S,
+    gone: Callable[[], bool] = lambda: False,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[str]:
     """Return the job's output lines; with follow, they go on until the job has ended.
 
     Raises UnknownJob at once (not on first iteration) if the job does not exist. A
@@ -40,13 +47,31 @@ def lines(store: Store, job_id: int, *, follow: bool = False, poll_s: float = PO
     status, rows = store.tail(job_id, limit=PAGE)
     if status is None:
         raise UnknownJob(f"no job {job_id}")
-    return _follow(store, job_id, status, rows, follow=follow, poll_s=poll_s, max_s=max_s,
-                   gone=gone, sleep=sleep)
+    return _follow(
+        store,
+        job_id,
+        status,
+        rows,
+        follow=follow,
+        poll_s=poll_s,
+        max_s=max_s,
+        gone=gone,
+        sleep=sleep,
+    )
 
 
-def _follow(store: Store, job_id: int, status: Status | None, rows: list[Row], *,
-            follow: bool, poll_s: float, max_s: float, gone: Callable[[], bool],
-            sleep: Callable[[float], None]) -> Iterator[str]:
+def _follow(
+    store: Store,
+    job_id: int,
+    status: Status | None,
+    rows: list[Row],
+    *,
+    follow: bool,
+    poll_s: float,
+    max_s: float,
+    gone: Callable[[], bool],
+    sleep: Callable[[float], None],
+) -> Iterator[str]:
     after = 0
     deadline = time.monotonic() + max_s
     ended_at: float | None = None

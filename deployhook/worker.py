@@ -57,8 +57,10 @@ class Worker:
         self.settings: Settings = service.settings
         self.slots = slots or self.settings.workers
         self.node = self.settings.node or ""
-        self.id = self.settings.worker_id or \
-            f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.id = (
+            self.settings.worker_id
+            or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        )
         self.active: dict[int, _Active] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -111,8 +113,9 @@ class Worker:
             if job is None:
                 return
             entry = _Active(job)
-            entry.thread = threading.Thread(target=self._execute, args=(job, entry),
-                                            name=f"job-{job.id}", daemon=True)
+            entry.thread = threading.Thread(
+                target=self._execute, args=(job, entry), name=f"job-{job.id}", daemon=True
+            )
             with self._lock:
                 self.active[job.id] = entry
             entry.thread.start()
@@ -125,16 +128,16 @@ class Worker:
     # -- one job ---------------------------------------------------------------------
 
     def _execute(self, job: Job, entry: _Active) -> None:
-        structlog.contextvars.bind_contextvars(repo=job.repo, job=job.id,
-                                               delivery=job.delivery)
+        structlog.contextvars.bind_contextvars(repo=job.repo, job=job.id, delivery=job.delivery)
         started = time.monotonic()
         try:
             self._run_job(job, entry)
         except Exception:  # nothing around one job may kill the worker
             log.exception("job_crashed")
             with contextlib.suppress(Exception):
-                self.store.finish(job.id, status=Status.FAILED,
-                                  error="internal error in the worker (see its log)")
+                self.store.finish(
+                    job.id, status=Status.FAILED, error="internal error in the worker (see its log)"
+                )
         finally:
             with self._lock:
                 self.active.pop(job.id, None)
@@ -146,17 +149,21 @@ class Worker:
         repo = self.service.registry.find(job.repo)
         log.info("job_started", trigger=str(job.trigger), sha=job.sha)
         if repo is None:
-            self.store.finish(job.id, status=Status.FAILED, worker=self.id,
-                              error=f"repo {job.repo!r} is no longer in the registry")
+            self.store.finish(
+                job.id,
+                status=Status.FAILED,
+                worker=self.id,
+                error=f"repo {job.repo!r} is no longer in the registry",
+            )
             return
         _stop_orphans(repo, job.id)
         # No repo's compose file may read another's secrets (or its own) from our env,
         # and whatever a deploy prints is stored with every known secret masked.
-        process.keep_private(name for r in self.service.registry for name in
-                             r.private_variables)
+        process.keep_private(name for r in self.service.registry for name in r.private_variables)
         self.service.mask_secrets()
-        deploy = Deploy(job=job, repo=repo, settings=self.settings, store=self.store,
-                        cancel=entry.cancel)
+        deploy = Deploy(
+            job=job, repo=repo, settings=self.settings, store=self.store, cancel=entry.cancel
+        )
         result = deploy.run()
         if entry.stopping and result.status == Status.CANCELLED:
             # Stopped by a shutdown, not by an admin: retried when a worker is back.
@@ -164,8 +171,7 @@ class Worker:
             log.warning("job_interrupted", retry=retry.id if retry else None)
             deploy.report_finished(self.store.job(job.id))
             return
-        if not self.store.finish(job.id, status=result.status, error=result.error,
-                                 worker=self.id):
+        if not self.store.finish(job.id, status=result.status, error=result.error, worker=self.id):
             log.warning("job_already_ended")  # its lease expired and someone else ended it
             return
         log.info("job_finished", status=str(result.status), error=result.error)
@@ -181,11 +187,19 @@ class Worker:
         target = self.store.newest_good_sha(repo.name)
         if target is None or target == job.sha:
             return
-        rollback = self.store.enqueue_if_idle(repo=repo.name, sha=target, ref=repo.ref,
-                                              trigger=Trigger.ROLLBACK, node=repo.node or "",
-                                              repo_url=job.repo_url)
-        log.info("rollback_queued" if rollback else "rollback_skipped_newer_job_queued",
-                 to=target, rollback_job=rollback.id if rollback else None)
+        rollback = self.store.enqueue_if_idle(
+            repo=repo.name,
+            sha=target,
+            ref=repo.ref,
+            trigger=Trigger.ROLLBACK,
+            node=repo.node or "",
+            repo_url=job.repo_url,
+        )
+        log.info(
+            "rollback_queued" if rollback else "rollback_skipped_newer_job_queued",
+            to=target,
+            rollback_job=rollback.id if rollback else None,
+        )
 
     # -- leases, cancels, dead workers -------------------------------------------------
 
@@ -218,17 +232,18 @@ class Worker:
             if row["worker"] == self.id:
                 continue
             here = row["host"] == self.store.host
-            alive = self.store.worker_alive(row["worker"]) \
-                if here or self.store.liveness_across_hosts else None
+            alive = (
+                self.store.worker_alive(row["worker"])
+                if here or self.store.liveness_across_hosts
+                else None
+            )
             if alive is not False:
                 continue
             # Its processes can only be stopped from its own host.
-            self._interrupt(int(row["id"]), row if here else None,
-                            "interrupted: its worker died")
+            self._interrupt(int(row["id"]), row if here else None, "interrupted: its worker died")
         for job in self.store.expired_jobs():
             if job.worker != self.id:
-                self._interrupt(job.id, None, "interrupted: its worker stopped renewing its "
-                                "lease")
+                self._interrupt(job.id, None, "interrupted: its worker stopped renewing its lease")
 
     def _interrupt(self, job_id: int, row: dict[str, Any] | None, reason: str) -> None:
         job = self.store.job(job_id)
@@ -238,12 +253,18 @@ class Worker:
             # The dead worker's compose may still run: it must not overlap the retry.
             process.stop_group(int(row["pgid"]), grace=2)
         retry = self.store.interrupt(job, reason=reason)
-        log.warning("job_interrupted", job=job_id, repo=job.repo, reason=reason,
-                    retry=retry.id if retry else None)
+        log.warning(
+            "job_interrupted",
+            job=job_id,
+            repo=job.repo,
+            reason=reason,
+            retry=retry.id if retry else None,
+        )
         repo = self.service.registry.find(job.repo)
         if repo is not None:
-            report_ended(self.store.job(job_id), repo=repo, settings=self.settings,
-                         store=self.store)
+            report_ended(
+                self.store.job(job_id), repo=repo, settings=self.settings, store=self.store
+            )
 
     # -- periodic duties ---------------------------------------------------------------
 
@@ -258,15 +279,18 @@ class Worker:
     def duties(self, *, force: bool = False) -> None:
         now = time.monotonic()
         interval = self.settings.reconcile_interval
-        if interval and (force or not self._last_reconcile or
-                         now - self._last_reconcile >= interval):
+        if interval and (
+            force or not self._last_reconcile or now - self._last_reconcile >= interval
+        ):
             self._last_reconcile = now
             self.reconcile()
         if force or not self._last_prune or now - self._last_prune >= PRUNE_EVERY_S:
             self._last_prune = now
-            removed = self.store.prune(repos=self.service.registry.names(),
-                                       keep_jobs=self.settings.keep_jobs,
-                                       keep_deliveries=self.settings.keep_deliveries)
+            removed = self.store.prune(
+                repos=self.service.registry.names(),
+                keep_jobs=self.settings.keep_jobs,
+                keep_deliveries=self.settings.keep_deliveries,
+            )
             if removed:
                 log.info("history_pruned", rows=removed)
 
@@ -286,9 +310,14 @@ class Worker:
                 self.store.see_head(repo.name, head)
                 log.info("reconcile_first_sight", repo=repo.name, head=head)
             elif seen != head:
-                job, _ = self.store.enqueue(repo=repo.name, sha=head, ref=repo.ref,
-                                            trigger=Trigger.RECONCILE, node=repo.node or "",
-                                            remote_head=True)
+                job, _ = self.store.enqueue(
+                    repo=repo.name,
+                    sha=head,
+                    ref=repo.ref,
+                    trigger=Trigger.RECONCILE,
+                    node=repo.node or "",
+                    remote_head=True,
+                )
                 log.info("reconcile_queued", repo=repo.name, head=head, seen=seen, job=job.id)
                 queued.append(job)
         return queued
@@ -307,8 +336,7 @@ class Worker:
         """Let running deploys finish within the grace period, then interrupt them."""
         end = time.monotonic() + self.settings.stop_grace
         if self.active:
-            log.info("worker_draining", jobs=list(self.active),
-                     grace_s=self.settings.stop_grace)
+            log.info("worker_draining", jobs=list(self.active), grace_s=self.settings.stop_grace)
         while self.active and time.monotonic() < end:
             time.sleep(0.2)
             with contextlib.suppress(Exception):

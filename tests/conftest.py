@@ -17,25 +17,35 @@ from tests.helpers import SECRET, FakeDocker, Remote, make_fake_docker, make_rem
 
 # Test modules whose tests run once per store backend (SQLite, then PostgreSQL when a
 # server is configured): the behaviour suite. Others run on SQLite only, to keep CI fast.
-BOTH_BACKENDS = {"test_webhook", "test_worker", "test_backends", "test_nodes",
-                 "test_status_prune", "test_status_metrics"}
+BOTH_BACKENDS = {
+    "test_webhook",
+    "test_worker",
+    "test_backends",
+    "test_nodes",
+    "test_status_prune",
+    "test_status_metrics",
+}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     module = metafunc.module.__name__.rsplit(".", 1)[-1]
     if "store_url" in metafunc.fixturenames and module in BOTH_BACKENDS:
-        metafunc.parametrize("store_url", ["sqlite", pytest.param(
-            "postgres", marks=pytest.mark.postgres)], indirect=True)
+        metafunc.parametrize(
+            "store_url",
+            ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+            indirect=True,
+        )
 
 
 @pytest.fixture(autouse=True)
-def isolated_env(tmp_path_factory: pytest.TempPathFactory,
-                 monkeypatch: pytest.MonkeyPatch) -> None:
+def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """No DEPLOYHOOK_* from the caller, an empty git config, a fixed git identity."""
     for name in list(os.environ):
         if name.startswith("DEPLOYHOOK_") and name not in {
-                "DEPLOYHOOK_REQUIRE_DOCKER", "DEPLOYHOOK_TEST_DATABASE_URL",
-                "DEPLOYHOOK_REQUIRE_POSTGRES"}:
+            "DEPLOYHOOK_REQUIRE_DOCKER",
+            "DEPLOYHOOK_TEST_DATABASE_URL",
+            "DEPLOYHOOK_REQUIRE_POSTGRES",
+        }:
             monkeypatch.delenv(name)
     home = tmp_path_factory.mktemp("home")
     (home / ".gitconfig").write_text("")
@@ -47,8 +57,9 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory,
         monkeypatch.setenv(f"GIT_{role}_EMAIL", "test@example.com")
 
 
-def write_registry(path: Path, repos: dict[str, dict[str, Any]],
-                   defaults: dict[str, Any] | None = None) -> Path:
+def write_registry(
+    path: Path, repos: dict[str, dict[str, Any]], defaults: dict[str, Any] | None = None
+) -> Path:
     doc: dict[str, Any] = {"repos": repos}
     if defaults:
         doc["defaults"] = defaults
@@ -68,12 +79,22 @@ def fake_docker(tmp_path: Path) -> FakeDocker:
 
 @pytest.fixture
 def settings(tmp_path: Path, remote: Remote, fake_docker: FakeDocker) -> Settings:
-    registry = write_registry(tmp_path / "repos.yml", {
-        "site": {"path": str(remote.checkout), "source": "jeff/site", "health_timeout": 0},
-    })
-    return Settings.load({}, registry=registry, data_dir=tmp_path / "data", secret=SECRET,
-                         admin_token="admin-token-for-tests", reconcile_interval=0,
-                         compose=(str(fake_docker.path), "compose"), stop_grace=5)
+    registry = write_registry(
+        tmp_path / "repos.yml",
+        {
+            "site": {"path": str(remote.checkout), "source": "jeff/site", "health_timeout": 0},
+        },
+    )
+    return Settings.load(
+        {},
+        registry=registry,
+        data_dir=tmp_path / "data",
+        secret=SECRET,
+        admin_token="admin-token-for-tests",
+        reconcile_interval=0,
+        compose=(str(fake_docker.path), "compose"),
+        stop_grace=5,
+    )
 
 
 @pytest.fixture

@@ -48,8 +48,13 @@ class Recorder:
                 except ValueError:
                     body = raw.decode("utf-8", "replace")
                 parts = urlsplit(self.path)
-                seen = Recorded(self.command, parts.path, parse_qs(parts.query),
-                                dict(self.headers.items()), body)
+                seen = Recorded(
+                    self.command,
+                    parts.path,
+                    parse_qs(parts.query),
+                    dict(self.headers.items()),
+                    body,
+                )
                 with recorder.lock:
                     recorder.requests.append(seen)
                 if recorder.delay:
@@ -72,8 +77,7 @@ class Recorder:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     @property
@@ -89,8 +93,10 @@ class Recorder:
         self.thread.join(5)
 
 
-_REPO_RE = re.compile(r"/api/v1/repos/(?P<owner>[^/]+)/(?P<name>[^/]+)"
-                      r"/(?P<what>statuses/[0-9a-f]+|mirror-sync|hooks(?:/(?P<hook>\d+))?)\Z")
+_REPO_RE = re.compile(
+    r"/api/v1/repos/(?P<owner>[^/]+)/(?P<name>[^/]+)"
+    r"/(?P<what>statuses/[0-9a-f]+|mirror-sync|hooks(?:/(?P<hook>\d+))?)\Z"
+)
 
 
 class FakeGitea(Recorder):
@@ -99,9 +105,14 @@ class FakeGitea(Recorder):
     errors: answers to give before the real ones (e.g. [503, 502]), to exercise retries.
     """
 
-    def __init__(self, *, token: str,
-                 repos: tuple[str, ...] = ("jeff/site",), errors: tuple[int, ...] = (),
-                 delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        token: str,
+        repos: tuple[str, ...] = ("jeff/site",),
+        errors: tuple[int, ...] = (),
+        delay: float = 0.0,
+    ) -> None:
         self.token = token
         self.repos = set(repos)
         self.errors = list(errors)
@@ -116,14 +127,20 @@ class FakeGitea(Recorder):
             return 401, {"message": "user does not exist [uid: 0, name: ]", "url": self.url}
         found = _REPO_RE.match(req.path)
         if not found or f"{unquote(found['owner'])}/{unquote(found['name'])}" not in self.repos:
-            return 404, {"errors": None, "message": "The target couldn't be found.",
-                         "url": self.url + "/api/swagger"}
+            return 404, {
+                "errors": None,
+                "message": "The target couldn't be found.",
+                "url": self.url + "/api/swagger",
+            }
         what = found["what"]
         if what.startswith("statuses/") and req.method == "POST":
-            return 201, {"id": len(self.requests), "status": req.body["state"],
-                         "target_url": req.body.get("target_url", ""),
-                         "description": req.body.get("description", ""),
-                         "context": req.body.get("context", "")}
+            return 201, {
+                "id": len(self.requests),
+                "status": req.body["state"],
+                "target_url": req.body.get("target_url", ""),
+                "description": req.body.get("description", ""),
+                "context": req.body.get("context", ""),
+            }
         if what == "mirror-sync" and req.method == "POST":
             return 200, None
         if what == "hooks" and req.method == "GET":
@@ -148,10 +165,12 @@ class FakeGitea(Recorder):
         config = {k: v for k, v in hook["config"].items() if k != "secret"}
         return {**hook, "config": config}
 
-    def calls(self, method: str | None = None,
-              path_end: str = "") -> list[Recorded]:
-        return [r for r in self.requests if (method is None or r.method == method)
-                and r.path.endswith(path_end)]
+    def calls(self, method: str | None = None, path_end: str = "") -> list[Recorded]:
+        return [
+            r
+            for r in self.requests
+            if (method is None or r.method == method) and r.path.endswith(path_end)
+        ]
 
 
 class Receiver(Recorder):

@@ -41,21 +41,33 @@ class GitHttpServer:
                 if server.delay_s and parts.path.endswith("git-receive-pack"):
                     time.sleep(server.delay_s)
                 env = {
-                    "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/"),
+                    "PATH": os.environ["PATH"],
+                    "HOME": os.environ.get("HOME", "/"),
                     "GIT_CONFIG_NOSYSTEM": "1",
-                    "GIT_PROJECT_ROOT": str(server.root), "GIT_HTTP_EXPORT_ALL": "1",
-                    "PATH_INFO": parts.path, "QUERY_STRING": parts.query,
-                    "REQUEST_METHOD": self.command, "REMOTE_USER": "mirror",
+                    "GIT_PROJECT_ROOT": str(server.root),
+                    "GIT_HTTP_EXPORT_ALL": "1",
+                    "PATH_INFO": parts.path,
+                    "QUERY_STRING": parts.query,
+                    "REQUEST_METHOD": self.command,
+                    "REMOTE_USER": "mirror",
                     "REMOTE_ADDR": "127.0.0.1",
                     "CONTENT_TYPE": self.headers.get("Content-Type", ""),
                     "CONTENT_LENGTH": str(len(body)),
                 }
-                for header, var in (("Content-Encoding", "HTTP_CONTENT_ENCODING"),
-                                    ("Git-Protocol", "GIT_PROTOCOL")):
+                for header, var in (
+                    ("Content-Encoding", "HTTP_CONTENT_ENCODING"),
+                    ("Git-Protocol", "GIT_PROTOCOL"),
+                ):
                     if self.headers.get(header):
                         env[var] = self.headers[header]
-                out = subprocess.run(["git", "http-backend"], input=body, env=env,
-                                     capture_output=True, timeout=60, check=False).stdout
+                out = subprocess.run(
+                    ["git", "http-backend"],
+                    input=body,
+                    env=env,
+                    capture_output=True,
+                    timeout=60,
+                    check=False,
+                ).stdout
                 head, _, payload = out.partition(b"\r\n\r\n")
                 if not _:
                     head, _, payload = out.partition(b"\n\n")
@@ -94,8 +106,7 @@ class GitHttpServer:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     def url(self, repo: str) -> str:

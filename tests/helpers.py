@@ -29,14 +29,23 @@ def sign(body: bytes, secret: str = SECRET) -> str:
     return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def gitea_headers(body: bytes, *, secret: str | None = SECRET, event: str = "push",
-                  delivery: str | None = None, signed: bytes | None = None,
-                  content_type: str = "application/json") -> dict[str, str]:
+def gitea_headers(
+    body: bytes,
+    *,
+    secret: str | None = SECRET,
+    event: str = "push",
+    delivery: str | None = None,
+    signed: bytes | None = None,
+    content_type: str = "application/json",
+) -> dict[str, str]:
     """The header block Gitea sends (HEADERS.md), signed over `signed` (default: body)."""
     delivery = delivery or str(uuid.uuid4())
     digest = sign(signed if signed is not None else body, secret) if secret else ""
-    sha1 = hmac.new(secret.encode(), signed if signed is not None else body,
-                    hashlib.sha1).hexdigest() if secret else ""
+    sha1 = (
+        hmac.new(secret.encode(), signed if signed is not None else body, hashlib.sha1).hexdigest()
+        if secret
+        else ""
+    )
     return {
         "User-Agent": "Go-http-client/1.1",
         "Content-Type": content_type,
@@ -57,9 +66,14 @@ def gitea_headers(body: bytes, *, secret: str | None = SECRET, event: str = "pus
     }
 
 
-def github_headers(body: bytes, *, secret: str = SECRET, event: str = "push",
-                   delivery: str | None = None,
-                   content_type: str = "application/json") -> dict[str, str]:
+def github_headers(
+    body: bytes,
+    *,
+    secret: str = SECRET,
+    event: str = "push",
+    delivery: str | None = None,
+    content_type: str = "application/json",
+) -> dict[str, str]:
     delivery = delivery or str(uuid.uuid1())
     return {
         "User-Agent": "GitHub-Hookshot/8c2f1e7",
@@ -73,25 +87,43 @@ def github_headers(body: bytes, *, secret: str = SECRET, event: str = "push",
     }
 
 
-def gitea_push_body(*, sha: str, ref: str = "refs/heads/main", before: str | None = None,
-                    full_name: str = "jeff/site", pad_to: int = 0) -> bytes:
+def gitea_push_body(
+    *,
+    sha: str,
+    ref: str = "refs/heads/main",
+    before: str | None = None,
+    full_name: str = "jeff/site",
+    pad_to: int = 0,
+) -> bytes:
     """A push payload in Gitea's wire layout (MarshalIndent, two spaces, no newline)."""
     before = before or "0" * 40
     doc: dict[str, Any] = {
-        "ref": ref, "before": before, "after": sha,
+        "ref": ref,
+        "before": before,
+        "after": sha,
         "compare_url": f"https://git.example.com/{full_name}/compare/{before}...{sha}",
-        "commits": [{"id": sha, "message": "Update\n",
-                     "url": f"https://git.example.com/{full_name}/commit/{sha}",
-                     "author": {"name": "Jeff", "email": "jeff@example.com",
-                                "username": "jeff"},
-                     "committer": {"name": "Jeff", "email": "jeff@example.com",
-                                   "username": "jeff"},
-                     "verification": None, "timestamp": "2026-11-20T10:00:00Z",
-                     "added": [], "removed": [], "modified": ["index.html"]}],
+        "commits": [
+            {
+                "id": sha,
+                "message": "Update\n",
+                "url": f"https://git.example.com/{full_name}/commit/{sha}",
+                "author": {"name": "Jeff", "email": "jeff@example.com", "username": "jeff"},
+                "committer": {"name": "Jeff", "email": "jeff@example.com", "username": "jeff"},
+                "verification": None,
+                "timestamp": "2026-11-20T10:00:00Z",
+                "added": [],
+                "removed": [],
+                "modified": ["index.html"],
+            }
+        ],
         "total_commits": 1,
         "head_commit": {"id": sha, "message": "Update\n"},
-        "repository": {"id": 7, "name": full_name.split("/")[-1], "full_name": full_name,
-                       "html_url": f"https://git.example.com/{full_name}"},
+        "repository": {
+            "id": 7,
+            "name": full_name.rsplit("/", maxsplit=1)[-1],
+            "full_name": full_name,
+            "html_url": f"https://git.example.com/{full_name}",
+        },
         "pusher": {"id": 1, "login": "jeff", "username": "jeff"},
         "sender": {"id": 1, "login": "jeff", "username": "jeff"},
     }
@@ -103,8 +135,9 @@ def gitea_push_body(*, sha: str, ref: str = "refs/heads/main", before: str | Non
 
 
 def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 @dataclass
@@ -140,8 +173,7 @@ class Remote:
         return git(self.checkout, "rev-parse", "HEAD")
 
 
-def make_remote(root: Path, name: str = "site", *,
-                files: dict[str, str] | None = None) -> Remote:
+def make_remote(root: Path, name: str = "site", *, files: dict[str, str] | None = None) -> Remote:
     origin = root / f"{name}-origin.git"
     dev = root / f"{name}-dev"
     checkout = root / "deploy" / name
@@ -149,8 +181,9 @@ def make_remote(root: Path, name: str = "site", *,
     git(root, "init", "-q", "-b", "main", str(dev))
     git(dev, "remote", "add", "origin", str(origin))
     remote = Remote(origin, dev, checkout)
-    remote.commit(files or {"docker-compose.yml": "services: {}\n", "index.html": "v1\n"},
-                  "initial")
+    remote.commit(
+        files or {"docker-compose.yml": "services: {}\n", "index.html": "v1\n"}, "initial"
+    )
     remote.push()
     checkout.parent.mkdir(parents=True, exist_ok=True)
     git(root, "clone", "-q", str(origin), str(checkout))
@@ -255,7 +288,7 @@ def overlapping(calls: list[dict[str, Any]]) -> list[tuple[int, int]]:
     pairs = []
     ordered = sorted(calls, key=lambda c: c["start"])
     for i, a in enumerate(ordered):
-        for b in ordered[i + 1:]:
+        for b in ordered[i + 1 :]:
             if b["start"] < a["end"]:
                 pairs.append((a["pid"], b["pid"]))
     return pairs

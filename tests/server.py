@@ -47,14 +47,14 @@ class Served:
         return found
 
     def children(self) -> list[int]:
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)],
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True
+        ).stdout
         return [int(p) for p in out.split()]
 
     def pids_of(self, role: str) -> list[int]:
         """Pids whose command line ends in `deployhook <role>` (worker, _web)."""
-        out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True,
-                             text=True).stdout
+        out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
         found = []
         for line in out.splitlines():
             pid, _, args = line.strip().partition(" ")
@@ -74,13 +74,12 @@ class Served:
         return False
 
 
-def wait_up(url: str, timeout: float = 30.0,
-            proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_up(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
     """Wait until /healthz answers: 200, or 503 (up, but its store is not writable)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
-            with urllib.request.urlopen(url + "/healthz", timeout=2):  # noqa: S310
+            with urllib.request.urlopen(url + "/healthz", timeout=2):
                 return
         except urllib.error.HTTPError as exc:
             exc.close()
@@ -89,26 +88,28 @@ def wait_up(url: str, timeout: float = 30.0,
             time.sleep(0.1)
         except OSError:
             if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"serve exited with {proc.returncode} before it answered "
-                                   f"at {url}") from None
+                raise RuntimeError(
+                    f"serve exited with {proc.returncode} before it answered at {url}"
+                ) from None
             time.sleep(0.1)
     raise RuntimeError(f"{url} did not come up")
 
 
 @contextmanager
-def live_server(settings: Settings, *, tmp: Path, processes: int = 2,
-                extra_env: dict[str, str] | None = None) -> Iterator[Served]:
+def live_server(
+    settings: Settings, *, tmp: Path, processes: int = 2, extra_env: dict[str, str] | None = None
+) -> Iterator[Served]:
     """The web part only (`serve --no-worker`) with these settings, on a free port."""
-    env = {**settings.to_environ(), "DEPLOYHOOK_WEB_PROCESSES": str(processes),
-           **(extra_env or {})}
+    env = {**settings.to_environ(), "DEPLOYHOOK_WEB_PROCESSES": str(processes), **(extra_env or {})}
     env.pop("DEPLOYHOOK_BIND", None)
     with serve(env, cwd=tmp, args=("--no-worker",), log_name="web.log") as served:
         yield served
 
 
 @contextmanager
-def serve(env: dict[str, str], *, cwd: Path, args: tuple[str, ...] = (),
-          log_name: str = "serve.log") -> Iterator[Served]:
+def serve(
+    env: dict[str, str], *, cwd: Path, args: tuple[str, ...] = (), log_name: str = "serve.log"
+) -> Iterator[Served]:
     """Run `python -m deployhook serve` with env (DEPLOYHOOK_* settings) until the block ends."""
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("DEPLOYHOOK_")}
@@ -116,9 +117,14 @@ def serve(env: dict[str, str], *, cwd: Path, args: tuple[str, ...] = (),
     full_env.setdefault("DEPLOYHOOK_LOG_FORMAT", "json")
     log = cwd / log_name
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "deployhook", "serve", "--bind",
-                                 f"127.0.0.1:{port}", *args], env=full_env, cwd=cwd,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "deployhook", "serve", "--bind", f"127.0.0.1:{port}", *args],
+            env=full_env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     served = Served(proc, f"http://127.0.0.1:{port}", log)
     try:
         wait_up(served.url, proc=proc)
@@ -132,7 +138,5 @@ def serve(env: dict[str, str], *, cwd: Path, args: tuple[str, ...] = (),
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         # Nothing of ours may outlive the test (a SIGKILLed supervisor leaves children).
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass

@@ -42,8 +42,15 @@ def sha(n: int) -> str:
 
 
 def push(repo: str, n: int, *, delivery: str | None = None) -> Intake:
-    return Intake(repo=repo, kind="push", received_at=time.time(), delivery_id=delivery,
-                  event="push", sha=sha(n), ref="refs/heads/main")
+    return Intake(
+        repo=repo,
+        kind="push",
+        received_at=time.time(),
+        delivery_id=delivery,
+        event="push",
+        sha=sha(n),
+        ref="refs/heads/main",
+    )
 
 
 @pytest.fixture
@@ -100,22 +107,41 @@ def test_duplicate_delivery_gets_the_first_answer_again(store: Store) -> None:
 
 
 def test_rejected_delivery_is_not_seen(store: Store) -> None:
-    store.submit(Intake(repo="site", kind="rejected", received_at=time.time(),
-                        delivery_id="d", reason="signature does not match", http_status=403))
+    store.submit(
+        Intake(
+            repo="site",
+            kind="rejected",
+            received_at=time.time(),
+            delivery_id="d",
+            reason="signature does not match",
+            http_status=403,
+        )
+    )
     answer = store.submit(push("site", 1, delivery="d"))
     assert answer.outcome == Outcome.QUEUED
 
 
 def test_ping_and_ignored_are_recorded_with_reason(store: Store) -> None:
-    ping = store.submit(Intake(repo="site", kind="ping", received_at=time.time(),
-                               delivery_id="p", event="ping"))
-    other = store.submit(Intake(repo="site", kind="ignored", received_at=time.time(),
-                                delivery_id="o", event="push", reason="push to dev"))
+    ping = store.submit(
+        Intake(repo="site", kind="ping", received_at=time.time(), delivery_id="p", event="ping")
+    )
+    other = store.submit(
+        Intake(
+            repo="site",
+            kind="ignored",
+            received_at=time.time(),
+            delivery_id="o",
+            event="push",
+            reason="push to dev",
+        )
+    )
     assert ping.body == {"status": "pong"}
     assert other.body == {"status": "ignored", "reason": "push to dev"}
     rows = store.deliveries("site")
-    assert [(d.outcome, d.reason) for d in rows] == [(Outcome.IGNORED, "push to dev"),
-                                                    (Outcome.IGNORED, "ping")]
+    assert [(d.outcome, d.reason) for d in rows] == [
+        (Outcome.IGNORED, "push to dev"),
+        (Outcome.IGNORED, "ping"),
+    ]
 
 
 def test_held_pushes_are_recorded_and_release_queues_the_newest(store: Store) -> None:
@@ -134,16 +160,26 @@ def test_redelivered_push_joins_the_running_job_of_its_sha(store: Store) -> None
     running = store.claim(worker="w", node="", lease_s=30)
     assert running is not None and running.id == queued
     same = store.submit(push("site", 1))
-    assert (same.body["job"], same.body["status"], same.body["coalesced"]) == \
-        (queued, "running", True)
+    assert (same.body["job"], same.body["status"], same.body["coalesced"]) == (
+        queued,
+        "running",
+        True,
+    )
     newer = store.submit(push("site", 2))
     assert newer.outcome == Outcome.QUEUED and newer.body["job"] != queued
 
 
 def test_text_the_database_cannot_hold_is_stored_not_refused(store: Store) -> None:
-    answer = store.submit(Intake(repo="bad\x00name", kind="rejected",
-                                 received_at=time.time(), reason="unknown repo \x00",
-                                 http_status=404, delivery_id="x\x00"))
+    answer = store.submit(
+        Intake(
+            repo="bad\x00name",
+            kind="rejected",
+            received_at=time.time(),
+            reason="unknown repo \x00",
+            http_status=404,
+            delivery_id="x\x00",
+        )
+    )
     assert answer.http_status == 404
     [row] = store.deliveries("bad\x00name")
     assert row.outcome == Outcome.REJECTED
@@ -168,10 +204,15 @@ ENQUEUER = textwrap.dedent("""
 
 
 def test_concurrent_enqueues_from_processes_keep_one_queued_and_one_running(
-        make_store: MakeStore, store_settings: Settings) -> None:
+    make_store: MakeStore, store_settings: Settings
+) -> None:
     store = make_store()
-    procs = [subprocess.Popen([sys.executable, "-c", ENQUEUER, str(p), "25"],
-                              env=env_for(store_settings)) for p in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", ENQUEUER, str(p), "25"], env=env_for(store_settings)
+        )
+        for p in range(4)
+    ]
     claimed: list[int] = []
 
     def queued_left() -> int:
@@ -184,8 +225,10 @@ def test_concurrent_enqueues_from_processes_keep_one_queued_and_one_running(
             continue
         claimed.append(job.id)
         with store.read() as tx:
-            counts = tx.all("SELECT status, COUNT(*) AS n FROM jobs WHERE repo = :repo"
-                            " GROUP BY status", repo=job.repo)
+            counts = tx.all(
+                "SELECT status, COUNT(*) AS n FROM jobs WHERE repo = :repo GROUP BY status",
+                repo=job.repo,
+            )
         assert all(r["n"] <= 1 for r in counts if r["status"] in ("queued", "running"))
         assert store.finish(job.id, status=Status.SUCCEEDED, error=None, worker="w")
     assert [p.wait() for p in procs] == [0, 0, 0, 0]
@@ -197,14 +240,15 @@ def test_concurrent_enqueues_from_processes_keep_one_queued_and_one_running(
         # 100 enqueues per repo cost far fewer jobs: a burst coalesces into the queued one.
         assert 1 <= len(jobs) <= 100
         spans = sorted((j.started_at or 0, j.finished_at or 0) for j in jobs)
-        assert all(a_end <= b_start for (_s, a_end), (b_start, _e) in
-                   itertools.pairwise(spans))
+        assert all(a_end <= b_start for (_s, a_end), (b_start, _e) in itertools.pairwise(spans))
 
 
 def test_many_workers_claim_every_job_exactly_once(make_store: MakeStore) -> None:
     setup = make_store()
-    expected = {setup.enqueue(repo=f"r{n}", sha=sha(n), ref=None, trigger=Trigger.PUSH,
-                              node="")[0].id for n in range(40)}
+    expected = {
+        setup.enqueue(repo=f"r{n}", sha=sha(n), ref=None, trigger=Trigger.PUSH, node="")[0].id
+        for n in range(40)
+    }
     stores = [make_store() for _ in range(8)]
     claimed: list[int] = []
     errors: list[BaseException] = []
@@ -258,8 +302,12 @@ def test_expired_lease_is_found_and_its_interrupt_queues_a_retry(store: Store) -
     assert [j.id for j in store.expired_jobs()] == [job.id]
     retry = store.interrupt(job, reason="interrupted: its worker stopped renewing its lease")
     assert retry is not None
-    assert (retry.trigger, retry.sha, retry.node, retry.status) == \
-        (Trigger.RETRY, sha(1), "n", Status.QUEUED)
+    assert (retry.trigger, retry.sha, retry.node, retry.status) == (
+        Trigger.RETRY,
+        sha(1),
+        "n",
+        Status.QUEUED,
+    )
     assert store.job(job.id).status == Status.INTERRUPTED
     assert store.interrupt(job, reason="again") is None  # already ended
     assert not store.finish(job.id, status=Status.SUCCEEDED, error=None, worker="gone")
@@ -350,9 +398,14 @@ HOLDER = textwrap.dedent("""
 
 
 def test_a_killed_workers_lock_is_gone_for_every_other_process(
-        store: Store, store_settings: Settings) -> None:
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, "w-child"],
-                              env=env_for(store_settings), stdout=subprocess.PIPE, text=True)
+    store: Store, store_settings: Settings
+) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, "w-child"],
+        env=env_for(store_settings),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
         assert store.worker_alive("w-child") is True
@@ -391,13 +444,17 @@ def test_a_writable_store_says_so(store: Store) -> None:
 
 
 def test_an_unreachable_store_is_unavailable_without_a_traceback_or_secret(
-        tmp_path: Path, store_url: str | None) -> None:
+    tmp_path: Path, store_url: str | None
+) -> None:
     if store_url is None:
         (tmp_path / "data").write_text("a file where the data dir should be")
         settings = Settings.load({}, data_dir=tmp_path / "data")
     else:
-        settings = Settings.load({}, data_dir=tmp_path / "data",
-                                 database_url="postgresql://deployhook:hunter2@127.0.0.1:9/x")
+        settings = Settings.load(
+            {},
+            data_dir=tmp_path / "data",
+            database_url="postgresql://deployhook:hunter2@127.0.0.1:9/x",
+        )
     with pytest.raises(StoreUnavailable) as caught:  # at the open, or at the first use
         store = open_store(settings)
         try:
@@ -421,13 +478,18 @@ def test_a_read_only_database_answers_503_not_a_traceback(tmp_path: Path) -> Non
     with fresh_schema() as url:
         open_store(Settings.load({}, database_url=url)).close()  # the schema, migrated
         read_only = url.replace("options=", "options=-cdefault_transaction_read_only%3Don%20")
-        registry = Registry(write_registry(tmp_path / "repos.yml",
-                                           {"site": {"path": str(tmp_path / "site")}}))
+        registry = Registry(
+            write_registry(tmp_path / "repos.yml", {"site": {"path": str(tmp_path / "site")}})
+        )
         registry.refresh(force=True)
-        settings = Settings.load({}, registry=tmp_path / "repos.yml", secret=SECRET,
-                                 data_dir=tmp_path / "data", database_url=read_only)
-        svc = Service(settings=settings, store=Store(PostgresBackend(read_only)),
-                      registry=registry)
+        settings = Settings.load(
+            {},
+            registry=tmp_path / "repos.yml",
+            secret=SECRET,
+            data_dir=tmp_path / "data",
+            database_url=read_only,
+        )
+        svc = Service(settings=settings, store=Store(PostgresBackend(read_only)), registry=registry)
         try:
             client = create_app(settings, service_=svc, configure_logging=False).test_client()
             body = gitea_push_body(sha=sha(1))
@@ -452,22 +514,21 @@ def test_a_forked_child_opens_its_own_connections_and_leaves_the_parents(store: 
     postgres = store.backend.name == "postgres"
     with store.read() as tx:
         before = tx.value("SELECT pg_backend_pid()") if postgres else None
-    child = multiprocessing.get_context("fork").Process(target=_enqueue_in_child,
-                                                        args=(store,))
+    child = multiprocessing.get_context("fork").Process(target=_enqueue_in_child, args=(store,))
     child.start()
     child.join(timeout=60)
     assert child.exitcode == 0
     if postgres:  # the parent's session survived the child
         with store.read() as tx:
-            assert tx.value("SELECT COUNT(*) FROM pg_stat_activity WHERE pid = :pid",
-                            pid=before) == 1
+            assert (
+                tx.value("SELECT COUNT(*) FROM pg_stat_activity WHERE pid = :pid", pid=before) == 1
+            )
     store.enqueue(repo="after", sha=sha(3), ref=None, trigger=Trigger.PUSH, node="")
     assert [len(store.jobs(r)) for r in ("before", "from-child", "after")] == [1, 1, 1]
 
 
 @pytest.mark.postgres
-def test_sessions_the_server_ended_are_replaced_without_a_failed_delivery(
-        tmp_path: Path) -> None:
+def test_sessions_the_server_ended_are_replaced_without_a_failed_delivery(tmp_path: Path) -> None:
     """A PostgreSQL restart ends every pooled session: the next transaction still works."""
     import psycopg
 
@@ -479,7 +540,8 @@ def test_sessions_the_server_ended_are_replaced_without_a_failed_delivery(
             with psycopg.connect(url, autocommit=True) as admin:
                 ended = admin.execute(
                     "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE"
-                    " application_name = 'deployhook' AND pid <> pg_backend_pid()").fetchone()
+                    " application_name = 'deployhook' AND pid <> pg_backend_pid()"
+                ).fetchone()
             assert ended is not None and ended[0] >= 2  # the pool's and the listener's
             assert store.submit(push("a", 2)).outcome == Outcome.COALESCED
             assert store.writable() is None

@@ -27,8 +27,9 @@ from tests.helpers import SECRET, Remote, make_remote
 
 
 def run(settings: Settings, *args: str, **env: str) -> Result:
-    return CliRunner().invoke(main, list(args), env={**settings.to_environ(), **env},
-                              catch_exceptions=False)
+    return CliRunner().invoke(
+        main, list(args), env={**settings.to_environ(), **env}, catch_exceptions=False
+    )
 
 
 @pytest.fixture
@@ -46,9 +47,9 @@ def server(settings: Settings, service: Service) -> Iterator[str]:
     httpd.server_close()
 
 
-def test_deliver_queues_the_remote_head_through_the_server(settings: Settings, server: str,
-                                                           remote: Remote,
-                                                           service: Service) -> None:
+def test_deliver_queues_the_remote_head_through_the_server(
+    settings: Settings, server: str, remote: Remote, service: Service
+) -> None:
     sha = remote.commit_and_push({"index.html": "v2\n"})
     port = server.rsplit(":", 1)[1]
     result = run(settings, "deliver", "site", DEPLOYHOOK_BIND=f"0.0.0.0:{port}")
@@ -61,12 +62,12 @@ def test_deliver_queues_the_remote_head_through_the_server(settings: Settings, s
     job = service.store.job(answer["job"])
     assert (job.sha, job.trigger, job.status) == (sha, Trigger.PUSH, Status.QUEUED)
     [delivery] = service.store.deliveries("site")
-    assert (delivery.event, delivery.outcome, delivery.http_status) == \
-        ("push", Outcome.QUEUED, 202)
+    assert (delivery.event, delivery.outcome, delivery.http_status) == ("push", Outcome.QUEUED, 202)
 
 
-def test_deliver_reaches_a_repo_added_while_the_server_runs(settings: Settings, server: str,
-                                                            tmp_path: Path) -> None:
+def test_deliver_reaches_a_repo_added_while_the_server_runs(
+    settings: Settings, server: str, tmp_path: Path
+) -> None:
     blog = make_remote(tmp_path, "blog")
     added = run(settings, "repos", "add", "blog", "--path", str(blog.checkout))
     assert added.exit_code == 0, added.output
@@ -76,10 +77,12 @@ def test_deliver_reaches_a_repo_added_while_the_server_runs(settings: Settings, 
     assert json.loads("\n".join(result.stdout.splitlines()[2:]))["repo"] == "blog"
 
 
-def test_deliver_with_the_wrong_secret_shows_the_refusal(settings: Settings, server: str,
-                                                         service: Service) -> None:
-    result = run(settings, "deliver", "site", "--url", server,
-                 DEPLOYHOOK_SECRET="not-the-servers-secret")
+def test_deliver_with_the_wrong_secret_shows_the_refusal(
+    settings: Settings, server: str, service: Service
+) -> None:
+    result = run(
+        settings, "deliver", "site", "--url", server, DEPLOYHOOK_SECRET="not-the-servers-secret"
+    )
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
     assert lines[1] == "403 FORBIDDEN"
@@ -94,14 +97,17 @@ def test_deliver_to_nothing_listening_exits_1(settings: Settings, server: str) -
     assert line.startswith("deployhook: cannot deliver to http://127.0.0.1:9/deploy/site:")
 
 
-@pytest.mark.parametrize(("args", "env", "message"), [
-    (("deliver", "ghost"), {}, "no repo named 'ghost'"),
-    (("deliver", "site", "--url", "ftp://x"), {}, "is not an http:// or https:// URL"),
-    (("deliver", "site"), {"DEPLOYHOOK_SECRET": ""}, "no webhook secret for repo 'site'"),
-])
-def test_deliver_usage_errors_exit_2(settings: Settings, remote: Remote,
-                                     args: tuple[str, ...], env: dict[str, str],
-                                     message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (("deliver", "ghost"), {}, "no repo named 'ghost'"),
+        (("deliver", "site", "--url", "ftp://x"), {}, "is not an http:// or https:// URL"),
+        (("deliver", "site"), {"DEPLOYHOOK_SECRET": ""}, "no webhook secret for repo 'site'"),
+    ],
+)
+def test_deliver_usage_errors_exit_2(
+    settings: Settings, remote: Remote, args: tuple[str, ...], env: dict[str, str], message: str
+) -> None:
     result = run(settings, *args, **env)
     assert result.exit_code == 2, result.output
     [line] = result.stderr.strip().splitlines()
@@ -117,8 +123,7 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
         import gzip
 
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.seen.append({"path": self.path, "headers": list(self.headers.items()),
-                          "body": body})
+        self.seen.append({"path": self.path, "headers": list(self.headers.items()), "body": body})
         answer = gzip.compress(b'{"status": "queued", "job": 7}')
         self.send_response(202)
         self.send_header("Content-Encoding", "gzip")
@@ -130,39 +135,55 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_deliver_sends_giteas_header_block_and_body_layout(settings: Settings,
-                                                           remote: Remote) -> None:
+def test_deliver_sends_giteas_header_block_and_body_layout(
+    settings: Settings, remote: Remote
+) -> None:
     httpd = http.server.HTTPServer(("127.0.0.1", 0), _Recorder)
     thread = threading.Thread(target=httpd.handle_request)
     thread.start()
     try:
-        result = run(settings, "deliver", "site", "--url",
-                     f"http://127.0.0.1:{httpd.server_port}/hooks/")
+        result = run(
+            settings, "deliver", "site", "--url", f"http://127.0.0.1:{httpd.server_port}/hooks/"
+        )
     finally:
         thread.join(timeout=10)
         httpd.server_close()
     assert result.exit_code == 0, result.output
-    assert json.loads("\n".join(result.stdout.splitlines()[2:])) == {"status": "queued",
-                                                                     "job": 7}
+    assert json.loads("\n".join(result.stdout.splitlines()[2:])) == {"status": "queued", "job": 7}
     [request] = _Recorder.seen
     assert request["path"] == "/hooks/deploy/site"
     names = [name for name, _ in request["headers"]]
-    assert names == ["Host", "User-Agent", "Content-Length", "Content-Type",
-                     "X-Gitea-Delivery", "X-Gitea-Event", "X-Gitea-Event-Type",
-                     "X-Gitea-Signature", "X-Gogs-Delivery", "X-Gogs-Event",
-                     "X-Gogs-Event-Type", "X-Gogs-Signature", "X-Hub-Signature",
-                     "X-Hub-Signature-256", "X-GitHub-Delivery", "X-GitHub-Event",
-                     "X-GitHub-Event-Type", "Accept-Encoding"]
+    assert names == [
+        "Host",
+        "User-Agent",
+        "Content-Length",
+        "Content-Type",
+        "X-Gitea-Delivery",
+        "X-Gitea-Event",
+        "X-Gitea-Event-Type",
+        "X-Gitea-Signature",
+        "X-Gogs-Delivery",
+        "X-Gogs-Event",
+        "X-Gogs-Event-Type",
+        "X-Gogs-Signature",
+        "X-Hub-Signature",
+        "X-Hub-Signature-256",
+        "X-GitHub-Delivery",
+        "X-GitHub-Event",
+        "X-GitHub-Event-Type",
+        "Accept-Encoding",
+    ]
     headers = dict(request["headers"])
     body: bytes = request["body"]
     digest = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     assert headers["X-Gitea-Signature"] == headers["X-Gogs-Signature"] == digest
     assert headers["X-Hub-Signature-256"] == f"sha256={digest}"
-    assert headers["X-Hub-Signature"] == \
-        "sha1=" + hmac.new(SECRET.encode(), body, hashlib.sha1).hexdigest()
+    assert (
+        headers["X-Hub-Signature"]
+        == "sha1=" + hmac.new(SECRET.encode(), body, hashlib.sha1).hexdigest()
+    )
     assert headers["X-Gitea-Delivery"] == headers["X-GitHub-Delivery"]
-    assert (headers["User-Agent"], headers["Accept-Encoding"]) == \
-        ("Go-http-client/1.1", "gzip")
+    assert (headers["User-Agent"], headers["Accept-Encoding"]) == ("Go-http-client/1.1", "gzip")
     assert body.startswith(b'{\n  "ref": "refs/heads/main",\n  "before": "')
     assert not body.endswith(b"\n")
     doc = json.loads(body)

@@ -20,8 +20,7 @@ from tests.helpers import FakeDocker, Remote, gitea_headers, gitea_push_body
 
 
 def run(settings: Settings, *args: str) -> Result:
-    return CliRunner().invoke(main, list(args), env=settings.to_environ(),
-                              catch_exceptions=False)
+    return CliRunner().invoke(main, list(args), env=settings.to_environ(), catch_exceptions=False)
 
 
 @pytest.fixture
@@ -36,9 +35,9 @@ def worker(service: Service) -> Iterator[Worker]:
     assert not thread.is_alive()
 
 
-def test_deploy_wait_follows_the_job_to_success(settings: Settings, worker: Worker,
-                                                remote: Remote, fake_docker: FakeDocker,
-                                                service: Service) -> None:
+def test_deploy_wait_follows_the_job_to_success(
+    settings: Settings, worker: Worker, remote: Remote, fake_docker: FakeDocker, service: Service
+) -> None:
     sha = remote.commit_and_push({"index.html": "v2\n"})
     result = run(settings, "deploy", "site", "--wait", "--timeout", "60")
     assert result.exit_code == 0, result.output
@@ -55,9 +54,9 @@ def test_deploy_wait_follows_the_job_to_success(settings: Settings, worker: Work
     assert (job.trigger, job.status, job.sha) == (Trigger.MANUAL, Status.SUCCEEDED, sha)
 
 
-def test_deploy_wait_exits_1_when_the_deploy_fails(settings: Settings, worker: Worker,
-                                                   remote: Remote, fake_docker: FakeDocker,
-                                                   service: Service) -> None:
+def test_deploy_wait_exits_1_when_the_deploy_fails(
+    settings: Settings, worker: Worker, remote: Remote, fake_docker: FakeDocker, service: Service
+) -> None:
     remote.commit_and_push({"index.html": "broken\n"})
     fake_docker.set(fail=True)
     result = run(settings, "deploy", "site", "--wait", "--timeout", "60")
@@ -70,8 +69,9 @@ def test_deploy_wait_exits_1_when_the_deploy_fails(settings: Settings, worker: W
     assert "exited with 1" in error
 
 
-def test_deploy_without_a_worker_queues_and_says_so(settings: Settings, remote: Remote,
-                                                    service: Service) -> None:
+def test_deploy_without_a_worker_queues_and_says_so(
+    settings: Settings, remote: Remote, service: Service
+) -> None:
     sha = remote.commit_and_push({"index.html": "v2\n"})
     result = run(settings, "deploy", "site")
     assert result.exit_code == 0, result.output
@@ -87,9 +87,9 @@ def test_deploy_wait_gives_up_after_its_timeout(settings: Settings, remote: Remo
     assert "is still queued after 1 s" in result.stderr
 
 
-def test_deploy_joins_the_queued_job_and_follows_it(settings: Settings, remote: Remote,
-                                                    service: Service,
-                                                    fake_docker: FakeDocker) -> None:
+def test_deploy_joins_the_queued_job_and_follows_it(
+    settings: Settings, remote: Remote, service: Service, fake_docker: FakeDocker
+) -> None:
     first = remote.deployed()
     queued, _ = service.run(service.registry.get("site"), sha=first)
     newer = remote.commit_and_push({"index.html": "v3\n"})
@@ -119,14 +119,18 @@ def test_deploy_a_given_sha(settings: Settings, remote: Remote, service: Service
     assert service.store.jobs("site")[0].sha == old
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (("deploy", "ghost"), "no repo named 'ghost'"),
-    (("deploy", "site", "--sha", "abc123"), "not a full commit id"),
-    (("rollback", "ghost"), "no repo named 'ghost'"),
-    (("hold", "ghost"), "no repo named 'ghost'"),
-])
-def test_bad_arguments_exit_2_with_one_line(settings: Settings, args: tuple[str, ...],
-                                            message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("deploy", "ghost"), "no repo named 'ghost'"),
+        (("deploy", "site", "--sha", "abc123"), "not a full commit id"),
+        (("rollback", "ghost"), "no repo named 'ghost'"),
+        (("hold", "ghost"), "no repo named 'ghost'"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(
+    settings: Settings, args: tuple[str, ...], message: str
+) -> None:
     result = run(settings, *args)
     assert result.exit_code == 2
     [line] = result.stderr.strip().splitlines()
@@ -142,8 +146,9 @@ def test_deploy_with_an_invalid_registry_exits_2_naming_the_file(settings: Setti
     assert "repos.site.brnach" in line
 
 
-def test_deploy_exits_1_when_the_remote_cannot_be_read(settings: Settings, remote: Remote,
-                                                       tmp_path: Any) -> None:
+def test_deploy_exits_1_when_the_remote_cannot_be_read(
+    settings: Settings, remote: Remote, tmp_path: Any
+) -> None:
     remote.origin.rename(tmp_path / "moved.git")
     result = run(settings, "deploy", "site")
     assert result.exit_code == 1
@@ -157,9 +162,9 @@ def test_rollback_without_an_earlier_good_deploy_exits_1(settings: Settings) -> 
     assert "no earlier good deploy" in line
 
 
-def test_rollback_wait_returns_to_the_previous_good_commit(settings: Settings,
-                                                           worker: Worker, remote: Remote,
-                                                           service: Service) -> None:
+def test_rollback_wait_returns_to_the_previous_good_commit(
+    settings: Settings, worker: Worker, remote: Remote, service: Service
+) -> None:
     first = remote.commit_and_push({"index.html": "v2\n"})
     assert run(settings, "deploy", "site", "--wait", "--timeout", "60").exit_code == 0
     second = remote.commit_and_push({"index.html": "v3\n"})
@@ -172,8 +177,9 @@ def test_rollback_wait_returns_to_the_previous_good_commit(settings: Settings,
     assert remote.deployed() == first
 
 
-def test_hold_then_release_queues_the_held_push(settings: Settings, client: Any,
-                                                remote: Remote, service: Service) -> None:
+def test_hold_then_release_queues_the_held_push(
+    settings: Settings, client: Any, remote: Remote, service: Service
+) -> None:
     result = run(settings, "hold", "site")
     assert result.exit_code == 0
     assert "site is on hold" in result.stdout
@@ -192,8 +198,7 @@ def test_hold_then_release_queues_the_held_push(settings: Settings, client: Any,
     assert (job.sha, job.status) == (sha, Status.QUEUED)
 
 
-def test_release_without_a_held_push_queues_nothing(settings: Settings,
-                                                    service: Service) -> None:
+def test_release_without_a_held_push_queues_nothing(settings: Settings, service: Service) -> None:
     assert run(settings, "hold", "site").exit_code == 0
     result = run(settings, "release", "site")
     assert result.exit_code == 0

@@ -37,34 +37,68 @@ def one_error_line(result: Result) -> str:
 # -- add / remove: the file keeps its comments and layout ---------------------------------
 
 
-def test_add_then_remove_returns_the_file_byte_for_byte(settings: Settings,
-                                                       tmp_path: Path) -> None:
+def test_add_then_remove_returns_the_file_byte_for_byte(settings: Settings, tmp_path: Path) -> None:
     target = make_remote(tmp_path, "blog")
     settings.registry.write_bytes(EXAMPLE.read_bytes())
     before = settings.registry.read_bytes()
-    added = run(settings, "repos", "add", "blog", "--path", str(target.checkout),
-                "--branch", "production", "--source", "jeff/blog", "--secret-env", "BLOG_SECRET",
-                "--compose-file", "docker-compose.yml", "--compose-file", "prod.yml",
-                "--project-name", "blog", "--service", "web", "--service", "db",
-                "--timeout", "300", "--health-timeout", "0", "--no-rollback",
-                "--on-local-changes", "reset")
+    added = run(
+        settings,
+        "repos",
+        "add",
+        "blog",
+        "--path",
+        str(target.checkout),
+        "--branch",
+        "production",
+        "--source",
+        "jeff/blog",
+        "--secret-env",
+        "BLOG_SECRET",
+        "--compose-file",
+        "docker-compose.yml",
+        "--compose-file",
+        "prod.yml",
+        "--project-name",
+        "blog",
+        "--service",
+        "web",
+        "--service",
+        "db",
+        "--timeout",
+        "300",
+        "--health-timeout",
+        "0",
+        "--no-rollback",
+        "--on-local-changes",
+        "reset",
+    )
     assert added.exit_code == 0, added.output
     text = settings.registry.read_text()
-    for comment in ("# deployhook's registry", "# seconds for a whole deploy",
-                    "# A site whose webhook secret", "# the payload must come from"):
+    for comment in (
+        "# deployhook's registry",
+        "# seconds for a whole deploy",
+        "# A site whose webhook secret",
+        "# the payload must come from",
+    ):
         assert comment in text
     assert text.startswith(before.decode())  # appended: nothing above it moved
-    assert text.endswith("\n  blog:\n"
-                         f"    path: {target.checkout}\n"
-                         "    branch: production\n    source: jeff/blog\n"
-                         "    secret_env: BLOG_SECRET\n"
-                         "    compose_files: [docker-compose.yml, prod.yml]\n"
-                         "    project_name: blog\n    services: [web, db]\n    timeout: 300\n"
-                         "    health_timeout: 0\n    rollback: false\n"
-                         "    on_local_changes: reset\n")
+    assert text.endswith(
+        "\n  blog:\n"
+        f"    path: {target.checkout}\n"
+        "    branch: production\n    source: jeff/blog\n"
+        "    secret_env: BLOG_SECRET\n"
+        "    compose_files: [docker-compose.yml, prod.yml]\n"
+        "    project_name: blog\n    services: [web, db]\n    timeout: 300\n"
+        "    health_timeout: 0\n    rollback: false\n"
+        "    on_local_changes: reset\n"
+    )
     blog = registry.load(settings.registry)["blog"]
-    assert (blog.branch, blog.services, blog.rollback, blog.timeout) == \
-        ("production", ("web", "db"), False, 300)
+    assert (blog.branch, blog.services, blog.rollback, blog.timeout) == (
+        "production",
+        ("web", "db"),
+        False,
+        300,
+    )
     removed = run(settings, "repos", "remove", "blog")
     assert removed.exit_code == 0, removed.output
     assert settings.registry.read_bytes() == before
@@ -73,16 +107,19 @@ def test_add_then_remove_returns_the_file_byte_for_byte(settings: Settings,
 SHAPES = {
     "empty mapping": "repos: {}\n",
     "empty mapping with a comment": "repos: {}   # none yet\n# the end\n",
-    "defaults after repos": ("# top\nrepos:\n  a:\n    path: /srv/a\n"
-                             "    compose_files: [x.yml]   # flow\n"
-                             "# about the defaults\ndefaults:\n  branch: main\n"),
+    "defaults after repos": (
+        "# top\nrepos:\n  a:\n    path: /srv/a\n"
+        "    compose_files: [x.yml]   # flow\n"
+        "# about the defaults\ndefaults:\n  branch: main\n"
+    ),
     "defaults before, spaced entries, closing comment": (
         "defaults:\n  timeout: 600   # ten minutes\n\nrepos:   # on this host\n"
         "  # the first\n  a:\n    path: /srv/a\n    services:\n      - web   # the site\n"
         "      - db\n\n  # the second\n  b:\n    path: /srv/b\n    mirror:\n"
-        "      url: https://example.com/b.git   # GitHub\n\n# the end\n"),
+        "      url: https://example.com/b.git   # GitHub\n\n# the end\n"
+    ),
     "four-space indent": "repos:\n    a:\n        path: /srv/a\n        services:\n"
-                         "        -   web\n",
+    "        -   web\n",
     "document start after a comment": "# the registry\n---\nrepos:\n  a:\n    path: /srv/a\n",
     "quoted keys and values": "repos:\n  'a':\n    path: \"/srv/a\"\n    branch: 'main'\n",
     "flow-style entry": "repos:\n  a: {path: /srv/a, branch: main}\n",
@@ -90,11 +127,16 @@ SHAPES = {
 
 
 @pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
-def test_add_and_remove_keep_every_shape_of_file(settings: Settings, remote: Remote,
-                                                 shape: str) -> None:
+def test_add_and_remove_keep_every_shape_of_file(
+    settings: Settings, remote: Remote, shape: str
+) -> None:
     settings.registry.write_text(SHAPES[shape])
-    assert run(settings, "repos", "add", "new", "--path", str(remote.checkout),
-               "--service", "web").exit_code == 0
+    assert (
+        run(
+            settings, "repos", "add", "new", "--path", str(remote.checkout), "--service", "web"
+        ).exit_code
+        == 0
+    )
     text = settings.registry.read_text()
     for line in SHAPES[shape].splitlines():
         if "#" in line:
@@ -109,26 +151,29 @@ def test_add_and_remove_keep_every_shape_of_file(settings: Settings, remote: Rem
 
 
 def test_remove_first_entry_keeps_the_next_entrys_comment(settings: Settings) -> None:
-    settings.registry.write_text("repos:\n  # about a\n  a:\n    path: /srv/a\n\n"
-                                 "  # about b\n  b:\n    path: /srv/b   # b's path\n")
+    settings.registry.write_text(
+        "repos:\n  # about a\n  a:\n    path: /srv/a\n\n"
+        "  # about b\n  b:\n    path: /srv/b   # b's path\n"
+    )
     result = run(settings, "repos", "remove", "a")
     assert result.exit_code == 0, result.output
-    assert settings.registry.read_text() == \
-        "repos:\n  # about b\n  b:\n    path: /srv/b   # b's path\n"
+    assert (
+        settings.registry.read_text()
+        == "repos:\n  # about b\n  b:\n    path: /srv/b   # b's path\n"
+    )
 
 
-def test_add_to_file_without_repos_key_or_only_comments(settings: Settings,
-                                                        remote: Remote) -> None:
+def test_add_to_file_without_repos_key_or_only_comments(settings: Settings, remote: Remote) -> None:
     for text in ("# nothing yet\n", "defaults:\n  branch: main\n", ""):
         settings.registry.write_text(text)
-        assert run(settings, "repos", "add", "site", "--path",
-                   str(remote.checkout)).exit_code == 0
+        assert run(settings, "repos", "add", "site", "--path", str(remote.checkout)).exit_code == 0
         assert settings.registry.read_text().startswith(text)
         assert list(registry.load(settings.registry)) == ["site"]
 
 
 def test_relative_path_is_made_absolute_from_the_current_directory(
-        settings: Settings, remote: Remote, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings: Settings, remote: Remote, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings.registry.write_text("repos: {}\n")
     monkeypatch.chdir(remote.checkout.parent)
     result = run(settings, "repos", "add", "site", "--path", remote.checkout.name)
@@ -148,8 +193,9 @@ def test_add_keeps_mode_and_owner(settings: Settings, remote: Remote) -> None:
         assert (st.st_uid, st.st_gid) == (4321, 4322)
 
 
-def test_add_through_a_symlink_edits_the_real_file(settings: Settings, remote: Remote,
-                                                  tmp_path: Path) -> None:
+def test_add_through_a_symlink_edits_the_real_file(
+    settings: Settings, remote: Remote, tmp_path: Path
+) -> None:
     real = tmp_path / "etc" / "repos.yml"
     real.parent.mkdir()
     real.write_text("repos: {}\n")
@@ -166,8 +212,10 @@ def test_add_through_a_symlink_edits_the_real_file(settings: Settings, remote: R
 @pytest.fixture
 def two_repos(settings: Settings, remote: Remote, tmp_path: Path) -> Remote:
     other = make_remote(tmp_path, "other")
-    settings.registry.write_text(f"# keep me\nrepos:\n  site:\n    path: {remote.checkout}\n"
-                                 f"  other:\n    path: {other.checkout}\n")
+    settings.registry.write_text(
+        f"# keep me\nrepos:\n  site:\n    path: {remote.checkout}\n"
+        f"  other:\n    path: {other.checkout}\n"
+    )
     return other
 
 
@@ -178,13 +226,16 @@ def refused(settings: Settings, *args: str) -> str:
     assert result.exit_code == 2, result.output
     assert settings.registry.read_bytes() == before
     assert settings.registry.stat().st_mtime_ns == stamp
-    assert sorted(p.name for p in settings.registry.parent.iterdir()
-                  if p.name.startswith(".repos.yml")) == []
+    assert (
+        sorted(
+            p.name for p in settings.registry.parent.iterdir() if p.name.startswith(".repos.yml")
+        )
+        == []
+    )
     return one_error_line(result)
 
 
-def test_add_refuses_a_duplicate(settings: Settings, two_repos: Remote,
-                                 tmp_path: Path) -> None:
+def test_add_refuses_a_duplicate(settings: Settings, two_repos: Remote, tmp_path: Path) -> None:
     third = make_remote(tmp_path, "third")
     line = refused(settings, "repos", "add", "site", "--path", str(third.checkout))
     assert str(settings.registry) in line
@@ -193,51 +244,67 @@ def test_add_refuses_a_duplicate(settings: Settings, two_repos: Remote,
 
 
 @pytest.mark.parametrize("name", ["-dash-first", "has space", "..", "a/b", "ünïcode"])
-def test_add_refuses_an_invalid_name(settings: Settings, two_repos: Remote, tmp_path: Path,
-                                     name: str) -> None:
+def test_add_refuses_an_invalid_name(
+    settings: Settings, two_repos: Remote, tmp_path: Path, name: str
+) -> None:
     third = make_remote(tmp_path, "third")
     line = refused(settings, "repos", "add", "--path", str(third.checkout), "--", name)
     assert str(settings.registry) in line
     assert "invalid name" in line
 
 
-def test_add_refuses_a_path_that_does_not_exist(settings: Settings, two_repos: Remote,
-                                                tmp_path: Path) -> None:
+def test_add_refuses_a_path_that_does_not_exist(
+    settings: Settings, two_repos: Remote, tmp_path: Path
+) -> None:
     line = refused(settings, "repos", "add", "new", "--path", str(tmp_path / "nope"))
     assert f"{settings.registry}: repos.new.path:" in line
     assert "does not exist" in line
 
 
-def test_add_refuses_a_directory_that_is_no_git_checkout(settings: Settings,
-                                                         two_repos: Remote,
-                                                         tmp_path: Path) -> None:
+def test_add_refuses_a_directory_that_is_no_git_checkout(
+    settings: Settings, two_repos: Remote, tmp_path: Path
+) -> None:
     (tmp_path / "plain").mkdir()
     line = refused(settings, "repos", "add", "new", "--path", str(tmp_path / "plain"))
     assert "repos.new.path" in line
     assert "not a git checkout" in line
 
 
-def test_add_refuses_a_second_repo_on_the_same_path(settings: Settings, two_repos: Remote,
-                                                    remote: Remote) -> None:
+def test_add_refuses_a_second_repo_on_the_same_path(
+    settings: Settings, two_repos: Remote, remote: Remote
+) -> None:
     line = refused(settings, "repos", "add", "again", "--path", str(remote.checkout))
     assert "repos.again.path" in line
     assert "already the path of repo 'site'" in line
 
 
-def test_add_refuses_both_secret_options(settings: Settings, two_repos: Remote,
-                                         tmp_path: Path) -> None:
+def test_add_refuses_both_secret_options(
+    settings: Settings, two_repos: Remote, tmp_path: Path
+) -> None:
     third = make_remote(tmp_path, "third")
-    result = run(settings, "repos", "add", "new", "--path", str(third.checkout),
-                 "--secret-env", "A", "--secret-file", "/run/secrets/a")
+    result = run(
+        settings,
+        "repos",
+        "add",
+        "new",
+        "--path",
+        str(third.checkout),
+        "--secret-env",
+        "A",
+        "--secret-file",
+        "/run/secrets/a",
+    )
     assert result.exit_code == 2
     assert "not both" in result.stderr
 
 
-def test_add_refuses_an_invalid_secret_env_name(settings: Settings, two_repos: Remote,
-                                                tmp_path: Path) -> None:
+def test_add_refuses_an_invalid_secret_env_name(
+    settings: Settings, two_repos: Remote, tmp_path: Path
+) -> None:
     third = make_remote(tmp_path, "third")
-    line = refused(settings, "repos", "add", "new", "--path", str(third.checkout),
-                   "--secret-env", "NOT-A-VAR")
+    line = refused(
+        settings, "repos", "add", "new", "--path", str(third.checkout), "--secret-env", "NOT-A-VAR"
+    )
     assert "repos.new.secret_env" in line
 
 
@@ -262,8 +329,8 @@ def test_add_to_a_missing_registry_file_is_refused(settings: Settings, remote: R
 
 
 def test_failed_rename_leaves_the_old_file_and_no_temp_file(
-        settings: Settings, two_repos: Remote, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    settings: Settings, two_repos: Remote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     third = make_remote(tmp_path, "third")
     before = settings.registry.read_bytes()
 
@@ -275,15 +342,17 @@ def test_failed_rename_leaves_the_old_file_and_no_temp_file(
     assert result.exit_code == 1
     assert "not changed" in one_error_line(result)
     assert settings.registry.read_bytes() == before
-    assert sorted(p.name for p in settings.registry.parent.iterdir()
-                  if p.name.startswith(".")) == []
+    assert (
+        sorted(p.name for p in settings.registry.parent.iterdir() if p.name.startswith(".")) == []
+    )
 
 
 # -- the running app sees the change without a restart --------------------------------------
 
 
-def test_running_app_picks_up_added_and_removed_repo(settings: Settings, service: Any,
-                                                    tmp_path: Path) -> None:
+def test_running_app_picks_up_added_and_removed_repo(
+    settings: Settings, service: Any, tmp_path: Path
+) -> None:
     app = create_app(settings, service_=service, configure_logging=False)
     client = app.test_client()
     blog = make_remote(tmp_path, "blog")
@@ -300,15 +369,19 @@ def test_running_app_picks_up_added_and_removed_repo(settings: Settings, service
 # -- list -----------------------------------------------------------------------------------
 
 
-def test_list_shows_each_repo_with_its_last_status(settings: Settings, service: Any,
-                                                  remote: Remote, tmp_path: Path) -> None:
+def test_list_shows_each_repo_with_its_last_status(
+    settings: Settings, service: Any, remote: Remote, tmp_path: Path
+) -> None:
     from deployhook.worker import Worker
 
     other = make_remote(tmp_path, "other")
-    write_registry(settings.registry, {
-        "site": {"path": str(remote.checkout), "health_timeout": 0},
-        "other": {"path": str(other.checkout), "branch": "main"},
-    })
+    write_registry(
+        settings.registry,
+        {
+            "site": {"path": str(remote.checkout), "health_timeout": 0},
+            "other": {"path": str(other.checkout), "branch": "main"},
+        },
+    )
     sha = remote.commit_and_push({"index.html": "v2\n"})
     service.run(service.registry.get("site"))
     Worker(service).work(burst=True)
@@ -334,8 +407,9 @@ def test_list_of_an_invalid_registry_exits_2(settings: Settings) -> None:
 # -- check ----------------------------------------------------------------------------------
 
 
-def test_check_passes_a_good_setup(settings: Settings, remote: Remote,
-                                   fake_docker: FakeDocker) -> None:
+def test_check_passes_a_good_setup(
+    settings: Settings, remote: Remote, fake_docker: FakeDocker
+) -> None:
     result = run(settings, "repos", "check")
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "1 repo OK"
@@ -344,20 +418,24 @@ def test_check_passes_a_good_setup(settings: Settings, remote: Remote,
     assert call["cwd"] == str(remote.checkout)
 
 
-def test_check_reports_one_line_per_problem(settings: Settings, remote: Remote,
-                                            fake_docker: FakeDocker, tmp_path: Path) -> None:
+def test_check_reports_one_line_per_problem(
+    settings: Settings, remote: Remote, fake_docker: FakeDocker, tmp_path: Path
+) -> None:
     wrong_branch = make_remote(tmp_path, "wrongbranch")
     no_compose = make_remote(tmp_path, "nocompose", files={"index.html": "x\n"})
     bad_compose = make_remote(tmp_path, "badcompose")
     (tmp_path / "plain").mkdir()
-    write_registry(settings.registry, {
-        "gone": {"path": str(tmp_path / "gone")},
-        "plain": {"path": str(tmp_path / "plain")},
-        "wrongbranch": {"path": str(wrong_branch.checkout), "branch": "nope"},
-        "nosecret": {"path": str(remote.checkout), "secret_env": "UNSET_SECRET_VAR"},
-        "nocompose": {"path": str(no_compose.checkout)},
-        "missingfile": {"path": str(bad_compose.checkout), "compose_files": ["prod.yml"]},
-    })
+    write_registry(
+        settings.registry,
+        {
+            "gone": {"path": str(tmp_path / "gone")},
+            "plain": {"path": str(tmp_path / "plain")},
+            "wrongbranch": {"path": str(wrong_branch.checkout), "branch": "nope"},
+            "nosecret": {"path": str(remote.checkout), "secret_env": "UNSET_SECRET_VAR"},
+            "nocompose": {"path": str(no_compose.checkout)},
+            "missingfile": {"path": str(bad_compose.checkout), "compose_files": ["prod.yml"]},
+        },
+    )
     result = run(settings, "repos", "check")
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
@@ -374,7 +452,8 @@ def test_check_reports_one_line_per_problem(settings: Settings, remote: Remote,
 
 
 def test_check_reports_a_rejected_compose_file_without_its_output(
-        settings: Settings, fake_docker: FakeDocker) -> None:
+    settings: Settings, fake_docker: FakeDocker
+) -> None:
     fake_docker.set(fail=True)
     result = run(settings, "repos", "check")
     assert result.exit_code == 2
@@ -402,18 +481,30 @@ def _compose_plugin() -> bool:
 
 @pytest.mark.skipif(not _compose_plugin(), reason="needs the docker compose plugin")
 def test_check_with_real_compose_never_prints_interpolated_secrets(
-        settings: Settings, tmp_path: Path) -> None:
+    settings: Settings, tmp_path: Path
+) -> None:
     leak = "hunter2-do-not-print-me"
-    good = make_remote(tmp_path, "good", files={
-        "docker-compose.yml": "services:\n  web:\n    image: busybox\n"
-                              "    environment:\n      TOKEN: ${TOKEN}\n"})
+    good = make_remote(
+        tmp_path,
+        "good",
+        files={
+            "docker-compose.yml": "services:\n  web:\n    image: busybox\n"
+            "    environment:\n      TOKEN: ${TOKEN}\n"
+        },
+    )
     (good.checkout / ".env").write_text(f"TOKEN={leak}\n")
-    broken = make_remote(tmp_path, "broken", files={
-        "docker-compose.yml": "services:\n  web:\n    image: busybox\n"
-                              "    ports: [\"${TOKEN}\"]\n"})
+    broken = make_remote(
+        tmp_path,
+        "broken",
+        files={
+            "docker-compose.yml": 'services:\n  web:\n    image: busybox\n    ports: ["${TOKEN}"]\n'
+        },
+    )
     (broken.checkout / ".env").write_text(f"TOKEN={leak}\n")
-    write_registry(settings.registry, {"good": {"path": str(good.checkout)},
-                                       "broken": {"path": str(broken.checkout)}})
+    write_registry(
+        settings.registry,
+        {"good": {"path": str(good.checkout)}, "broken": {"path": str(broken.checkout)}},
+    )
     result = run(settings, "repos", "check", env={"DEPLOYHOOK_COMPOSE": "docker compose"})
     assert result.exit_code == 2
     line = one_error_line(result)

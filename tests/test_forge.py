@@ -54,13 +54,28 @@ def fast_forge(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(forge, "BUDGET_S", 1.5)
 
 
-def deploy(settings: Settings, open_service: Any, remote: Remote, *, gitea_url: str,
-           public_url: str | None = PUBLIC, **gitea_keys: Any) -> tuple[Service, Job]:
+def deploy(
+    settings: Settings,
+    open_service: Any,
+    remote: Remote,
+    *,
+    gitea_url: str,
+    public_url: str | None = PUBLIC,
+    **gitea_keys: Any,
+) -> tuple[Service, Job]:
     """Deploy the checkout's head once, with a gitea block pointing at gitea_url."""
-    write_registry(settings.registry, {"site": {
-        "path": str(remote.checkout), "source": "jeff/site", "health_timeout": 0,
-        "rollback": False,
-        "gitea": {"url": gitea_url, "token_env": "GITEA_TOKEN", **gitea_keys}}})
+    write_registry(
+        settings.registry,
+        {
+            "site": {
+                "path": str(remote.checkout),
+                "source": "jeff/site",
+                "health_timeout": 0,
+                "rollback": False,
+                "gitea": {"url": gitea_url, "token_env": "GITEA_TOKEN", **gitea_keys},
+            }
+        },
+    )
     if public_url:
         settings = Settings.load({}, **{**_fields(settings), "public_url": public_url})
     service: Service = open_service(settings)
@@ -77,8 +92,9 @@ def output(service: Service, job: Job) -> str:
     return "\n".join(r["line"] for r in service.store.log_lines(job.id))
 
 
-def test_commit_status_pending_then_success(settings: Settings, remote: Remote, *,
-                                            open_service: Any, gitea: Any, token: str) -> None:
+def test_commit_status_pending_then_success(
+    settings: Settings, remote: Remote, *, open_service: Any, gitea: Any, token: str
+) -> None:
     server = gitea()
     service, job = deploy(settings, open_service, remote, gitea_url=server.url)
     assert job.status == Status.SUCCEEDED
@@ -94,9 +110,9 @@ def test_commit_status_pending_then_success(settings: Settings, remote: Remote, 
     assert "gitea: commit status success set on" in output(service, job)
 
 
-def test_failed_deploy_reports_failure_with_its_error(settings: Settings, remote: Remote, *,
-                                                     open_service: Any, gitea: Any,
-                                                     fake_docker: FakeDocker) -> None:
+def test_failed_deploy_reports_failure_with_its_error(
+    settings: Settings, remote: Remote, *, open_service: Any, gitea: Any, fake_docker: FakeDocker
+) -> None:
     fake_docker.set(fail=True)
     server = gitea()
     _service, job = deploy(settings, open_service, remote, gitea_url=server.url)
@@ -105,8 +121,9 @@ def test_failed_deploy_reports_failure_with_its_error(settings: Settings, remote
     assert states == [("pending", "deploying (manual)"), ("failure", job.error)]
 
 
-def test_no_public_url_omits_target_url(settings: Settings, remote: Remote, *,
-                                        open_service: Any, gitea: Any) -> None:
+def test_no_public_url_omits_target_url(
+    settings: Settings, remote: Remote, *, open_service: Any, gitea: Any
+) -> None:
     server = gitea()
     deploy(settings, open_service, remote, gitea_url=server.url, public_url=None)
     calls = server.calls("POST")
@@ -114,18 +131,25 @@ def test_no_public_url_omits_target_url(settings: Settings, remote: Remote, *,
     assert all("target_url" not in c.body for c in calls)
 
 
-def test_commit_status_off_sends_nothing(settings: Settings, remote: Remote, *,
-                                         open_service: Any, gitea: Any) -> None:
+def test_commit_status_off_sends_nothing(
+    settings: Settings, remote: Remote, *, open_service: Any, gitea: Any
+) -> None:
     server = gitea()
-    _service, job = deploy(settings, open_service, remote, gitea_url=server.url,
-                           commit_status=False)
+    _service, job = deploy(
+        settings, open_service, remote, gitea_url=server.url, commit_status=False
+    )
     assert job.status == Status.SUCCEEDED
     assert server.requests == []
 
 
-def test_unset_token_skips_status_and_says_so(settings: Settings, remote: Remote, *,
-                                              open_service: Any, gitea: Any,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unset_token_skips_status_and_says_so(
+    settings: Settings,
+    remote: Remote,
+    *,
+    open_service: Any,
+    gitea: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     server = gitea()
     monkeypatch.delenv("GITEA_TOKEN")
     service, job = deploy(settings, open_service, remote, gitea_url=server.url)
@@ -134,44 +158,61 @@ def test_unset_token_skips_status_and_says_so(settings: Settings, remote: Remote
     assert "GITEA_TOKEN (gitea.token_env) is unset" in output(service, job)
 
 
-def test_mirror_sync_after_a_good_deploy(settings: Settings, remote: Remote, *,
-                                         open_service: Any, gitea: Any, token: str) -> None:
+def test_mirror_sync_after_a_good_deploy(
+    settings: Settings, remote: Remote, *, open_service: Any, gitea: Any, token: str
+) -> None:
     server = gitea()
-    _service, job = deploy(settings, open_service, remote, gitea_url=server.url,
-                           mirror_sync=True, commit_status=False)
+    _service, job = deploy(
+        settings, open_service, remote, gitea_url=server.url, mirror_sync=True, commit_status=False
+    )
     [call] = server.requests
     assert (call.method, call.path) == ("POST", "/api/v1/repos/jeff/site/mirror-sync")
     assert call.headers["Authorization"] == f"token {token}"
     assert {s.name: s.status for s in job.steps}["mirror_sync"] == StepStatus.SUCCEEDED
 
 
-def test_no_mirror_sync_after_a_failed_deploy(settings: Settings, remote: Remote, *,
-                                              open_service: Any, gitea: Any,
-                                              fake_docker: FakeDocker) -> None:
+def test_no_mirror_sync_after_a_failed_deploy(
+    settings: Settings, remote: Remote, *, open_service: Any, gitea: Any, fake_docker: FakeDocker
+) -> None:
     fake_docker.set(fail=True)
     server = gitea()
-    _service, job = deploy(settings, open_service, remote, gitea_url=server.url,
-                           mirror_sync=True, commit_status=False)
+    _service, job = deploy(
+        settings, open_service, remote, gitea_url=server.url, mirror_sync=True, commit_status=False
+    )
     assert job.status == Status.FAILED
     assert server.requests == []
     assert "mirror_sync" not in [s.name for s in job.steps]
 
 
-@pytest.mark.parametrize(("case", "expect"), [
-    ("bad_token", "401 Unauthorized"),
-    ("missing_repo", "404 Not Found"),
-    ("down", "connection refused"),
-    ("slow", "timed out"),
-])
-def test_forge_trouble_fails_only_the_step(settings: Settings, remote: Remote, case: str,
-                                           expect: str, *, open_service: Any, gitea: Any,
-                                           fast_forge: None) -> None:
+@pytest.mark.parametrize(
+    ("case", "expect"),
+    [
+        ("bad_token", "401 Unauthorized"),
+        ("missing_repo", "404 Not Found"),
+        ("down", "connection refused"),
+        ("slow", "timed out"),
+    ],
+)
+def test_forge_trouble_fails_only_the_step(
+    settings: Settings,
+    remote: Remote,
+    case: str,
+    expect: str,
+    *,
+    open_service: Any,
+    gitea: Any,
+    fast_forge: None,
+) -> None:
     if case == "down":
         url = closed_port_url()
     else:
-        server = gitea(**{"bad_token": {"token": "another-token"},
-                          "missing_repo": {"repos": ("jeff/other",)},
-                          "slow": {"delay": 2.0}}[case])
+        server = gitea(
+            **{
+                "bad_token": {"token": "another-token"},
+                "missing_repo": {"repos": ("jeff/other",)},
+                "slow": {"delay": 2.0},
+            }[case]
+        )
         url = server.url
     service, job = deploy(settings, open_service, remote, gitea_url=url, mirror_sync=True)
     assert job.status == Status.SUCCEEDED, job.error
@@ -184,6 +225,7 @@ def test_forge_trouble_fails_only_the_step(settings: Settings, remote: Remote, c
 
 
 # -- the client on its own ----------------------------------------------------------------
+
 
 def client(server: FakeGitea, token: str, **kwargs: Any) -> forge.Gitea:
     return forge.Gitea(server.url, token, **kwargs)
@@ -203,10 +245,12 @@ def test_client_gives_up_after_three_5xx(gitea: Any, token: str) -> None:
     assert len(server.requests) == 3
 
 
-@pytest.mark.parametrize(("kwargs", "status"), [
-    ({"token": "wrong"}, 401), ({"repos": ("jeff/other",)}, 404)])
-def test_client_does_not_retry_4xx(gitea: Any, token: str, kwargs: dict[str, Any],
-                                   status: int) -> None:
+@pytest.mark.parametrize(
+    ("kwargs", "status"), [({"token": "wrong"}, 401), ({"repos": ("jeff/other",)}, 404)]
+)
+def test_client_does_not_retry_4xx(
+    gitea: Any, token: str, kwargs: dict[str, Any], status: int
+) -> None:
     server = gitea(**{"token": token, **kwargs})
     with pytest.raises(forge.ForgeError) as caught:
         client(server, token).mirror_sync("jeff", "site")
@@ -225,8 +269,9 @@ def test_client_slow_server_is_retried_within_the_budget(gitea: Any, token: str)
 def test_creating_is_not_retried_after_a_timeout(gitea: Any, token: str) -> None:
     server = gitea(delay=1.0)
     with pytest.raises(forge.ForgeError, match="not retried"):
-        client(server, token, timeout=0.2, budget=2.0).create_hook("jeff", "site", {
-            "type": "gitea", "config": {"url": "x", "content_type": "json"}})
+        client(server, token, timeout=0.2, budget=2.0).create_hook(
+            "jeff", "site", {"type": "gitea", "config": {"url": "x", "content_type": "json"}}
+        )
     assert len(server.requests) == 1
 
 
@@ -241,26 +286,58 @@ def test_owner_and_name_are_quoted_in_paths(gitea: Any, token: str) -> None:
     assert server.requests[0].path == "/api/v1/repos/je%20ff/si%3Fte/mirror-sync"
 
 
-@pytest.mark.parametrize(("repo", "problem"), [
-    (Repo(name="site", path=Path("/x")), "no gitea block"),
-    (Repo(name="site", path=Path("/x"),
-          gitea=GiteaConfig(url="http://g", token_env="GITEA_TOKEN")), "source"),
-    (Repo(name="site", path=Path("/x"), source=("jeff/site",),
-          gitea=GiteaConfig(url="http://g")), "token_env is not set"),
-    (Repo(name="site", path=Path("/x"), source=("jeff",),
-          gitea=GiteaConfig(url="http://g", token_env="GITEA_TOKEN")), "not owner/name"),
-])
+@pytest.mark.parametrize(
+    ("repo", "problem"),
+    [
+        (Repo(name="site", path=Path("/x")), "no gitea block"),
+        (
+            Repo(
+                name="site",
+                path=Path("/x"),
+                gitea=GiteaConfig(url="http://g", token_env="GITEA_TOKEN"),
+            ),
+            "source",
+        ),
+        (
+            Repo(
+                name="site",
+                path=Path("/x"),
+                source=("jeff/site",),
+                gitea=GiteaConfig(url="http://g"),
+            ),
+            "token_env is not set",
+        ),
+        (
+            Repo(
+                name="site",
+                path=Path("/x"),
+                source=("jeff",),
+                gitea=GiteaConfig(url="http://g", token_env="GITEA_TOKEN"),
+            ),
+            "not owner/name",
+        ),
+    ],
+)
 def test_connect_names_what_is_missing(repo: Repo, problem: str) -> None:
     with pytest.raises(forge.ForgeNotConfigured, match=problem):
         forge.connect(repo, environ={"GITEA_TOKEN": "t0k3n-value"})
 
 
-def test_cancelled_job_reports_error(settings: Settings, remote: Remote, *, open_service: Any,
-                                     gitea: Any, fake_docker: FakeDocker) -> None:
+def test_cancelled_job_reports_error(
+    settings: Settings, remote: Remote, *, open_service: Any, gitea: Any, fake_docker: FakeDocker
+) -> None:
     server = gitea()
-    write_registry(settings.registry, {"site": {
-        "path": str(remote.checkout), "source": "jeff/site", "health_timeout": 0,
-        "gitea": {"url": server.url, "token_env": "GITEA_TOKEN"}}})
+    write_registry(
+        settings.registry,
+        {
+            "site": {
+                "path": str(remote.checkout),
+                "source": "jeff/site",
+                "health_timeout": 0,
+                "gitea": {"url": server.url, "token_env": "GITEA_TOKEN"},
+            }
+        },
+    )
     service: Service = open_service(settings)
     fake_docker.set(sleep=30)
     job, _ = service.run(service.registry.get("site"), sha=remote.deployed())
@@ -276,5 +353,7 @@ def test_cancelled_job_reports_error(settings: Settings, remote: Remote, *, open
         worker.stop()
         thread.join(timeout=30)
     assert service.store.job(job.id).status == Status.CANCELLED
-    assert [(c.body["state"], c.body["description"]) for c in server.calls("POST")] == \
-        [("pending", "deploying (manual)"), ("error", "cancelled by an admin")]
+    assert [(c.body["state"], c.body["description"]) for c in server.calls("POST")] == [
+        ("pending", "deploying (manual)"),
+        ("error", "cancelled by an admin"),
+    ]

@@ -29,8 +29,15 @@ class CountingBackend(SqliteBackend):
 
 
 def push(n: int, repo: str = "site") -> Intake:
-    return Intake(repo=repo, kind="push", received_at=time.time(), delivery_id=f"d-{n}",
-                  event="push", sha=f"{n:040x}", ref="refs/heads/main")
+    return Intake(
+        repo=repo,
+        kind="push",
+        received_at=time.time(),
+        delivery_id=f"d-{n}",
+        event="push",
+        sha=f"{n:040x}",
+        ref="refs/heads/main",
+    )
 
 
 @pytest.fixture
@@ -53,8 +60,7 @@ def test_concurrent_submits_share_transactions_and_get_their_own_answers(backend
 
     backend.write = write
     with ThreadPoolExecutor(max_workers=32) as pool:
-        answers = list(pool.map(lambda n: (n, group.submit(push(n, f"repo-{n % 4}"))),
-                                range(400)))
+        answers = list(pool.map(lambda n: (n, group.submit(push(n, f"repo-{n % 4}"))), range(400)))
     assert backend.transactions < 200
     for n, answer in answers:
         assert answer.http_status == 202
@@ -74,9 +80,18 @@ def test_one_failing_item_fails_alone(backend: Any) -> None:
 
     def submit(n: int) -> Any:
         # d-13 breaks a constraint of the schema (as a bug would): only it may fail.
-        item = push(n) if n != 13 else Intake(repo=None, kind="push",  # type: ignore[arg-type]
-                                               received_at=time.time(), delivery_id="d-13",
-                                               sha="1" * 40, ref="refs/heads/main")
+        item = (
+            push(n)
+            if n != 13
+            else Intake(
+                repo=None,
+                kind="push",  # type: ignore[arg-type]
+                received_at=time.time(),
+                delivery_id="d-13",
+                sha="1" * 40,
+                ref="refs/heads/main",
+            )
+        )
         barrier.wait()
         try:
             return group.submit(item)
@@ -85,7 +100,15 @@ def test_one_failing_item_fails_alone(backend: Any) -> None:
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(submit, range(10, 18)))
-    assert [isinstance(r, sqlite3.IntegrityError) for r in results] == \
-        [False, False, False, True, False, False, False, False]
+    assert [isinstance(r, sqlite3.IntegrityError) for r in results] == [
+        False,
+        False,
+        False,
+        True,
+        False,
+        False,
+        False,
+        False,
+    ]
     with backend.read() as tx:
         assert tx.value("SELECT COUNT(*) FROM deliveries") == 7

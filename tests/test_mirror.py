@@ -30,8 +30,7 @@ from tests.helpers import Remote, git
 
 
 def refs(repo: Path) -> dict[str, str]:
-    out = git(repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/heads",
-              "refs/tags")
+    out = git(repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/heads", "refs/tags")
     return dict(line.split(" ", 1) for line in out.splitlines())
 
 
@@ -84,12 +83,12 @@ def test_mirror_brings_every_branch_and_tag_and_prunes(tmp_path: Path, remote: R
 
     mirror.push(repo, data_dir=tmp_path / "data", timeout=lambda: 60, output=lines.append)
     assert refs(target) == refs(remote.origin)
-    assert {"refs/heads/feature", "refs/heads/old", "refs/tags/v1", "refs/tags/light"} \
-        <= set(refs(target))
+    assert {"refs/heads/feature", "refs/heads/old", "refs/tags/v1", "refs/tags/light"} <= set(
+        refs(target)
+    )
 
     rewritten = change_everything(remote)
-    changed = mirror.push(repo, data_dir=tmp_path / "data", timeout=lambda: 60,
-                          output=lines.append)
+    changed = mirror.push(repo, data_dir=tmp_path / "data", timeout=lambda: 60, output=lines.append)
     after = refs(target)
     assert after == refs(remote.origin)
     assert after["refs/heads/feature"] == rewritten
@@ -113,11 +112,19 @@ def test_mirror_cache_keeps_no_url_on_disk(tmp_path: Path, remote: Remote) -> No
             assert str(target).encode() not in data, path
 
 
-def test_mirror_failure_fails_the_step_not_the_deploy(settings: Settings, remote: Remote,
-                                                     open_service: Any, tmp_path: Path) -> None:
-    write_registry(settings.registry, {"site": {
-        "path": str(remote.checkout), "health_timeout": 0,
-        "mirror": {"url": f"file://{tmp_path}/no-such-mirror.git"}}})
+def test_mirror_failure_fails_the_step_not_the_deploy(
+    settings: Settings, remote: Remote, open_service: Any, tmp_path: Path
+) -> None:
+    write_registry(
+        settings.registry,
+        {
+            "site": {
+                "path": str(remote.checkout),
+                "health_timeout": 0,
+                "mirror": {"url": f"file://{tmp_path}/no-such-mirror.git"},
+            }
+        },
+    )
     service = open_service(settings)
     job, _ = service.run(service.registry.get("site"), sha=remote.deployed())
     Worker(service).work(burst=True)
@@ -128,18 +135,23 @@ def test_mirror_failure_fails_the_step_not_the_deploy(settings: Settings, remote
     assert step.error and "git push failed" in step.error
 
 
-def test_mirror_token_named_but_unset_fails_the_step(remote: Remote, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mirror_token_named_but_unset_fails_the_step(
+    remote: Remote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("MIRROR_TOKEN", raising=False)
     repo = repo_for(remote, "https://github.invalid/jeff/site.git", token_env="MIRROR_TOKEN")
     with pytest.raises(StepFailed, match="MIRROR_TOKEN is unset"):
-        mirror.push(repo, data_dir=tmp_path / "data", timeout=lambda: 60,
-                    output=lambda _l: None)
+        mirror.push(repo, data_dir=tmp_path / "data", timeout=lambda: 60, output=lambda _l: None)
 
 
-@pytest.mark.parametrize("url", ["git@github.com:jeff/site.git",
-                                 "ssh://git@github.com/jeff/site.git",
-                                 "file:///srv/mirror.git"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "git@github.com:jeff/site.git",
+        "ssh://git@github.com/jeff/site.git",
+        "file:///srv/mirror.git",
+    ],
+)
 def test_ssh_and_local_urls_get_no_token(url: str) -> None:
     assert mirror.auth_config(url, fake_token()) == {}
 
@@ -154,12 +166,15 @@ def test_https_url_gets_basic_auth_header() -> None:
 
 
 def test_safe_url_drops_credentials() -> None:
-    assert mirror.safe_url("https://jeff:pw@github.com/jeff/site.git") == \
-        "https://github.com/jeff/site.git"
+    assert (
+        mirror.safe_url("https://jeff:pw@github.com/jeff/site.git")
+        == "https://github.com/jeff/site.git"
+    )
     assert mirror.safe_url("git@github.com:jeff/site.git") == "git@github.com:jeff/site.git"
 
 
 # -- the token path, over smart HTTP -------------------------------------------------------
+
 
 class CmdlineSampler:
     """Reads every process's argv (as `ps` does) until stopped."""
@@ -173,15 +188,24 @@ class CmdlineSampler:
         ps = shutil.which("ps")
         while not self._stop.is_set():
             if ps:
-                self.samples.append(subprocess.run([ps, "-eww", "-o", "pid=,args="],
-                                                   capture_output=True, text=True,
-                                                   check=False).stdout)
+                self.samples.append(
+                    subprocess.run(
+                        [ps, "-eww", "-o", "pid=,args="],
+                        capture_output=True,
+                        text=True,
+                        check=False,
+                    ).stdout
+                )
             lines = []
             for proc in Path("/proc").iterdir():
                 if proc.name.isdigit():
                     try:
-                        lines.append((proc / "cmdline").read_bytes().replace(b"\0", b" ")
-                                     .decode("utf-8", "replace"))
+                        lines.append(
+                            (proc / "cmdline")
+                            .read_bytes()
+                            .replace(b"\0", b" ")
+                            .decode("utf-8", "replace")
+                        )
                     except OSError:
                         continue
             self.samples.append("\n".join(lines))
@@ -216,18 +240,31 @@ def basic(token: str) -> str:
 
 
 def test_token_travels_to_http_mirror_and_leaks_nowhere(
-        settings: Settings, remote: Remote, *, open_service: Any, tmp_path: Path,
-        git_http: Callable[..., GitHttpServer], monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+    settings: Settings,
+    remote: Remote,
+    *,
+    open_service: Any,
+    tmp_path: Path,
+    git_http: Callable[..., GitHttpServer],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     token = fake_token()
     encoded = base64.b64encode(f"x-access-token:{token}".encode()).decode()
     publish_branches(remote)
     target = bare(tmp_path / "served" / "mirror.git")
     server = git_http(authorization=basic(token), delay_s=1.0)
     monkeypatch.setenv("MIRROR_TOKEN", token)
-    write_registry(settings.registry, {"site": {
-        "path": str(remote.checkout), "health_timeout": 0,
-        "mirror": {"url": server.url("mirror.git"), "token_env": "MIRROR_TOKEN"}}})
+    write_registry(
+        settings.registry,
+        {
+            "site": {
+                "path": str(remote.checkout),
+                "health_timeout": 0,
+                "mirror": {"url": server.url("mirror.git"), "token_env": "MIRROR_TOKEN"},
+            }
+        },
+    )
     service: Service = open_service(settings)
     job, _ = service.run(service.registry.get("site"), sha=remote.deployed())
 
@@ -259,14 +296,27 @@ def test_token_travels_to_http_mirror_and_leaks_nowhere(
 
 
 def test_wrong_token_is_refused_and_fails_only_the_step(
-        settings: Settings, remote: Remote, *, open_service: Any, tmp_path: Path,
-        git_http: Callable[..., GitHttpServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    settings: Settings,
+    remote: Remote,
+    *,
+    open_service: Any,
+    tmp_path: Path,
+    git_http: Callable[..., GitHttpServer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     bare(tmp_path / "served" / "mirror.git")
     server = git_http(authorization=basic(fake_token()))
     monkeypatch.setenv("MIRROR_TOKEN", fake_token())
-    write_registry(settings.registry, {"site": {
-        "path": str(remote.checkout), "health_timeout": 0,
-        "mirror": {"url": server.url("mirror.git"), "token_env": "MIRROR_TOKEN"}}})
+    write_registry(
+        settings.registry,
+        {
+            "site": {
+                "path": str(remote.checkout),
+                "health_timeout": 0,
+                "mirror": {"url": server.url("mirror.git"), "token_env": "MIRROR_TOKEN"},
+            }
+        },
+    )
     service: Service = open_service(settings)
     job, _ = service.run(service.registry.get("site"), sha=remote.deployed())
     Worker(service).work(burst=True)

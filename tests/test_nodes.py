@@ -45,16 +45,22 @@ def push(client: Any, repo: str, sha: str) -> dict[str, Any]:
 @pytest.fixture
 def two_repos(tmp_path: Path, settings: Settings) -> tuple[Remote, Remote]:
     gpu, plain = make_remote(tmp_path, "gpu-site"), make_remote(tmp_path, "plain-site")
-    write_registry(settings.registry, {
-        "gpu-site": {"path": str(gpu.checkout), "node": "gpu-box", "health_timeout": 0},
-        "plain-site": {"path": str(plain.checkout), "health_timeout": 0},
-    })
+    write_registry(
+        settings.registry,
+        {
+            "gpu-site": {"path": str(gpu.checkout), "node": "gpu-box", "health_timeout": 0},
+            "plain-site": {"path": str(plain.checkout), "health_timeout": 0},
+        },
+    )
     return gpu, plain
 
 
 def test_a_node_worker_deploys_only_the_repos_pinned_to_it(
-        open_service: Callable[[Settings], Service], settings: Settings,
-        two_repos: tuple[Remote, Remote], fake_docker: FakeDocker) -> None:
+    open_service: Callable[[Settings], Service],
+    settings: Settings,
+    two_repos: tuple[Remote, Remote],
+    fake_docker: FakeDocker,
+) -> None:
     gpu, plain = two_repos
     web = open_service(settings)
     client = create_app(settings, service_=web, configure_logging=False).test_client()
@@ -71,14 +77,17 @@ def test_a_node_worker_deploys_only_the_repos_pinned_to_it(
 
 
 def test_healthz_is_degraded_for_a_node_whose_repos_have_no_live_worker(
-        open_service: Callable[[Settings], Service], settings: Settings,
-        two_repos: tuple[Remote, Remote]) -> None:
+    open_service: Callable[[Settings], Service],
+    settings: Settings,
+    two_repos: tuple[Remote, Remote],
+) -> None:
     svc = open_service(settings)
     client = create_app(settings, service_=svc, configure_logging=False).test_client()
     svc.store.register_worker(worker="default-worker", node="", slots=2)
     problems = svc.problems()
-    assert [p for p in problems if "gpu-box" in p] == \
-        ["no live worker for node 'gpu-box': its repos' jobs wait"]
+    assert [p for p in problems if "gpu-box" in p] == [
+        "no live worker for node 'gpu-box': its repos' jobs wait"
+    ]
     assert not any("default node" in p for p in problems)
     health = client.get("/healthz")
     assert health.status_code == 200
@@ -88,14 +97,18 @@ def test_healthz_is_degraded_for_a_node_whose_repos_have_no_live_worker(
 
 
 def test_api_workers_shows_each_nodes_repos_workers_and_heartbeat(
-        open_service: Callable[[Settings], Service], settings: Settings,
-        two_repos: tuple[Remote, Remote]) -> None:
+    open_service: Callable[[Settings], Service],
+    settings: Settings,
+    two_repos: tuple[Remote, Remote],
+) -> None:
     svc = open_service(settings)
     client = create_app(settings, service_=svc, configure_logging=False).test_client()
     svc.store.register_worker(worker="w-default", node="", slots=2)
     nodes = client.get("/api/workers").get_json()["nodes"]
     assert [(n["node"], n["repos"], n["alive"]) for n in nodes] == [
-        (None, ["plain-site"], True), ("gpu-box", ["gpu-site"], False)]
+        (None, ["plain-site"], True),
+        ("gpu-box", ["gpu-site"], False),
+    ]
     [worker] = nodes[0]["workers"]
     assert (worker["id"], worker["slots"], worker["alive"]) == ("w-default", 2, True)
     assert worker["heartbeat_at"].endswith("Z")
@@ -152,8 +165,12 @@ class Node:
 
     def start(self) -> None:
         log = (self.root / "worker.log").open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "deployhook", "worker"],
-                                     env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "deployhook", "worker"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
 
     def kill(self) -> None:
@@ -162,8 +179,9 @@ class Node:
             self.proc.wait()
 
 
-def make_node(name: str, root: Path, *, url: str, repos: dict[str, str],
-              remotes: dict[str, Remote]) -> Node:
+def make_node(
+    name: str, root: Path, *, url: str, repos: dict[str, str], remotes: dict[str, Remote]
+) -> Node:
     """A node: its own checkouts, registry copy (all repos, paths on this node), docker."""
     root.mkdir(parents=True)
     docker = root / "bin" / "docker"
@@ -174,16 +192,30 @@ def make_node(name: str, root: Path, *, url: str, repos: dict[str, str],
     for repo, node in repos.items():
         checkout = root / "checkouts" / repo
         if node == name:
-            subprocess.run(["git", "clone", "-q", str(remotes[repo].origin), str(checkout)],
-                           check=True)
-        entries[repo] = {"path": str(checkout), "node": node, "source": f"jeff/{repo}",
-                         "health_timeout": 0, "rollback": False}
+            subprocess.run(
+                ["git", "clone", "-q", str(remotes[repo].origin), str(checkout)], check=True
+            )
+        entries[repo] = {
+            "path": str(checkout),
+            "node": node,
+            "source": f"jeff/{repo}",
+            "health_timeout": 0,
+            "rollback": False,
+        }
     registry = write_registry(root / "repos.yml", entries)
-    env = {**os.environ, "DEPLOYHOOK_DATABASE_URL": url, "DEPLOYHOOK_NODE": name,
-           "DEPLOYHOOK_REGISTRY": str(registry), "DEPLOYHOOK_DATA_DIR": str(root / "data"),
-           "DEPLOYHOOK_COMPOSE": f"{docker} compose", "DEPLOYHOOK_WORKERS": "2",
-           "DEPLOYHOOK_RECONCILE_INTERVAL": "0", "DEPLOYHOOK_SECRET": SECRET,
-           "DEPLOYHOOK_LOG_FORMAT": "json", "DEPLOYHOOK_STOP_GRACE": "5"}
+    env = {
+        **os.environ,
+        "DEPLOYHOOK_DATABASE_URL": url,
+        "DEPLOYHOOK_NODE": name,
+        "DEPLOYHOOK_REGISTRY": str(registry),
+        "DEPLOYHOOK_DATA_DIR": str(root / "data"),
+        "DEPLOYHOOK_COMPOSE": f"{docker} compose",
+        "DEPLOYHOOK_WORKERS": "2",
+        "DEPLOYHOOK_RECONCILE_INTERVAL": "0",
+        "DEPLOYHOOK_SECRET": SECRET,
+        "DEPLOYHOOK_LOG_FORMAT": "json",
+        "DEPLOYHOOK_STOP_GRACE": "5",
+    }
     return Node(name, root, registry, docker, env)
 
 
@@ -209,68 +241,95 @@ def test_two_nodes_and_two_receivers_share_one_postgres(tmp_path: Path, pg_url: 
     repos = {f"{node}-{n}": node for node in ("alpha", "beta") for n in range(3)}
     (tmp_path / "forge").mkdir()
     remotes = {repo: make_remote(tmp_path / "forge", repo) for repo in repos}
-    nodes = {name: make_node(name, tmp_path / name, url=pg_url, repos=repos, remotes=remotes)
-             for name in ("alpha", "beta")}
+    nodes = {
+        name: make_node(name, tmp_path / name, url=pg_url, repos=repos, remotes=remotes)
+        for name in ("alpha", "beta")
+    }
     for node in nodes.values():
         node.control(sleep=0.2)
     receivers = []
     for node in nodes.values():
-        svc = Service.open(Settings.load({}, registry=node.registry, data_dir=node.root / "web",
-                                         secret=SECRET, database_url=pg_url,
-                                         reconcile_interval=0))
-        receivers.append((svc, create_app(svc.settings, service_=svc,
-                                          configure_logging=False).test_client()))
+        svc = Service.open(
+            Settings.load(
+                {},
+                registry=node.registry,
+                data_dir=node.root / "web",
+                secret=SECRET,
+                database_url=pg_url,
+                reconcile_interval=0,
+            )
+        )
+        receivers.append(
+            (svc, create_app(svc.settings, service_=svc, configure_logging=False).test_client())
+        )
     store = receivers[0][0].store
     newest: dict[str, str] = {}
     try:
         for node in nodes.values():
             node.start()
-        wait_for("both workers", lambda: {w["node"] for w in store.workers(since=0)} ==
-                 {"alpha", "beta"})
+        wait_for(
+            "both workers", lambda: {w["node"] for w in store.workers(since=0)} == {"alpha", "beta"}
+        )
 
         # 100 pushes across 6 repos, alternating receivers.
         for n in range(100):
             repo = list(repos)[n % len(repos)]
             newest[repo] = remotes[repo].commit_and_push({"index.html": f"{n}\n"})
             push(receivers[n % 2][1], repo, newest[repo])
-        wait_for("every repo deployed at its newest push",
-                 lambda: all(_settled(store.jobs(r, limit=200), newest[r]) for r in repos))
+        wait_for(
+            "every repo deployed at its newest push",
+            lambda: all(_settled(store.jobs(r, limit=200), newest[r]) for r in repos),
+        )
 
         # Kill alpha's worker in the middle of a deploy; beta goes on deploying.
         alpha, beta = nodes["alpha"], nodes["beta"]
         slow = remotes["alpha-0"].commit_and_push({"index.html": "slow\n"})
         alpha.control(sleep=0.2, slow_sha=slow, slow=60)
         victim = push(receivers[0][1], "alpha-0", slow)["job"]
-        wait_for("the slow deploy to start",
-                 lambda: any(c["job"] == str(victim) for c in alpha.calls()))
+        wait_for(
+            "the slow deploy to start", lambda: any(c["job"] == str(victim) for c in alpha.calls())
+        )
         alpha.kill()
         killed_at = time.time()
         # /healthz on the other receiver: degraded (still 200), naming the node.
         problem = "no live worker for node 'alpha': its repos' jobs wait"
-        health = wait_for("healthz to name alpha", lambda: next(
-            (r for r in [receivers[1][1].get("/healthz")]
-             if problem in r.get_json()["problems"]), None))
+        health = wait_for(
+            "healthz to name alpha",
+            lambda: next(
+                (
+                    r
+                    for r in [receivers[1][1].get("/healthz")]
+                    if problem in r.get_json()["problems"]
+                ),
+                None,
+            ),
+        )
         assert health.status_code == 200
         assert health.get_json()["status"] == "degraded"
         for round_ in range(2):
             for repo in ("beta-0", "beta-1", "beta-2"):
                 newest[repo] = remotes[repo].commit_and_push({"index.html": f"b{round_}\n"})
                 push(receivers[1][1], repo, newest[repo])
-            wait_for("beta to deploy while alpha is down",
-                     lambda: all(_settled(store.jobs(r, limit=200), newest[r])
-                                 for r in ("beta-0", "beta-1", "beta-2")))
-        wait_for("the victim to be interrupted",
-                 lambda: store.job(victim).status == Status.INTERRUPTED)
+            wait_for(
+                "beta to deploy while alpha is down",
+                lambda: all(
+                    _settled(store.jobs(r, limit=200), newest[r])
+                    for r in ("beta-0", "beta-1", "beta-2")
+                ),
+            )
+        wait_for(
+            "the victim to be interrupted", lambda: store.job(victim).status == Status.INTERRUPTED
+        )
         [retry] = [j for j in store.jobs("alpha-0", limit=5) if j.id > victim]
         assert (retry.trigger, retry.sha, retry.status) == ("retry", slow, Status.QUEUED)
-        beta_during_outage = [c for c in beta.calls()
-                              if c["event"] == "end" and c["t"] > killed_at]
+        beta_during_outage = [c for c in beta.calls() if c["event"] == "end" and c["t"] > killed_at]
         assert len(beta_during_outage) >= 3
 
         alpha.control(sleep=0.2)
         alpha.start()
-        wait_for("the retry to succeed on alpha",
-                 lambda: store.job(retry.id).status == Status.SUCCEEDED)
+        wait_for(
+            "the retry to succeed on alpha", lambda: store.job(retry.id).status == Status.SUCCEEDED
+        )
         newest["alpha-0"] = slow
     finally:
         for node in nodes.values():
@@ -288,12 +347,22 @@ def test_two_nodes_and_two_receivers_share_one_postgres(tmp_path: Path, pg_url: 
 
 
 def _settled(jobs: list[Job], sha: str) -> bool:
-    return bool(jobs) and all(j.status.ended for j in jobs) and jobs[0].sha == sha and \
-        jobs[0].status == Status.SUCCEEDED
+    return (
+        bool(jobs)
+        and all(j.status.ended for j in jobs)
+        and jobs[0].sha == sha
+        and jobs[0].status == Status.SUCCEEDED
+    )
 
 
-def _check_records(nodes: dict[str, Node], repos: dict[str, str], *,
-                   store_jobs: dict[str, list[Job]], victim: int, retry: int) -> None:
+def _check_records(
+    nodes: dict[str, Node],
+    repos: dict[str, str],
+    *,
+    store_jobs: dict[str, list[Job]],
+    victim: int,
+    retry: int,
+) -> None:
     by_job: dict[int, list[dict[str, Any]]] = {}
     for node in nodes.values():
         for call in node.calls():
@@ -308,28 +377,34 @@ def _check_records(nodes: dict[str, Node], repos: dict[str, str], *,
         assert {c["cwd"] for c in calls} == {str(node.root / "checkouts" / job.repo)}
         assert all(c["head"] == job.sha for c in calls)
         # None twice: one start (and one end, unless its worker was killed).
-        assert [c["event"] for c in calls] == (["start"] if job_id == victim
-                                               else ["start", "end"]), job
+        assert [c["event"] for c in calls] == (
+            ["start"] if job_id == victim else ["start", "end"]
+        ), job
     succeeded = [j.id for j in jobs.values() if j.status == Status.SUCCEEDED]
     assert sorted(succeeded) == sorted(k for k in by_job if k != victim)
     assert jobs[victim].status == Status.INTERRUPTED
     assert jobs[retry].worker != jobs[victim].worker
     for repo in repos:
         spans = sorted(
-            (calls[0]["t"], calls[-1]["t"] if len(calls) == 2 else
-             jobs[job_id].finished_at or 0)
-            for job_id, calls in by_job.items() if jobs[job_id].repo == repo)
+            (calls[0]["t"], calls[-1]["t"] if len(calls) == 2 else jobs[job_id].finished_at or 0)
+            for job_id, calls in by_job.items()
+            if jobs[job_id].repo == repo
+        )
         assert spans, repo
-        assert all(a_end <= b_start
-                   for (_a, a_end), (b_start, _b) in itertools.pairwise(spans)), repo
+        assert all(a_end <= b_start for (_a, a_end), (b_start, _b) in itertools.pairwise(spans)), (
+            repo
+        )
 
 
 def test_a_deploy_first_stops_what_an_earlier_job_left_running_in_its_checkout(
-        service: Service, client: Any, remote: Remote) -> None:
+    service: Service, client: Any, remote: Remote
+) -> None:
     """A compose left behind by a worker killed on this host, its job ended elsewhere."""
+
     def sleeper(**env: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(["sleep", "60"], cwd=remote.checkout, start_new_session=True,
-                                env={**os.environ, **env})
+        return subprocess.Popen(
+            ["sleep", "60"], cwd=remote.checkout, start_new_session=True, env={**os.environ, **env}
+        )
 
     orphan = sleeper(DEPLOYHOOK_JOB_ID="424242")
     bystander = sleeper()  # an admin's own process in the checkout: not ours to stop

@@ -28,11 +28,20 @@ def receiver() -> Iterator[Receiver]:
     server.close()
 
 
-def open_with_notify(settings: Settings, open_service: Any, remote: Remote, *,
-                     rollback: bool) -> Service:
-    write_registry(settings.registry, {"site": {
-        "path": str(remote.checkout), "health_timeout": 0, "rollback": rollback,
-        "notify_env": "DEPLOY_NOTIFY"}})
+def open_with_notify(
+    settings: Settings, open_service: Any, remote: Remote, *, rollback: bool
+) -> Service:
+    write_registry(
+        settings.registry,
+        {
+            "site": {
+                "path": str(remote.checkout),
+                "health_timeout": 0,
+                "rollback": rollback,
+                "notify_env": "DEPLOY_NOTIFY",
+            }
+        },
+    )
     fields = {name: getattr(settings, name) for name in settings.__dataclass_fields__}
     return open_service(Settings.load({}, **{**fields, "public_url": PUBLIC}))  # type: ignore[no-any-return]
 
@@ -43,10 +52,15 @@ def deploy(service: Service, sha: str) -> Job:
     return service.store.job(job.id)
 
 
-def test_fail_fail_succeed_sends_two_messages(settings: Settings, remote: Remote, *,
-                                              open_service: Any, receiver: Receiver,
-                                              fake_docker: FakeDocker,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fail_fail_succeed_sends_two_messages(
+    settings: Settings,
+    remote: Remote,
+    *,
+    open_service: Any,
+    receiver: Receiver,
+    fake_docker: FakeDocker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("DEPLOY_NOTIFY", f"json://127.0.0.1:{receiver.url.rsplit(':', 1)[1]}/in")
     service = open_with_notify(settings, open_service, remote, rollback=False)
     fake_docker.set(fail=True)
@@ -54,8 +68,11 @@ def test_fail_fail_succeed_sends_two_messages(settings: Settings, remote: Remote
     second = deploy(service, remote.commit_and_push({"index.html": "v3\n"}))
     fake_docker.set()
     third = deploy(service, remote.commit_and_push({"index.html": "v4\n"}))
-    assert [first.status, second.status, third.status] == \
-        [Status.FAILED, Status.FAILED, Status.SUCCEEDED]
+    assert [first.status, second.status, third.status] == [
+        Status.FAILED,
+        Status.FAILED,
+        Status.SUCCEEDED,
+    ]
 
     failed, recovered = receiver.messages()  # exactly two
     assert failed["type"] == "failure"
@@ -69,10 +86,15 @@ def test_fail_fail_succeed_sends_two_messages(settings: Settings, remote: Remote
     assert "notify:" not in log  # the second failure said nothing new
 
 
-def test_rollback_is_its_own_message(settings: Settings, remote: Remote, *,
-                                     open_service: Any, receiver: Receiver,
-                                     fake_docker: FakeDocker,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rollback_is_its_own_message(
+    settings: Settings,
+    remote: Remote,
+    *,
+    open_service: Any,
+    receiver: Receiver,
+    fake_docker: FakeDocker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("DEPLOY_NOTIFY", f"json://127.0.0.1:{receiver.url.rsplit(':', 1)[1]}/")
     service = open_with_notify(settings, open_service, remote, rollback=True)
     good = deploy(service, remote.deployed())
@@ -97,12 +119,18 @@ def test_rollback_is_its_own_message(settings: Settings, remote: Remote, *,
 
 
 def test_unreachable_destination_never_changes_the_deploy(
-        settings: Settings, remote: Remote, *, open_service: Any, fake_docker: FakeDocker,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    settings: Settings,
+    remote: Remote,
+    *,
+    open_service: Any,
+    fake_docker: FakeDocker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(notify, "BUDGET_S", 2.0)
     password = "ntfy_" + secrets.token_hex(12)
-    monkeypatch.setenv("DEPLOY_NOTIFY",
-                       closed_port_url().replace("http://", f"json://jeff:{password}@"))
+    monkeypatch.setenv(
+        "DEPLOY_NOTIFY", closed_port_url().replace("http://", f"json://jeff:{password}@")
+    )
     service = open_with_notify(settings, open_service, remote, rollback=False)
     fake_docker.set(fail=True)
     job = deploy(service, remote.deployed())
@@ -113,9 +141,14 @@ def test_unreachable_destination_never_changes_the_deploy(
     assert password not in log
 
 
-def test_unset_variable_is_said_in_the_output(settings: Settings, remote: Remote, *,
-                                              open_service: Any, fake_docker: FakeDocker,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unset_variable_is_said_in_the_output(
+    settings: Settings,
+    remote: Remote,
+    *,
+    open_service: Any,
+    fake_docker: FakeDocker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("DEPLOY_NOTIFY", raising=False)
     service = open_with_notify(settings, open_service, remote, rollback=False)
     fake_docker.set(fail=True)
@@ -126,25 +159,43 @@ def test_unset_variable_is_said_in_the_output(settings: Settings, remote: Remote
 
 def job(status: Status, trigger: Trigger = Trigger.PUSH, *, error: str | None = None) -> Job:
     now = time.time()
-    return Job(id=9, repo="site", status=status, trigger=trigger, sha="a" * 40, ref=None,
-               delivery=None, previous_sha=None, created_at=now, finished_at=now, error=error)
+    return Job(
+        id=9,
+        repo="site",
+        status=status,
+        trigger=trigger,
+        sha="a" * 40,
+        ref=None,
+        delivery=None,
+        previous_sha=None,
+        created_at=now,
+        finished_at=now,
+        error=error,
+    )
 
 
-@pytest.mark.parametrize(("ended", "before", "kind"), [
-    (job(Status.FAILED, error="boom"), notify.State.OK, notify.Kind.FAILURE),
-    (job(Status.FAILED, error="boom"), notify.State.ROLLED_BACK, notify.Kind.FAILURE),
-    (job(Status.FAILED, error="boom"), notify.State.FAILING, None),
-    (job(Status.SUCCEEDED), notify.State.FAILING, notify.Kind.RECOVERY),
-    (job(Status.SUCCEEDED), notify.State.ROLLED_BACK, notify.Kind.RECOVERY),
-    (job(Status.SUCCEEDED), notify.State.OK, None),
-    (job(Status.SUCCEEDED, Trigger.ROLLBACK), notify.State.FAILING, notify.Kind.ROLLBACK),
-    (job(Status.FAILED, Trigger.ROLLBACK, error="x"), notify.State.FAILING,
-     notify.Kind.ROLLBACK),
-    (job(Status.CANCELLED), notify.State.FAILING, None),
-    (job(Status.INTERRUPTED), notify.State.OK, None),
-])
-def test_decide_one_message_per_state_change(ended: Job, before: notify.State,
-                                             kind: notify.Kind | None) -> None:
+@pytest.mark.parametrize(
+    ("ended", "before", "kind"),
+    [
+        (job(Status.FAILED, error="boom"), notify.State.OK, notify.Kind.FAILURE),
+        (job(Status.FAILED, error="boom"), notify.State.ROLLED_BACK, notify.Kind.FAILURE),
+        (job(Status.FAILED, error="boom"), notify.State.FAILING, None),
+        (job(Status.SUCCEEDED), notify.State.FAILING, notify.Kind.RECOVERY),
+        (job(Status.SUCCEEDED), notify.State.ROLLED_BACK, notify.Kind.RECOVERY),
+        (job(Status.SUCCEEDED), notify.State.OK, None),
+        (job(Status.SUCCEEDED, Trigger.ROLLBACK), notify.State.FAILING, notify.Kind.ROLLBACK),
+        (
+            job(Status.FAILED, Trigger.ROLLBACK, error="x"),
+            notify.State.FAILING,
+            notify.Kind.ROLLBACK,
+        ),
+        (job(Status.CANCELLED), notify.State.FAILING, None),
+        (job(Status.INTERRUPTED), notify.State.OK, None),
+    ],
+)
+def test_decide_one_message_per_state_change(
+    ended: Job, before: notify.State, kind: notify.Kind | None
+) -> None:
     message = notify.decide(ended, before, public_url=None)
     assert (message.kind if message else None) == kind
     if message:

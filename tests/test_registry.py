@@ -14,7 +14,8 @@ FILE = Path("/etc/deployhook/repos.yml")
 
 
 def test_defaults_apply_and_repo_keys_win() -> None:
-    repos = parse("""
+    repos = parse(
+        """
 defaults:
   branch: production
   timeout: 300
@@ -26,9 +27,12 @@ repos:
     path: /srv/b
     branch: main
     secret_file: /run/secrets/b
-""", file=FILE)
-    assert repos["a"] == Repo(name="a", path=Path("/srv/a"), branch="production", timeout=300,
-                              secret_env="SHARED_SECRET")
+""",
+        file=FILE,
+    )
+    assert repos["a"] == Repo(
+        name="a", path=Path("/srv/a"), branch="production", timeout=300, secret_env="SHARED_SECRET"
+    )
     assert repos["b"].branch == "main"
     assert repos["b"].timeout == 300
     assert repos["b"].secret_env is None  # its own secret_file replaces the default env
@@ -37,14 +41,23 @@ repos:
 
 def test_builtin_defaults_match_contract() -> None:
     repo = parse("repos:\n  a:\n    path: /srv/a\n", file=FILE)["a"]
-    assert (repo.branch, repo.remote, repo.timeout, repo.health_timeout, repo.rollback,
-            repo.on_local_changes, repo.remove_orphans, repo.prune_images, repo.submodules,
-            repo.mode) == ("main", "origin", 900, 120, True, "fail", False, False, False,
-                           "compose")
+    assert (
+        repo.branch,
+        repo.remote,
+        repo.timeout,
+        repo.health_timeout,
+        repo.rollback,
+        repo.on_local_changes,
+        repo.remove_orphans,
+        repo.prune_images,
+        repo.submodules,
+        repo.mode,
+    ) == ("main", "origin", 900, 120, True, "fail", False, False, False, "compose")
 
 
 def test_full_contract_example_validates() -> None:
-    repos = parse("""
+    repos = parse(
+        """
 defaults:
   branch: main
   timeout: 900
@@ -77,7 +90,9 @@ repos:
     node: gpu-box
     mode: compose
     image_registry: registry.example.com/jeff
-""", file=FILE)
+""",
+        file=FILE,
+    )
     repo = repos["mycofi-earth-website"]
     assert repo.source == ("jeff/mycofi-earth-website",)
     assert repo.mirror is not None and repo.mirror.token_env == "GITHUB_MIRROR_TOKEN"
@@ -89,38 +104,72 @@ def test_project_example_registry_is_valid() -> None:
     assert load(example)
 
 
-@pytest.mark.parametrize(("text", "where", "problem"), [
-    ("repos:\n  a:\n    path: /x\n    brnach: main\n", "repos.a.brnach", "unknown key"),
-    ("repos:\n  a:\n    branch: main\n", "repos.a.path", "is required"),
-    ("repos:\n  a:\n    path: /x\n    timeout: soon\n", "repos.a.timeout", "positive"),
-    ("repos:\n  a:\n    path: /x\n    timeout: 0\n", "repos.a.timeout", "positive"),
-    ("repos:\n  a:\n    path: /x\n    health_timeout: -1\n", "repos.a.health_timeout", "seconds"),
-    ("repos:\n  a:\n    path: /x\n    rollback: 'yes please'\n", "repos.a.rollback", "true or false"),
-    ("repos:\n  a:\n    path: /x\n    on_local_changes: stash\n", "repos.a.on_local_changes",
-     "fail or reset"),
-    ("repos:\n  a:\n    path: /x\n    services: web\n", "repos.a.services", "list"),
-    ("repos:\n  a:\n    path: /x\n    secret_env: 'MY-SECRET'\n", "repos.a.secret_env",
-     "environment variable"),
-    ("repos:\n  a:\n    path: /x\n    branch: --upload-pack=x\n", "repos.a.branch", "valid"),
-    ("repos:\n  a:\n    path: /x\n    mirror: {token_env: T}\n", "repos.a.mirror.url",
-     "required"),
-    ("repos:\n  a:\n    path: /x\n    gitea: {url: u, tokn_env: T}\n", "repos.a.gitea.tokn_env",
-     "unknown key"),
-    ("repos:\n  a:\n    path: /x\n    mode: k8s\n", "repos.a.mode", "compose or swarm"),
-    ("repos:\n  a:\n    path: /x\n    gitea: {url: https://g}\n", "repos.a.gitea",
-     "needs `source`"),
-    ("repos:\n  ../etc:\n    path: /x\n", "repos.../etc", "invalid name"),
-    ("repos:\n  .hidden:\n    path: /x\n", "repos..hidden", "invalid name"),
-    ("repos:\n  'a b':\n    path: /x\n", "repos.a b", "invalid name"),
-    ("repos:\n  a:\n    path: /x\n  b:\n    path: /x/\n", "repos.b.path", "already the path"),
-    ("defaults:\n  path: /x\nrepos: {}\n", "defaults.path", "not to defaults"),
-    ("defaults:\n  tiemout: 3\nrepos: {}\n", "defaults.tiemout", "unknown key"),
-    ("repo:\n  a:\n    path: /x\n", "repo", "unknown top-level key"),
-    ("repos: [a, b]\n", "repos", "mapping"),
-    ("- a\n", "top level", "mapping"),
-    ("repos:\n  a:\n    path: /x\n    secret_env: A\n    secret_file: /f\n",
-     "repos.a.secret_file", "not both"),
-])
+@pytest.mark.parametrize(
+    ("text", "where", "problem"),
+    [
+        ("repos:\n  a:\n    path: /x\n    brnach: main\n", "repos.a.brnach", "unknown key"),
+        ("repos:\n  a:\n    branch: main\n", "repos.a.path", "is required"),
+        ("repos:\n  a:\n    path: /x\n    timeout: soon\n", "repos.a.timeout", "positive"),
+        ("repos:\n  a:\n    path: /x\n    timeout: 0\n", "repos.a.timeout", "positive"),
+        (
+            "repos:\n  a:\n    path: /x\n    health_timeout: -1\n",
+            "repos.a.health_timeout",
+            "seconds",
+        ),
+        (
+            "repos:\n  a:\n    path: /x\n    rollback: 'yes please'\n",
+            "repos.a.rollback",
+            "true or false",
+        ),
+        (
+            "repos:\n  a:\n    path: /x\n    on_local_changes: stash\n",
+            "repos.a.on_local_changes",
+            "fail or reset",
+        ),
+        ("repos:\n  a:\n    path: /x\n    services: web\n", "repos.a.services", "list"),
+        (
+            "repos:\n  a:\n    path: /x\n    secret_env: 'MY-SECRET'\n",
+            "repos.a.secret_env",
+            "environment variable",
+        ),
+        (
+            "repos:\n  a:\n    path: /x\n    branch: --upload-pack=x\n",
+            "repos.a.branch",
+            "must be a branch name",
+        ),
+        ("repos:\n  a:\n    path: /x\n    timeout: true\n", "repos.a.timeout", "positive"),
+        (
+            "repos:\n  a:\n    path: /x\n    mirror: {token_env: T}\n",
+            "repos.a.mirror.url",
+            "required",
+        ),
+        (
+            "repos:\n  a:\n    path: /x\n    gitea: {url: u, tokn_env: T}\n",
+            "repos.a.gitea.tokn_env",
+            "unknown key",
+        ),
+        ("repos:\n  a:\n    path: /x\n    mode: k8s\n", "repos.a.mode", "compose or swarm"),
+        (
+            "repos:\n  a:\n    path: /x\n    gitea: {url: https://g}\n",
+            "repos.a.gitea",
+            "needs `source`",
+        ),
+        ("repos:\n  ../etc:\n    path: /x\n", "repos.../etc", "invalid name"),
+        ("repos:\n  .hidden:\n    path: /x\n", "repos..hidden", "invalid name"),
+        ("repos:\n  'a b':\n    path: /x\n", "repos.a b", "invalid name"),
+        ("repos:\n  a:\n    path: /x\n  b:\n    path: /x/\n", "repos.b.path", "already the path"),
+        ("defaults:\n  path: /x\nrepos: {}\n", "defaults.path", "not to defaults"),
+        ("defaults:\n  tiemout: 3\nrepos: {}\n", "defaults.tiemout", "unknown key"),
+        ("repo:\n  a:\n    path: /x\n", "repo", "unknown top-level key"),
+        ("repos: [a, b]\n", "repos", "mapping"),
+        ("- a\n", "top level", "mapping"),
+        (
+            "repos:\n  a:\n    path: /x\n    secret_env: A\n    secret_file: /f\n",
+            "repos.a.secret_file",
+            "not both",
+        ),
+    ],
+)
 def test_invalid_registry_names_file_repo_and_key(text: str, where: str, problem: str) -> None:
     with pytest.raises(RegistryError) as info:
         parse(text, file=FILE)
@@ -191,21 +240,28 @@ def test_secrets_from_env_file_and_default(tmp_path: Path) -> None:
     a = Repo(name="a", path=tmp_path, secret_env="A_SECRET")
     b = Repo(name="b", path=tmp_path, secret_file=secret_file)
     c = Repo(name="c", path=tmp_path)
-    assert resolve_secrets(a, default=None, environ={"A_SECRET": "one, two\nthree"}) == \
-        ("one", "two", "three")
+    assert resolve_secrets(a, default=None, environ={"A_SECRET": "one, two\nthree"}) == (
+        "one",
+        "two",
+        "three",
+    )
     assert resolve_secrets(b, default=None) == ("from-file",)
     assert resolve_secrets(c, default="dflt", environ={}) == ("dflt",)
 
 
-@pytest.mark.parametrize(("repo_kwargs", "environ", "default"), [
-    ({"secret_env": "UNSET"}, {}, "dflt"),
-    ({"secret_env": "EMPTY"}, {"EMPTY": " , \n"}, "dflt"),
-    ({"secret_file": Path("/nonexistent/secret")}, {}, "dflt"),
-    ({}, {}, None),
-    ({}, {}, ""),
-])
-def test_unresolvable_secret_raises(tmp_path: Path, repo_kwargs: dict[str, object],
-                                    environ: dict[str, str], default: str | None) -> None:
+@pytest.mark.parametrize(
+    ("repo_kwargs", "environ", "default"),
+    [
+        ({"secret_env": "UNSET"}, {}, "dflt"),
+        ({"secret_env": "EMPTY"}, {"EMPTY": " , \n"}, "dflt"),
+        ({"secret_file": Path("/nonexistent/secret")}, {}, "dflt"),
+        ({}, {}, None),
+        ({}, {}, ""),
+    ],
+)
+def test_unresolvable_secret_raises(
+    tmp_path: Path, repo_kwargs: dict[str, object], environ: dict[str, str], default: str | None
+) -> None:
     repo = Repo(name="a", path=tmp_path, **repo_kwargs)  # type: ignore[arg-type]
     with pytest.raises(SecretNotConfigured):
         resolve_secrets(repo, default=default, environ=environ)

@@ -34,22 +34,27 @@ pytestmark = pytest.mark.slow
 def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - loopback
+        with urllib.request.urlopen(request, timeout=10) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
 
 
 def get(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - loopback
+    with urllib.request.urlopen(url, timeout=10) as resp:
         return json.loads(resp.read())  # type: ignore[no-any-return]
 
 
 def env_for(tmp: Path, registry: Path, fake: FakeDocker, **extra: str) -> dict[str, str]:
-    return {"DEPLOYHOOK_REGISTRY": str(registry), "DEPLOYHOOK_DATA_DIR": str(tmp / "data"),
-            "DEPLOYHOOK_SECRET": SECRET, "DEPLOYHOOK_RECONCILE_INTERVAL": "0",
-            "DEPLOYHOOK_COMPOSE": f"{fake.path} compose", "DEPLOYHOOK_STOP_GRACE": "5",
-            **extra}
+    return {
+        "DEPLOYHOOK_REGISTRY": str(registry),
+        "DEPLOYHOOK_DATA_DIR": str(tmp / "data"),
+        "DEPLOYHOOK_SECRET": SECRET,
+        "DEPLOYHOOK_RECONCILE_INTERVAL": "0",
+        "DEPLOYHOOK_COMPOSE": f"{fake.path} compose",
+        "DEPLOYHOOK_STOP_GRACE": "5",
+        **extra,
+    }
 
 
 def deliver(served: Served, repo: str, sha: str, delivery: str) -> tuple[int, dict[str, Any]]:
@@ -70,11 +75,16 @@ def test_200_deliveries_from_16_threads_each_202_has_job_and_ledger_row(tmp_path
     remotes = {name: make_remote(tmp_path, name) for name in ("alpha", "beta", "gamma")}
     fake = make_fake_docker(tmp_path / "fake")
     fake.set(sleep=0.2)
-    registry = write_registry(tmp_path / "repos.yml", {
-        name: {"path": str(r.checkout), "health_timeout": 0, "rollback": False}
-        for name, r in remotes.items()})
-    shas = {name: [r.commit({"index.html": f"{n}\n"}) for n in range(5)]
-            for name, r in remotes.items()}
+    registry = write_registry(
+        tmp_path / "repos.yml",
+        {
+            name: {"path": str(r.checkout), "health_timeout": 0, "rollback": False}
+            for name, r in remotes.items()
+        },
+    )
+    shas = {
+        name: [r.commit({"index.html": f"{n}\n"}) for n in range(5)] for name, r in remotes.items()
+    }
     for r in remotes.values():
         r.push()
     db = tmp_path / "data" / "deployhook.sqlite3"
@@ -86,33 +96,47 @@ def test_200_deliveries_from_16_threads_each_202_has_job_and_ledger_row(tmp_path
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         while not stop.is_set():
             try:
-                rows = conn.execute("SELECT repo, status, COUNT(*) FROM jobs WHERE status IN"
-                                    " ('queued', 'running') GROUP BY repo, status"
-                                    " HAVING COUNT(*) > 1").fetchall()
+                rows = conn.execute(
+                    "SELECT repo, status, COUNT(*) FROM jobs WHERE status IN"
+                    " ('queued', 'running') GROUP BY repo, status"
+                    " HAVING COUNT(*) > 1"
+                ).fetchall()
             except sqlite3.OperationalError:
                 rows = []
             violations.extend(str(r) for r in rows)
             time.sleep(0.01)
         conn.close()
 
-    with serve(env_for(tmp_path, registry, fake, DEPLOYHOOK_WEB_PROCESSES="3"),
-               cwd=tmp_path) as served:
+    with serve(
+        env_for(tmp_path, registry, fake, DEPLOYHOOK_WEB_PROCESSES="3"), cwd=tmp_path
+    ) as served:
         watcher = threading.Thread(target=watch)
         watcher.start()
-        work = [(name, shas[name][n % 5], f"delivery-{n}")
-                for n in range(200) for name in [("alpha", "beta", "gamma")[n % 3]]]
+        work = [
+            (name, shas[name][n % 5], f"delivery-{n}")
+            for n in range(200)
+            for name in [("alpha", "beta", "gamma")[n % 3]]
+        ]
         with ThreadPoolExecutor(max_workers=16) as pool:
             answers = list(pool.map(lambda w: (w, deliver(served, *w)), work))
-        wait_for(lambda: all(j["status"] not in ("queued", "running")
-                             for name in remotes
-                             for j in get(f"{served.url}/deploy/{name}/jobs")["jobs"]),
-                 what="all jobs to end")
+        wait_for(
+            lambda: all(
+                j["status"] not in ("queued", "running")
+                for name in remotes
+                for j in get(f"{served.url}/deploy/{name}/jobs")["jobs"]
+            ),
+            what="all jobs to end",
+        )
         stop.set()
         watcher.join()
-        ledger = {name: {d["id"]: d for d in get(
-            f"{served.url}/deploy/{name}/deliveries?limit=1000")["deliveries"]}
-            for name in remotes}
-        for (name, sha, delivery), (status, answer) in answers:
+        ledger = {
+            name: {
+                d["id"]: d
+                for d in get(f"{served.url}/deploy/{name}/deliveries?limit=1000")["deliveries"]
+            }
+            for name in remotes
+        }
+        for (name, _sha, delivery), (status, answer) in answers:
             assert status == 202, answer
             job = get(f"{served.url}/jobs/{answer['job']}")
             assert job["repo"] == name
@@ -122,36 +146,46 @@ def test_200_deliveries_from_16_threads_each_202_has_job_and_ledger_row(tmp_path
         for name, r in remotes.items():
             assert r.deployed() == get(f"{served.url}/deploy/{name}")["deployed_sha"]
     assert violations == []
-    assert all(not s["others"] or all(o["cwd"] != s["cwd"] for o in fake.starts()
-                                      if o["pid"] in s["others"]) for s in fake.starts())
+    assert all(
+        not s["others"]
+        or all(o["cwd"] != s["cwd"] for o in fake.starts() if o["pid"] in s["others"])
+        for s in fake.starts()
+    )
 
 
 def test_sigkill_mid_deploy_then_restart_interrupts_and_retries(tmp_path: Path) -> None:
     remote = make_remote(tmp_path, "site")
     fake = make_fake_docker(tmp_path / "fake")
-    registry = write_registry(tmp_path / "repos.yml", {
-        "site": {"path": str(remote.checkout), "health_timeout": 0}})
+    registry = write_registry(
+        tmp_path / "repos.yml", {"site": {"path": str(remote.checkout), "health_timeout": 0}}
+    )
     env = env_for(tmp_path, registry, fake)
     sha = remote.commit_and_push({"index.html": "v2\n"})
     fake.set(sleep=60)
     with serve(env, cwd=tmp_path) as served:
         status, answer = deliver(served, "site", sha, "d-1")
         assert status == 202
-        wait_for(lambda: fake.starts(), what="compose to start")
+        wait_for(fake.starts, what="compose to start")
         orphan = fake.starts()[0]["pid"]
         os.killpg(served.proc.pid, signal.SIGKILL)  # supervisor, gunicorn and worker at once
         served.proc.wait()
     os.kill(orphan, 0)  # compose runs in its own group: it survived its worker
     fake.set(sleep=0)
     with serve(env, cwd=tmp_path, log_name="serve2.log") as served:
-        wait_for(lambda: get(f"{served.url}/jobs/{answer['job']}")["status"] == "interrupted",
-                 what="the job to be interrupted")
+        wait_for(
+            lambda: get(f"{served.url}/jobs/{answer['job']}")["status"] == "interrupted",
+            what="the job to be interrupted",
+        )
         jobs = get(f"{served.url}/deploy/site/jobs")["jobs"]
-        wait_for(lambda: get(f"{served.url}/deploy/site/jobs")["jobs"][0]["status"]
-                 == "succeeded", what="the retry to succeed")
+        wait_for(
+            lambda: get(f"{served.url}/deploy/site/jobs")["jobs"][0]["status"] == "succeeded",
+            what="the retry to succeed",
+        )
         jobs = get(f"{served.url}/deploy/site/jobs")["jobs"]
     assert [(j["trigger"], j["status"], j["sha"]) for j in jobs] == [
-        ("retry", "succeeded", sha), ("push", "interrupted", sha)]
+        ("retry", "succeeded", sha),
+        ("push", "interrupted", sha),
+    ]
     with pytest.raises(ProcessLookupError):
         os.kill(orphan, 0)  # the restarted worker stopped the dead worker's compose
     assert all(s["others"] == [] for s in fake.starts())  # nothing ran twice at once
@@ -161,23 +195,29 @@ def test_sigkill_mid_deploy_then_restart_interrupts_and_retries(tmp_path: Path) 
 def test_web_process_killed_leaves_running_deploy_untouched(tmp_path: Path) -> None:
     remote: Remote = make_remote(tmp_path, "site")
     fake = make_fake_docker(tmp_path / "fake")
-    registry = write_registry(tmp_path / "repos.yml", {
-        "site": {"path": str(remote.checkout), "health_timeout": 0}})
+    registry = write_registry(
+        tmp_path / "repos.yml", {"site": {"path": str(remote.checkout), "health_timeout": 0}}
+    )
     sha = remote.commit_and_push({"index.html": "v2\n"})
     fake.set(sleep=3)
     with serve(env_for(tmp_path, registry, fake), cwd=tmp_path) as served:
         status, answer = deliver(served, "site", sha, "d-1")
         assert status == 202
-        wait_for(lambda: fake.starts(), what="compose to start")
+        wait_for(fake.starts, what="compose to start")
         master = set(served.children()) & set(served.pids_of("_web"))
         web_workers = [p for p in served.pids_of("_web") if p not in master]
         assert len(web_workers) == 2
         for pid in web_workers:
             os.kill(pid, signal.SIGKILL)  # gunicorn replaces them; the deploy must not notice
-        wait_for(lambda: fake.calls(), what="compose to finish")
-        wait_for(lambda: get(f"{served.url}/jobs/{answer['job']}")["status"] == "succeeded",
-                 what="the job to succeed")
-    job_status = sqlite3.connect(tmp_path / "data" / "deployhook.sqlite3").execute(
-        "SELECT status FROM jobs WHERE id = ?", (answer["job"],)).fetchone()[0]
+        wait_for(fake.calls, what="compose to finish")
+        wait_for(
+            lambda: get(f"{served.url}/jobs/{answer['job']}")["status"] == "succeeded",
+            what="the job to succeed",
+        )
+    job_status = (
+        sqlite3.connect(tmp_path / "data" / "deployhook.sqlite3")
+        .execute("SELECT status FROM jobs WHERE id = ?", (answer["job"],))
+        .fetchone()[0]
+    )
     assert job_status == "succeeded"
     assert remote.deployed() == sha

@@ -15,8 +15,10 @@ KNOWN = {
 
 
 def test_github_documented_check_value() -> None:
-    assert sign(b"Hello, World!", "It's a Secret to Everybody") == \
-        "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+    assert (
+        sign(b"Hello, World!", "It's a Secret to Everybody")
+        == "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+    )
 
 
 @pytest.mark.parametrize(("name", "digest"), KNOWN.items())
@@ -25,8 +27,11 @@ def test_fixture_signatures_match_headers_md(name: str, digest: str) -> None:
 
 
 def test_signatures_reads_all_three_headers_and_drops_empty_ones() -> None:
-    headers = {"X-Gitea-Signature": "AB", "X-Gogs-Signature": "", "X-Hub-Signature-256":
-               "sha256=cd"}
+    headers = {
+        "X-Gitea-Signature": "AB",
+        "X-Gogs-Signature": "",
+        "X-Hub-Signature-256": "sha256=cd",
+    }
     assert signatures(headers) == ["ab", "cd"]
     assert signatures({"X-Hub-Signature-256": "sha256=", "X-Gitea-Signature": ""}) == []
     assert signatures({"X-Hub-Signature-256": "md5=zz"}) == []

@@ -18,8 +18,22 @@ from deployhook.worker import Worker
 from tests.helpers import FakeDocker, Remote, gitea_headers, gitea_push_body
 
 TOKEN = "admin-token-for-tests"
-JOB_KEYS = {"id", "repo", "status", "trigger", "sha", "ref", "delivery", "previous_sha",
-            "created_at", "started_at", "finished_at", "duration_s", "error", "steps"}
+JOB_KEYS = {
+    "id",
+    "repo",
+    "status",
+    "trigger",
+    "sha",
+    "ref",
+    "delivery",
+    "previous_sha",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "duration_s",
+    "error",
+    "steps",
+}
 SVG = "{http://www.w3.org/2000/svg}"
 
 
@@ -48,8 +62,9 @@ def deployed(client: Any, service: Service, remote: Remote) -> int:
     return job_id
 
 
-def make_client(settings: Settings, open_service: Callable[[Settings], Service],
-                **changes: Any) -> Any:
+def make_client(
+    settings: Settings, open_service: Callable[[Settings], Service], **changes: Any
+) -> Any:
     changed = dataclasses.replace(settings, **changes)
     app = create_app(changed, service_=open_service(changed), configure_logging=False)
     return app.test_client()
@@ -64,8 +79,12 @@ def test_repo_status_shape(client: Any, deployed: int, remote: Remote) -> None:
     assert resp.content_type == "application/json"
     body = resp.get_json()
     assert {"repo", "branch", "deployed_sha", "held", "last_job", "queued"} <= set(body)
-    assert (body["repo"], body["branch"], body["held"], body["queued"]) == \
-        ("site", "main", False, 0)
+    assert (body["repo"], body["branch"], body["held"], body["queued"]) == (
+        "site",
+        "main",
+        False,
+        0,
+    )
     assert body["deployed_sha"] == remote.deployed()
     assert set(body["last_job"]) >= JOB_KEYS
     assert body["last_job"]["id"] == deployed
@@ -89,8 +108,9 @@ def test_jobs_newest_first_with_limit(client: Any, service: Service, remote: Rem
         Worker(service).work(burst=True)
     jobs = client.get("/deploy/site/jobs").get_json()["jobs"]
     assert [j["id"] for j in jobs] == ids[::-1]
-    assert [j["id"] for j in client.get("/deploy/site/jobs?limit=2").get_json()["jobs"]] == \
-        ids[:0:-1]
+    assert [j["id"] for j in client.get("/deploy/site/jobs?limit=2").get_json()["jobs"]] == ids[
+        :0:-1
+    ]
 
 
 def test_deliveries_ledger_says_why(client: Any, remote: Remote) -> None:
@@ -113,8 +133,17 @@ def test_deliveries_ledger_says_why(client: Any, remote: Remote) -> None:
     assert len(client.get("/deploy/site/deliveries?limit=1").get_json()["deliveries"]) == 1
 
 
-@pytest.mark.parametrize("url", ["/deploy/nope", "/deploy/nope/jobs", "/deploy/nope/deliveries",
-                                 "/deploy/nope/badge.svg", "/jobs/999999", "/ui/jobs/999999"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/deploy/nope",
+        "/deploy/nope/jobs",
+        "/deploy/nope/deliveries",
+        "/deploy/nope/badge.svg",
+        "/jobs/999999",
+        "/ui/jobs/999999",
+    ],
+)
 def test_unknown_repo_or_job_is_404_json(client: Any, url: str) -> None:
     resp = client.get(url)
     assert resp.status_code == 404
@@ -132,8 +161,11 @@ def test_overview_lists_every_repo(client: Any, deployed: int, remote: Remote) -
     resp = client.get("/api/overview")
     assert resp.content_type == "application/json"
     [repo] = resp.get_json()["repos"]
-    assert (repo["repo"], repo["status"], repo["deployed_sha"]) == \
-        ("site", "succeeded", remote.deployed())
+    assert (repo["repo"], repo["status"], repo["deployed_sha"]) == (
+        "site",
+        "succeeded",
+        remote.deployed(),
+    )
     assert repo["last_job"]["id"] == deployed
     assert repo["deployed_url"] == f"https://git.example.com/jeff/site/commit/{remote.deployed()}"
 
@@ -172,8 +204,9 @@ def test_badge_never_then_succeeded(client: Any, service: Service, remote: Remot
     assert "#4c1" in done.data.decode()
 
 
-def test_badge_failed_is_red(client: Any, service: Service, remote: Remote,
-                             fake_docker: FakeDocker) -> None:
+def test_badge_failed_is_red(
+    client: Any, service: Service, remote: Remote, fake_docker: FakeDocker
+) -> None:
     fake_docker.set(fail=True)
     push(client, remote.commit_and_push({"index.html": "v2\n"}))
     Worker(service).work(burst=True)
@@ -183,9 +216,9 @@ def test_badge_failed_is_red(client: Any, service: Service, remote: Remote,
 
 
 def test_badge_label_is_escaped(client: Any) -> None:
-    resp = client.get("/deploy/site/badge.svg", query_string={"label": "<script>&x\"y"})
+    resp = client.get("/deploy/site/badge.svg", query_string={"label": '<script>&x"y'})
     texts = badge_texts(resp.data)  # parses: nothing broke out of the text nodes
-    assert texts[0] == "<script>&x\"y"
+    assert texts[0] == '<script>&x"y'
     assert b"<script>" not in resp.data
 
 
@@ -204,7 +237,9 @@ ADMIN = [
 
 
 BAD_AUTH = {
-    "none": {}, "bearer-wrong": bearer("wrong-token"), "basic-wrong": basic("wrong-token"),
+    "none": {},
+    "bearer-wrong": bearer("wrong-token"),
+    "basic-wrong": basic("wrong-token"),
     "bearer-empty": {"Authorization": "Bearer "},
     "basic-garbage": {"Authorization": "Basic !!notbase64"},
     "other-scheme": {"Authorization": f"Token {TOKEN}"},
@@ -214,8 +249,9 @@ BAD_AUTH = {
 
 
 @pytest.mark.parametrize(("method", "url"), ADMIN)
-def test_admin_endpoints_refuse_without_valid_token(client: Any, service: Service, method: str,
-                                                    url: str) -> None:
+def test_admin_endpoints_refuse_without_valid_token(
+    client: Any, service: Service, method: str, url: str
+) -> None:
     job, _ = service.run(service.registry.get("site"))
     for name, headers in BAD_AUTH.items():
         resp = getattr(client, method)(url.format(job=job.id), headers=headers)
@@ -226,10 +262,16 @@ def test_admin_endpoints_refuse_without_valid_token(client: Any, service: Servic
 
 
 @pytest.mark.parametrize(("method", "url"), ADMIN)
-def test_admin_endpoints_accept_bearer_and_basic(client: Any, deployed: int, method: str,
-                                                 url: str) -> None:
-    expected = {"/jobs/{job}/log": 200, "/jobs/{job}/log?follow=1": 200, "/login": 303,
-                "/deploy/site/hold": 200, "/deploy/site/run": 202}
+def test_admin_endpoints_accept_bearer_and_basic(
+    client: Any, deployed: int, method: str, url: str
+) -> None:
+    expected = {
+        "/jobs/{job}/log": 200,
+        "/jobs/{job}/log?follow=1": 200,
+        "/login": 303,
+        "/deploy/site/hold": 200,
+        "/deploy/site/run": 202,
+    }
     for auth in (bearer(), basic(), basic(user="")):
         resp = getattr(client, method)(url.format(job=deployed), headers=auth)
         assert resp.status_code not in {401, 403}, auth
@@ -240,8 +282,8 @@ def test_admin_endpoints_accept_bearer_and_basic(client: Any, deployed: int, met
 
 @pytest.mark.parametrize(("method", "url"), ADMIN)
 def test_admin_endpoints_are_403_when_no_token_is_configured(
-        settings: Settings, open_service: Callable[[Settings], Service], method: str,
-        url: str) -> None:
+    settings: Settings, open_service: Callable[[Settings], Service], method: str, url: str
+) -> None:
     client = make_client(settings, open_service, admin_token=None)
     resp = getattr(client, method)(url.format(job=1), headers=bearer())
     assert resp.status_code == 403
@@ -258,13 +300,22 @@ def test_login_redirects_only_to_local_paths(client: Any) -> None:
 
 # -- private mode ------------------------------------------------------------------
 
-STATUS_URLS = ["/", "/api/overview", "/deploy/site", "/deploy/site/jobs",
-               "/deploy/site/deliveries", "/jobs/{job}", "/ui/jobs/{job}", "/metrics"]
+STATUS_URLS = [
+    "/",
+    "/api/overview",
+    "/deploy/site",
+    "/deploy/site/jobs",
+    "/deploy/site/deliveries",
+    "/jobs/{job}",
+    "/ui/jobs/{job}",
+    "/metrics",
+]
 
 
 @pytest.mark.parametrize("url", STATUS_URLS)
-def test_private_mode_needs_the_token(settings: Settings, deployed: int, url: str,
-                                      open_service: Callable[[Settings], Service]) -> None:
+def test_private_mode_needs_the_token(
+    settings: Settings, deployed: int, url: str, open_service: Callable[[Settings], Service]
+) -> None:
     client = make_client(settings, open_service, private_status=True)
     url = url.format(job=deployed)
     refused = client.get(url)
@@ -282,7 +333,8 @@ def test_public_mode_needs_no_token(client: Any, deployed: int) -> None:
 
 @pytest.mark.parametrize("url", ["/deploy/site/badge.svg", "/healthz"])
 def test_badge_and_healthz_stay_public_in_private_mode(
-        settings: Settings, open_service: Callable[[Settings], Service], url: str) -> None:
+    settings: Settings, open_service: Callable[[Settings], Service], url: str
+) -> None:
     client = make_client(settings, open_service, private_status=True)
     assert client.get(url).status_code == 200
 
@@ -336,8 +388,7 @@ def test_whole_log_is_plain_text_with_utc_times(client: Any, deployed: int) -> N
         assert stamp[10] == "T" and stamp.endswith("Z"), line
 
 
-def test_follow_of_an_ended_job_returns_everything_and_ends(client: Any, deployed: int
-                                                            ) -> None:
+def test_follow_of_an_ended_job_returns_everything_and_ends(client: Any, deployed: int) -> None:
     whole = client.get(f"/jobs/{deployed}/log", headers=bearer()).data
     followed = client.get(f"/jobs/{deployed}/log?follow=1", headers=bearer()).data
     assert followed == whole
@@ -355,17 +406,23 @@ def test_follow_stops_at_its_time_limit_or_when_the_reader_left(service: Service
 
     job, _ = service.run(service.registry.get("site"))  # queued: no line will come
     naps: list[float] = []
-    assert list(tail.lines(service.store, job.id, follow=True, max_s=0.0,
-                           sleep=naps.append)) == []
+    assert list(tail.lines(service.store, job.id, follow=True, max_s=0.0, sleep=naps.append)) == []
     assert naps == []
     calls = iter([False, False, True])
-    assert list(tail.lines(service.store, job.id, follow=True, gone=lambda: next(calls),
-                           sleep=naps.append)) == []
+    assert (
+        list(
+            tail.lines(
+                service.store, job.id, follow=True, gone=lambda: next(calls), sleep=naps.append
+            )
+        )
+        == []
+    )
     assert naps == [tail.POLL_S, tail.POLL_S]
 
 
-def test_live_followers_are_limited_per_process_and_released(client: Any, service: Service,
-                                                             settings: Settings) -> None:
+def test_live_followers_are_limited_per_process_and_released(
+    client: Any, service: Service, settings: Settings
+) -> None:
     job, _ = service.run(service.registry.get("site"))  # queued: its followers wait
     service.store.finish(job.id, status=Status.CANCELLED, error=None)
     for _ in range(10):  # each finished follower frees its place
@@ -374,8 +431,7 @@ def test_live_followers_are_limited_per_process_and_released(client: Any, servic
         resp.close()
     waiting, _ = service.run(service.registry.get("site"))
     limit = max(2, settings.web_threads // 4)
-    held = [client.get(f"/jobs/{waiting.id}/log?follow=1", headers=bearer())
-            for _ in range(limit)]
+    held = [client.get(f"/jobs/{waiting.id}/log?follow=1", headers=bearer()) for _ in range(limit)]
     try:
         assert [r.status_code for r in held] == [200] * limit
         refused = client.get(f"/jobs/{waiting.id}/log?follow=1", headers=bearer())

@@ -51,13 +51,22 @@ def test_status_table_before_any_deploy(env: dict[str, str], service: Service) -
     result = cli(env, "status")
     assert result.exit_code == 0, result.output
     header, row = result.stdout.splitlines()
-    assert header.split() == ["REPO", "BRANCH", "STATUS", "DEPLOYED", "WHEN", "TOOK", "HELD",
-                              "QUEUED"]
+    assert header.split() == [
+        "REPO",
+        "BRANCH",
+        "STATUS",
+        "DEPLOYED",
+        "WHEN",
+        "TOOK",
+        "HELD",
+        "QUEUED",
+    ]
     assert row.split() == ["site", "main", "never", "-", "-", "-", "-", "-"]
 
 
-def test_status_table_after_deploys(env: dict[str, str], client: Any, service: Service,
-                                    remote: Remote, fake_docker: FakeDocker) -> None:
+def test_status_table_after_deploys(
+    env: dict[str, str], client: Any, service: Service, remote: Remote, fake_docker: FakeDocker
+) -> None:
     push(client, remote.commit_and_push({"index.html": "v2\n"}))
     Worker(service).work(burst=True)
     good = remote.deployed()
@@ -95,8 +104,9 @@ def test_status_of_unknown_repo_is_one_line_and_exit_2(env: dict[str, str]) -> N
 
 
 def test_logs_prints_the_whole_output(env: dict[str, str], service: Service) -> None:
-    job, _ = service.store.enqueue(repo="site", sha="a" * 40, ref=None, trigger=Trigger.MANUAL,
-                                   node="")
+    job, _ = service.store.enqueue(
+        repo="site", sha="a" * 40, ref=None, trigger=Trigger.MANUAL, node=""
+    )
     service.store.append_log(job.id, [(time.time(), "hello"), (time.time(), "world")])
     result = cli(env, "logs", str(job.id))
     assert result.exit_code == 0
@@ -106,8 +116,9 @@ def test_logs_prints_the_whole_output(env: dict[str, str], service: Service) -> 
 
 
 @pytest.mark.parametrize("args", [["logs", "999"], ["logs", "999", "--follow"]])
-def test_logs_of_unknown_job_is_exit_2(env: dict[str, str], service: Service,
-                                       args: list[str]) -> None:
+def test_logs_of_unknown_job_is_exit_2(
+    env: dict[str, str], service: Service, args: list[str]
+) -> None:
     result = cli(env, *args)
     assert result.exit_code == 2
     assert result.stderr.strip() == "deployhook: no job 999"
@@ -120,13 +131,18 @@ def test_logs_with_a_bad_job_id_is_a_usage_error(env: dict[str, str]) -> None:
 
 def test_logs_follow_prints_until_the_job_ends(env: dict[str, str], service: Service) -> None:
     """A real process, so its output is read while it runs."""
-    job, _ = service.store.enqueue(repo="site", sha="a" * 40, ref=None, trigger=Trigger.MANUAL,
-                                   node="")
+    job, _ = service.store.enqueue(
+        repo="site", sha="a" * 40, ref=None, trigger=Trigger.MANUAL, node=""
+    )
     service.store.claim(worker="test-worker", node="", lease_s=300)
     service.store.append_log(job.id, [(time.time(), "starting")])
-    proc = subprocess.Popen([sys.executable, "-m", "deployhook", "logs", str(job.id),
-                             "--follow"], env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deployhook", "logs", str(job.id), "--follow"],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().endswith(" starting\n")

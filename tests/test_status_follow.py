@@ -31,8 +31,9 @@ def server(settings: Settings, tmp_path: Path, service: Service) -> Iterator[Ser
 
 
 def running_job(service: Service) -> int:
-    job, _ = service.store.enqueue(repo="site", sha="c" * 40, ref="refs/heads/main",
-                                   trigger=Trigger.PUSH, node="")
+    job, _ = service.store.enqueue(
+        repo="site", sha="c" * 40, ref="refs/heads/main", trigger=Trigger.PUSH, node=""
+    )
     claimed = service.store.claim(worker="test-worker", node="", lease_s=300)
     assert claimed is not None and claimed.id == job.id
     return job.id
@@ -56,7 +57,8 @@ class Follower:
 
 
 def test_follow_delivers_lines_while_the_job_runs_and_ends_with_it(
-        server: Served, service: Service) -> None:
+    server: Served, service: Service
+) -> None:
     job_id = running_job(service)
     store = service.store
     store.append_log(job_id, [(time.time(), "first line")])
@@ -82,10 +84,12 @@ def test_follow_delivers_lines_while_the_job_runs_and_ends_with_it(
 
 
 def test_follow_with_a_real_worker_and_a_slow_compose(
-        server: Served, service: Service, remote: Remote, fake_docker: FakeDocker) -> None:
+    server: Served, service: Service, remote: Remote, fake_docker: FakeDocker
+) -> None:
     fake_docker.set(sleep=1.5)
-    job, _ = service.run(service.registry.get("site"),
-                         sha=remote.commit_and_push({"index.html": "v2\n"}))
+    job, _ = service.run(
+        service.registry.get("site"), sha=remote.commit_and_push({"index.html": "v2\n"})
+    )
     worker = threading.Thread(target=Worker(service).work, kwargs={"burst": True})
     worker.start()
     follower = Follower(server, f"/jobs/{job.id}/log?follow=1")
@@ -106,7 +110,8 @@ def test_follow_with_a_real_worker_and_a_slow_compose(
 
 
 def test_a_reader_that_leaves_is_noticed_before_the_job_ends(
-        server: Served, service: Service) -> None:
+    server: Served, service: Service
+) -> None:
     job_id = running_job(service)
     follower = Follower(server, f"/jobs/{job_id}/log?follow=1")
     assert follower.response.status == 200

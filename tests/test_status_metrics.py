@@ -42,16 +42,21 @@ def site(**labels: str) -> tuple[tuple[str, str], ...]:
 def test_metric_families_and_types(client: Any) -> None:
     types, _ = scrape(client)
     assert types == {
-        "deployhook_deliveries": "counter", "deployhook_jobs": "counter",
-        "deployhook_queue_depth": "gauge", "deployhook_jobs_running": "gauge",
+        "deployhook_deliveries": "counter",
+        "deployhook_jobs": "counter",
+        "deployhook_queue_depth": "gauge",
+        "deployhook_jobs_running": "gauge",
         "deployhook_deploy_duration_seconds": "histogram",
-        "deployhook_last_success_timestamp_seconds": "gauge", "deployhook_repo_held": "gauge",
-        "deployhook_workers_alive": "gauge", "deployhook_registry_valid": "gauge",
+        "deployhook_last_success_timestamp_seconds": "gauge",
+        "deployhook_repo_held": "gauge",
+        "deployhook_workers_alive": "gauge",
+        "deployhook_registry_valid": "gauge",
     }
 
 
-def test_metrics_follow_deliveries_and_deploys(client: Any, service: Service, remote: Remote,
-                                               fake_docker: FakeDocker) -> None:
+def test_metrics_follow_deliveries_and_deploys(
+    client: Any, service: Service, remote: Remote, fake_docker: FakeDocker
+) -> None:
     sha = remote.commit_and_push({"index.html": "v2\n"})
     assert push(client, sha, delivery="one").status_code == 202
     assert push(client, sha, delivery="one").status_code == 202  # duplicate
@@ -84,13 +89,16 @@ def test_metrics_follow_deliveries_and_deploys(client: Any, service: Service, re
     assert done[("deployhook_deploy_duration_seconds_bucket", site(le="60"))] == 3
     assert done[("deployhook_deploy_duration_seconds_bucket", site(le="+Inf"))] == 3
     assert 42 <= done[("deployhook_deploy_duration_seconds_sum", site())] < 60
-    assert done[("deployhook_last_success_timestamp_seconds", site())] == \
-        service.store.job(rollback.id).finished_at
+    assert (
+        done[("deployhook_last_success_timestamp_seconds", site())]
+        == service.store.job(rollback.id).finished_at
+    )
 
 
 def test_hold_and_registry_gauges(client: Any, service: Service, settings: Settings) -> None:
-    resp = client.post("/deploy/site/hold",
-                       headers={"Authorization": "Bearer admin-token-for-tests"})
+    resp = client.post(
+        "/deploy/site/hold", headers={"Authorization": "Bearer admin-token-for-tests"}
+    )
     assert resp.status_code == 200
     _, samples = scrape(client)
     assert samples[("deployhook_repo_held", site())] == 1
@@ -102,9 +110,9 @@ def test_hold_and_registry_gauges(client: Any, service: Service, settings: Setti
     assert broken[("deployhook_repo_held", site())] == 1  # the last good registry serves
 
 
-def test_every_process_answers_the_same_numbers(client: Any, settings: Settings, remote: Remote,
-                                                 open_service: Callable[[Settings], Service]
-                                                 ) -> None:
+def test_every_process_answers_the_same_numbers(
+    client: Any, settings: Settings, remote: Remote, open_service: Callable[[Settings], Service]
+) -> None:
     push(client, remote.commit_and_push({"index.html": "v2\n"}))
     push(client, remote.commit_and_push({"index.html": "v3\n"}))
     # A second app on its own Service is what a second gunicorn process is.

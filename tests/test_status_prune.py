@@ -20,8 +20,9 @@ from deployhook.worker import Worker
 
 def finished_job(store: Store, repo: str, status: Status, *, n: int) -> int:
     """A job that ran one step and printed a line, then ended with status."""
-    job, _ = store.enqueue(repo=repo, sha=f"{n:040x}", ref="refs/heads/main",
-                           trigger=Trigger.PUSH, node="")
+    job, _ = store.enqueue(
+        repo=repo, sha=f"{n:040x}", ref="refs/heads/main", trigger=Trigger.PUSH, node=""
+    )
     claimed = store.claim(worker="test-worker", node="", lease_s=30)
     assert claimed is not None and claimed.id == job.id
     idx = store.start_step(job.id, "compose")
@@ -32,14 +33,23 @@ def finished_job(store: Store, repo: str, status: Status, *, n: int) -> int:
 
 
 def delivery(store: Store, repo: str, *, kind: str = "ignored") -> None:
-    store.submit(Intake(repo=repo, kind=kind, received_at=time.time(), reason="test",
-                        http_status=200 if kind == "ignored" else 403))
+    store.submit(
+        Intake(
+            repo=repo,
+            kind=kind,
+            received_at=time.time(),
+            reason="test",
+            http_status=200 if kind == "ignored" else 403,
+        )
+    )
 
 
 def counts(store: Store, job_id: int) -> tuple[int, int]:
     with store.read() as tx:
-        return (int(tx.value("SELECT COUNT(*) FROM job_log WHERE job_id = :id", id=job_id)),
-                int(tx.value("SELECT COUNT(*) FROM job_steps WHERE job_id = :id", id=job_id)))
+        return (
+            int(tx.value("SELECT COUNT(*) FROM job_log WHERE job_id = :id", id=job_id)),
+            int(tx.value("SELECT COUNT(*) FROM job_steps WHERE job_id = :id", id=job_id)),
+        )
 
 
 def job_ids(store: Store, repo: str) -> list[int]:
@@ -66,11 +76,9 @@ def test_prune_never_touches_queued_or_running_jobs(service: Service) -> None:
     store = service.store
     for i in range(4):
         finished_job(store, "site", Status.FAILED, n=i)
-    running, _ = store.enqueue(repo="site", sha="a" * 40, ref=None, trigger=Trigger.PUSH,
-                               node="")
+    running, _ = store.enqueue(repo="site", sha="a" * 40, ref=None, trigger=Trigger.PUSH, node="")
     store.claim(worker="w", node="", lease_s=30)
-    queued, _ = store.enqueue(repo="site", sha="b" * 40, ref=None, trigger=Trigger.PUSH,
-                              node="")
+    queued, _ = store.enqueue(repo="site", sha="b" * 40, ref=None, trigger=Trigger.PUSH, node="")
     store.prune(repos=["site"], keep_jobs=0, keep_deliveries=100)
     assert job_ids(store, "site") == [queued.id, running.id]
 
@@ -94,15 +102,19 @@ def test_prune_keeps_n_ledger_rows_per_repo_and_n_for_unknown_names(service: Ser
     store.prune(repos=["site", "other"], keep_jobs=100, keep_deliveries=3)
     assert len(store.deliveries("site", limit=100)) == 3
     assert len(store.deliveries("other", limit=100)) == 3
-    strangers = store.deliveries("no-such-repo", limit=100) + \
-        store.deliveries("another-stranger", limit=100)
+    strangers = store.deliveries("no-such-repo", limit=100) + store.deliveries(
+        "another-stranger", limit=100
+    )
     assert len(strangers) == 3
 
 
 def scrape(client: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = client.get("/metrics").data.decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_counters_do_not_go_back_when_rows_are_pruned(client: Any, service: Service) -> None:
@@ -115,22 +127,23 @@ def test_counters_do_not_go_back_when_rows_are_pruned(client: Any, service: Serv
         delivery(store, "stranger", kind="rejected")
     before = scrape(client)
     assert before[("deployhook_jobs_total", (("repo", "site"), ("status", "failed")))] == 5
-    assert before[("deployhook_deliveries_total",
-                   (("outcome", "ignored"), ("repo", "site")))] == 6
-    assert before[("deployhook_deliveries_total",
-                   (("outcome", "rejected"), ("repo", "_other")))] == 6
+    assert before[("deployhook_deliveries_total", (("outcome", "ignored"), ("repo", "site")))] == 6
+    assert (
+        before[("deployhook_deliveries_total", (("outcome", "rejected"), ("repo", "_other")))] == 6
+    )
     assert store.prune(repos=["site"], keep_jobs=1, keep_deliveries=2) > 0
     after = scrape(client)
-    counters = {k: v for k, v in before.items()
-                if k[0].endswith(("_total", "_bucket", "_count", "_sum"))}
+    counters = {
+        k: v for k, v in before.items() if k[0].endswith(("_total", "_bucket", "_count", "_sum"))
+    }
     assert counters
     for key, value in counters.items():
         assert after[key] == value, key
 
 
-def test_worker_prunes_with_configured_retention(settings: Settings,
-                                                 open_service: Callable[[Settings], Service]
-                                                 ) -> None:
+def test_worker_prunes_with_configured_retention(
+    settings: Settings, open_service: Callable[[Settings], Service]
+) -> None:
     svc = open_service(dataclasses.replace(settings, keep_jobs=2, keep_deliveries=2))
     ids = [finished_job(svc.store, "site", Status.FAILED, n=i) for i in range(5)]
     for _ in range(4):

@@ -53,8 +53,7 @@ class FakeSwarmDocker:
 
     def calls(self) -> list[dict[str, Any]]:
         path = self.root / "calls.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] \
-            if path.exists() else []
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 @pytest.fixture
@@ -64,9 +63,16 @@ def fake(tmp_path: Path) -> FakeSwarmDocker:
 
 def _open(tmp_path: Path, fake: FakeSwarmDocker, entry: dict[str, Any]) -> Service:
     registry = write_registry(tmp_path / "repos.yml", {"stack": entry})
-    return Service.open(Settings.load({}, registry=registry, data_dir=tmp_path / "data",
-                                      secret=SECRET, reconcile_interval=0,
-                                      compose=(str(fake.path), "compose")))
+    return Service.open(
+        Settings.load(
+            {},
+            registry=registry,
+            data_dir=tmp_path / "data",
+            secret=SECRET,
+            reconcile_interval=0,
+            compose=(str(fake.path), "compose"),
+        )
+    )
 
 
 def _deploy(svc: Service, remote: Remote) -> tuple[str, int]:
@@ -77,12 +83,15 @@ def _deploy(svc: Service, remote: Remote) -> tuple[str, int]:
 
 
 def test_swarm_repo_builds_and_deploys_a_stack_tagged_per_commit(
-        tmp_path: Path, fake: FakeSwarmDocker) -> None:
+    tmp_path: Path, fake: FakeSwarmDocker
+) -> None:
     remote = make_remote(tmp_path, "stack")
-    fake.config({"web": {"build": {"context": "."}, "image": "me/web:$TAG"},
-                 "db": {"image": "postgres:16"}})
-    svc = _open(tmp_path, fake, {"path": str(remote.checkout), "mode": "swarm",
-                                 "health_timeout": 0})
+    fake.config(
+        {"web": {"build": {"context": "."}, "image": "me/web:$TAG"}, "db": {"image": "postgres:16"}}
+    )
+    svc = _open(
+        tmp_path, fake, {"path": str(remote.checkout), "mode": "swarm", "health_timeout": 0}
+    )
     try:
         sha, job_id = _deploy(svc, remote)
         job = svc.store.job(job_id)
@@ -90,9 +99,19 @@ def test_swarm_repo_builds_and_deploys_a_stack_tagged_per_commit(
         assert [s.name for s in job.steps] == ["fetch", "checkout", "build", "stack_deploy"]
         calls = fake.calls()
         assert [c["argv"] for c in calls] == [
-            ["compose", "config"], ["compose", "build"],
-            ["stack", "deploy", "--with-registry-auth", "--resolve-image", "never",
-             "-c", "docker-compose.yml", "stack"]]
+            ["compose", "config"],
+            ["compose", "build"],
+            [
+                "stack",
+                "deploy",
+                "--with-registry-auth",
+                "--resolve-image",
+                "never",
+                "-c",
+                "docker-compose.yml",
+                "stack",
+            ],
+        ]
         assert {c["tag"] for c in calls} == {sha[:12]}
         assert {c["cwd"] for c in calls} == {str(remote.checkout)}
     finally:
@@ -100,39 +119,71 @@ def test_swarm_repo_builds_and_deploys_a_stack_tagged_per_commit(
 
 
 def test_swarm_repo_with_a_registry_pushes_and_names_its_files(
-        tmp_path: Path, fake: FakeSwarmDocker) -> None:
+    tmp_path: Path, fake: FakeSwarmDocker
+) -> None:
     remote = make_remote(tmp_path, "stack")
     fake.config({"web": {"build": ".", "image": "reg.example.com/jeff/web:$TAG"}})
-    svc = _open(tmp_path, fake, {
-        "path": str(remote.checkout), "mode": "swarm", "health_timeout": 0,
-        "image_registry": "reg.example.com/jeff", "compose_files": ["a.yml", "b.yml"],
-        "project_name": "Shop.Front", "remove_orphans": True, "services": ["web"]})
+    svc = _open(
+        tmp_path,
+        fake,
+        {
+            "path": str(remote.checkout),
+            "mode": "swarm",
+            "health_timeout": 0,
+            "image_registry": "reg.example.com/jeff",
+            "compose_files": ["a.yml", "b.yml"],
+            "project_name": "Shop.Front",
+            "remove_orphans": True,
+            "services": ["web"],
+        },
+    )
     try:
         _sha, job_id = _deploy(svc, remote)
         assert svc.store.job(job_id).status == Status.SUCCEEDED
         files = ["-f", "a.yml", "-f", "b.yml", "-p", "Shop.Front"]
         assert [c["argv"] for c in fake.calls()] == [
-            ["compose", *files, "config"], ["compose", *files, "build", "--", "web"],
+            ["compose", *files, "config"],
+            ["compose", *files, "build", "--", "web"],
             ["compose", *files, "push", "--", "web"],
-            ["stack", "deploy", "--with-registry-auth", "--resolve-image", "always", "--prune",
-             "-c", "a.yml", "-c", "b.yml", "shop-front"]]
+            [
+                "stack",
+                "deploy",
+                "--with-registry-auth",
+                "--resolve-image",
+                "always",
+                "--prune",
+                "-c",
+                "a.yml",
+                "-c",
+                "b.yml",
+                "shop-front",
+            ],
+        ]
         assert {c["registry"] for c in fake.calls()} == {"reg.example.com/jeff"}
     finally:
         svc.close()
 
 
-@pytest.mark.parametrize(("image", "registry", "complaint"), [
-    ("me/web:latest", None, "is not tagged with ${DEPLOYHOOK_IMAGE_TAG}"),
-    (None, None, "names none"),
-    ("other.example.com/web:$TAG", "reg.example.com/jeff", "not under image_registry"),
-])
+@pytest.mark.parametrize(
+    ("image", "registry", "complaint"),
+    [
+        ("me/web:latest", None, "is not tagged with ${DEPLOYHOOK_IMAGE_TAG}"),
+        (None, None, "names none"),
+        ("other.example.com/web:$TAG", "reg.example.com/jeff", "not under image_registry"),
+    ],
+)
 def test_swarm_refuses_images_a_stack_deploy_would_not_roll_out(
-        tmp_path: Path, fake: FakeSwarmDocker, image: str | None, registry: str | None,
-        complaint: str) -> None:
+    tmp_path: Path, fake: FakeSwarmDocker, image: str | None, registry: str | None, complaint: str
+) -> None:
     remote = make_remote(tmp_path, "stack")
     fake.config({"web": {"build": ".", **({"image": image} if image else {})}})
-    entry = {"path": str(remote.checkout), "mode": "swarm", "health_timeout": 0,
-             "rollback": False, **({"image_registry": registry} if registry else {})}
+    entry = {
+        "path": str(remote.checkout),
+        "mode": "swarm",
+        "health_timeout": 0,
+        "rollback": False,
+        **({"image_registry": registry} if registry else {}),
+    }
     svc = _open(tmp_path, fake, entry)
     try:
         _sha, job_id = _deploy(svc, remote)

@@ -56,15 +56,22 @@ def driver(tmp_path: Path) -> Iterator[Any]:
         pytest.skip(missing)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,900",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    chrome = webdriver.Chrome(service=ChromeService(executable_path=CHROMEDRIVER),
-                              options=options)
+    chrome = webdriver.Chrome(service=ChromeService(executable_path=CHROMEDRIVER), options=options)
     chrome.set_page_load_timeout(30)
     try:
         yield chrome
@@ -73,15 +80,19 @@ def driver(tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.fixture
-def world(tmp_path: Path, settings: Settings, open_service: Any
-          ) -> tuple[Settings, Service, dict[str, int]]:
+def world(
+    tmp_path: Path, settings: Settings, open_service: Any
+) -> tuple[Settings, Service, dict[str, int]]:
     """Four repos in four states, straight in the store, as a worker would leave them."""
-    registry = write_registry(tmp_path / "browser-repos.yml", {
-        "mycofi-earth-website": {"path": str(tmp_path / "co" / "site")},
-        "api": {"path": str(tmp_path / "co" / "api"), "branch": "production"},
-        "blog": {"path": str(tmp_path / "co" / "blog")},
-        "docs": {"path": str(tmp_path / "co" / "docs")},
-    })
+    registry = write_registry(
+        tmp_path / "browser-repos.yml",
+        {
+            "mycofi-earth-website": {"path": str(tmp_path / "co" / "site")},
+            "api": {"path": str(tmp_path / "co" / "api"), "branch": "production"},
+            "blog": {"path": str(tmp_path / "co" / "blog")},
+            "docs": {"path": str(tmp_path / "co" / "docs")},
+        },
+    )
     import dataclasses
 
     settings = dataclasses.replace(settings, registry=registry, admin_token=TOKEN)
@@ -89,10 +100,22 @@ def world(tmp_path: Path, settings: Settings, open_service: Any
     store = svc.store
     ids: dict[str, int] = {}
 
-    def run(repo: str, sha: str, status: Status | None, *, error: str | None = None,
-            steps: tuple[str, ...] = ("fetch", "checkout", "compose")) -> int:
-        job, _ = store.enqueue(repo=repo, sha=sha, ref="refs/heads/main", trigger=Trigger.PUSH,
-                               node="", repo_url=f"{FORGE}/{repo}")
+    def run(
+        repo: str,
+        sha: str,
+        status: Status | None,
+        *,
+        error: str | None = None,
+        steps: tuple[str, ...] = ("fetch", "checkout", "compose"),
+    ) -> int:
+        job, _ = store.enqueue(
+            repo=repo,
+            sha=sha,
+            ref="refs/heads/main",
+            trigger=Trigger.PUSH,
+            node="",
+            repo_url=f"{FORGE}/{repo}",
+        )
         store.claim(worker="browser-test", node="", lease_s=600)
         for i, name in enumerate(steps):
             idx = store.start_step(job.id, name)
@@ -101,16 +124,24 @@ def world(tmp_path: Path, settings: Settings, open_service: Any
             if status is None and last:
                 break  # still running
             failed = status == Status.FAILED and last
-            store.finish_step(job.id, idx, status=StepStatus.FAILED if failed
-                              else StepStatus.SUCCEEDED, error=error if failed else None)
+            store.finish_step(
+                job.id,
+                idx,
+                status=StepStatus.FAILED if failed else StepStatus.SUCCEEDED,
+                error=error if failed else None,
+            )
         if status is not None:
             store.finish(job.id, status=status, error=error)
         return job.id
 
     ids["site"] = run("mycofi-earth-website", "1f2e3d4c5b6a" + "0" * 28, Status.SUCCEEDED)
     run("api", "a1" * 20, Status.SUCCEEDED)
-    ids["api"] = run("api", "b2" * 20, Status.FAILED,
-                     error="compose up exited with 1: service web: port 8080 already in use")
+    ids["api"] = run(
+        "api",
+        "b2" * 20,
+        Status.FAILED,
+        error="compose up exited with 1: service web: port 8080 already in use",
+    )
     store.hold("api")
     run("blog", "c3" * 20, Status.SUCCEEDED)
     ids["blog"] = run("blog", "d4" * 20, None)
@@ -118,8 +149,7 @@ def world(tmp_path: Path, settings: Settings, open_service: Any
 
 
 @pytest.fixture
-def server(world: tuple[Settings, Service, dict[str, int]], tmp_path: Path
-           ) -> Iterator[Served]:
+def server(world: tuple[Settings, Service, dict[str, int]], tmp_path: Path) -> Iterator[Served]:
     with live_server(world[0], tmp=tmp_path) as srv:
         yield srv
 
@@ -152,9 +182,12 @@ def pill(driver: Any, repo: str) -> str:
 
 def text(driver: Any, selector: str) -> str:
     """An element's text, read in the page (the scripts replace elements as they refresh)."""
-    return str(driver.execute_script(
-        "const e = document.querySelector(arguments[0]); return e ? e.textContent : null",
-        selector))
+    return str(
+        driver.execute_script(
+            "const e = document.querySelector(arguments[0]); return e ? e.textContent : null",
+            selector,
+        )
+    )
 
 
 def wait(driver: Any, condition: Any, timeout: float = 15) -> Any:
@@ -170,12 +203,14 @@ def phone(driver: Any) -> None:
     driver.set_window_size(390, 844)
     time.sleep(0.3)  # let layout settle after the resize
     overflow = driver.execute_script(
-        "return document.documentElement.scrollWidth - window.innerWidth")
+        "return document.documentElement.scrollWidth - window.innerWidth"
+    )
     assert overflow <= 0, f"page scrolls sideways on a phone by {overflow}px"
 
 
-def test_status_page_renders_and_updates_itself(driver: Any, server: Served,
-                                               world: Any, tmp_path: Path) -> None:
+def test_status_page_renders_and_updates_itself(
+    driver: Any, server: Served, world: Any, tmp_path: Path
+) -> None:
     _, svc, ids = world
     driver.get(server.url + "/")
     wait(driver, lambda d: d.find_element(By.ID, "live").is_displayed())
@@ -183,8 +218,11 @@ def test_status_page_renders_and_updates_itself(driver: Any, server: Served,
     assert page["order"] == ["api", "blog", "docs", "mycofi-earth-website"]
     rows = page["rows"]
     assert {name: r["pill"] for name, r in rows.items()} == {
-        "mycofi-earth-website": "succeeded", "api": "failed", "blog": "running",
-        "docs": "never"}
+        "mycofi-earth-website": "succeeded",
+        "api": "failed",
+        "blog": "running",
+        "docs": "never",
+    }
     site = rows["mycofi-earth-website"]
     assert site["href"] == f"{FORGE}/mycofi-earth-website/commit/1f2e3d4c5b6a{'0' * 28}"
     assert site["sha"] == "1f2e3d4c5b"
@@ -204,8 +242,9 @@ def test_status_page_renders_and_updates_itself(driver: Any, server: Served,
     assert driver.execute_script("return window.__notReloaded") is True
     assert snapshot(driver)["rows"]["blog"]["sha"] == "d4" * 5
     # A push queues a job: the row says so on the next refresh.
-    svc.store.enqueue(repo="docs", sha="e5" * 20, ref="refs/heads/main", trigger=Trigger.PUSH,
-                      node="")
+    svc.store.enqueue(
+        repo="docs", sha="e5" * 20, ref="refs/heads/main", trigger=Trigger.PUSH, node=""
+    )
     wait(driver, lambda d: pill(d, "docs") == "queued")
     assert driver.execute_script("return window.__notReloaded") is True
     # A worker starts on the default node: the workers section shows it, with its beat.
@@ -222,8 +261,9 @@ def test_status_page_renders_and_updates_itself(driver: Any, server: Served,
     print(f"screenshots: {tmp_path}")
 
 
-def test_job_page_follows_the_log_for_an_admin(driver: Any, server: Served, world: Any,
-                                               tmp_path: Path) -> None:
+def test_job_page_follows_the_log_for_an_admin(
+    driver: Any, server: Served, world: Any, tmp_path: Path
+) -> None:
     _, svc, ids = world
     job_id = ids["blog"]
     driver.get(f"{server.url}/ui/jobs/{job_id}")
@@ -235,8 +275,9 @@ def test_job_page_follows_the_log_for_an_admin(driver: Any, server: Served, worl
     # request to the site (the prompt itself cannot be answered in headless Chromium).
     basic = base64.b64encode(f"admin:{TOKEN}".encode()).decode()
     driver.execute_cdp_cmd("Network.enable", {})
-    driver.execute_cdp_cmd("Network.setExtraHTTPHeaders",
-                           {"headers": {"Authorization": f"Basic {basic}"}})
+    driver.execute_cdp_cmd(
+        "Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {basic}"}}
+    )
     driver.get(f"{server.url}/login?next=/ui/jobs/{job_id}")
     wait(driver, lambda d: d.find_elements(By.ID, "log"))
     assert driver.current_url == f"{server.url}/ui/jobs/{job_id}"
@@ -244,7 +285,8 @@ def test_job_page_follows_the_log_for_an_admin(driver: Any, server: Served, worl
     log = driver.find_element(By.ID, "log")
     wait(driver, lambda d: "==> compose" in log.text)
     steps = driver.execute_script(
-        'return Array.from(document.querySelectorAll("#steps tbody tr"), r => r.dataset.step)')
+        'return Array.from(document.querySelectorAll("#steps tbody tr"), r => r.dataset.step)'
+    )
     assert steps == ["fetch", "checkout", "compose"]
 
     svc.store.append_log(job_id, [(time.time(), "Container blog-web-1  Started")])
@@ -253,15 +295,20 @@ def test_job_page_follows_the_log_for_an_admin(driver: Any, server: Served, worl
     driver.save_screenshot(str(tmp_path / "job-running-desktop.png"))
 
     with svc.store.write() as tx:  # the worker's last moves: the step, then the job
-        tx.run("UPDATE job_steps SET status = 'succeeded', finished_at = :now"
-               " WHERE job_id = :id AND status = 'running'", now=time.time(), id=job_id)
+        tx.run(
+            "UPDATE job_steps SET status = 'succeeded', finished_at = :now"
+            " WHERE job_id = :id AND status = 'running'",
+            now=time.time(),
+            id=job_id,
+        )
     svc.store.append_log(job_id, [(time.time(), "==> job succeeded")])
     svc.store.finish(job_id, status=Status.SUCCEEDED, error=None)
     wait(driver, lambda d: d.find_element(By.ID, "log").get_attribute("data-done") == "1")
     assert "end of output" in driver.find_element(By.ID, "log-state").text
     wait(driver, lambda d: text(d, "#job-status .pill") == "succeeded")
     statuses = driver.execute_script(
-        'return Array.from(document.querySelectorAll("#steps .pill"), p => p.textContent)')
+        'return Array.from(document.querySelectorAll("#steps .pill"), p => p.textContent)'
+    )
     assert statuses == ["succeeded"] * 3
     no_console_errors(driver)
     driver.save_screenshot(str(tmp_path / "job-desktop.png"))

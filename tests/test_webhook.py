@@ -1,4 +1,4 @@
-"""POST /deploy/<repo>: every row of the CONTRACT §3 table, with Gitea's and GitHub's real shapes."""
+"""POST /deploy/<repo>: every row of CONTRACT §3's table, with Gitea's and GitHub's shapes."""
 
 from __future__ import annotations
 
@@ -32,18 +32,31 @@ PUSH_SHA = "b9dc52d0b51785536006742b2d92e16c4a368db3"
 def settings(tmp_path: Path) -> Settings:
     checkout = tmp_path / "checkout"
     checkout.mkdir()
-    registry = write_registry(tmp_path / "repos.yml", {
-        "mycofi-earth-website": {"path": str(checkout), "source": FIXTURE_SOURCE},
-        "anysource": {"path": str(tmp_path / "other")},
-        "nosecret": {"path": str(tmp_path / "n"), "secret_env": "DEPLOYHOOK_TEST_UNSET_SECRET"},
-        "rotated": {"path": str(tmp_path / "r"), "secret_env": "ROTATED_SECRET"},
-    })
-    return Settings.load({}, registry=registry, data_dir=tmp_path / "data", secret=SECRET,
-                         admin_token="admin-token-for-tests", max_body=64 * 1024)
+    registry = write_registry(
+        tmp_path / "repos.yml",
+        {
+            "mycofi-earth-website": {"path": str(checkout), "source": FIXTURE_SOURCE},
+            "anysource": {"path": str(tmp_path / "other")},
+            "nosecret": {"path": str(tmp_path / "n"), "secret_env": "DEPLOYHOOK_TEST_UNSET_SECRET"},
+            "rotated": {"path": str(tmp_path / "r"), "secret_env": "ROTATED_SECRET"},
+        },
+    )
+    return Settings.load(
+        {},
+        registry=registry,
+        data_dir=tmp_path / "data",
+        secret=SECRET,
+        admin_token="admin-token-for-tests",
+        max_body=64 * 1024,
+    )
 
 
-def post(client: Any, body: bytes, headers: dict[str, str], repo: str = "mycofi-earth-website",
-         ) -> Any:
+def post(
+    client: Any,
+    body: bytes,
+    headers: dict[str, str],
+    repo: str = "mycofi-earth-website",
+) -> Any:
     return client.post(f"/deploy/{repo}", data=body, headers=headers)
 
 
@@ -54,16 +67,28 @@ def ledger(client: Any, repo: str = "mycofi-earth-website") -> list[dict[str, An
 def test_gitea_push_fixture_is_queued_with_contract_shape(client: Any) -> None:
     body = fixture(GITEA_PUSH)
     headers = gitea_headers(body, delivery="5b0e3a52-7c1d-4f0e-9a3b-2d6c8e1f4a77")
-    assert headers["X-Gitea-Signature"] == \
-        "02a13130903a1b54968372b7891bcb602c479d442065b87541e4a7f36a17e3c3"
+    assert (
+        headers["X-Gitea-Signature"]
+        == "02a13130903a1b54968372b7891bcb602c479d442065b87541e4a7f36a17e3c3"
+    )
     resp = post(client, body, headers)
     assert resp.status_code == 202
     answer = resp.get_json()
-    assert answer == {"status": "queued", "job": answer["job"], "repo": "mycofi-earth-website",
-                      "sha": PUSH_SHA, "status_url": f"/jobs/{answer['job']}"}
+    assert answer == {
+        "status": "queued",
+        "job": answer["job"],
+        "repo": "mycofi-earth-website",
+        "sha": PUSH_SHA,
+        "status_url": f"/jobs/{answer['job']}",
+    }
     job = client.get(answer["status_url"]).get_json()
-    assert (job["status"], job["trigger"], job["sha"], job["ref"], job["delivery"]) == \
-        ("queued", "push", PUSH_SHA, "refs/heads/main", "5b0e3a52-7c1d-4f0e-9a3b-2d6c8e1f4a77")
+    assert (job["status"], job["trigger"], job["sha"], job["ref"], job["delivery"]) == (
+        "queued",
+        "push",
+        PUSH_SHA,
+        "refs/heads/main",
+        "5b0e3a52-7c1d-4f0e-9a3b-2d6c8e1f4a77",
+    )
     assert ledger(client)[0]["outcome"] == "queued"
 
 
@@ -76,8 +101,7 @@ def test_unknown_repo_is_404_and_recorded(client: Any, service: Service) -> None
 
 @pytest.mark.parametrize("name", ["..", "a/../b", "%2e%2e", "x%00y", "-rf", "a b"])
 def test_hostile_repo_names_are_404(client: Any, name: str) -> None:
-    resp = client.post(f"/deploy/{name}", data=b"{}", headers={"Content-Type":
-                                                                 "application/json"})
+    resp = client.post(f"/deploy/{name}", data=b"{}", headers={"Content-Type": "application/json"})
     assert resp.status_code == 404
     assert resp.is_json
 
@@ -90,19 +114,24 @@ def test_content_length_over_limit_is_413_before_reading(client: Any) -> None:
         readline = read
         readinto = read  # type: ignore[assignment]
 
-    resp = client.post("/deploy/mycofi-earth-website", input_stream=Exploding(),
-                       headers={"Content-Type": "application/json"},
-                       environ_overrides={"CONTENT_LENGTH": str(10 * 1024 * 1024)})
+    resp = client.post(
+        "/deploy/mycofi-earth-website",
+        input_stream=Exploding(),
+        headers={"Content-Type": "application/json"},
+        environ_overrides={"CONTENT_LENGTH": str(10 * 1024 * 1024)},
+    )
     assert resp.status_code == 413
     assert resp.is_json
 
 
 def test_oversized_body_without_length_is_413(client: Any) -> None:
     body = b"{" + b" " * (65 * 1024) + b"}"
-    resp = client.post("/deploy/mycofi-earth-website", input_stream=io.BytesIO(body),
-                       headers={"Content-Type": "application/json",
-                                "Transfer-Encoding": "chunked"},
-                       environ_overrides={"wsgi.input_terminated": True})
+    resp = client.post(
+        "/deploy/mycofi-earth-website",
+        input_stream=io.BytesIO(body),
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
     assert resp.status_code == 413
 
 
@@ -151,18 +180,26 @@ def test_rotated_secrets_any_verifies(client: Any, monkeypatch: pytest.MonkeyPat
     for secret in ("old-secret-aaaa", "new-secret-bbbb"):
         resp = post(client, body, gitea_headers(body, secret=secret), repo="rotated")
         assert resp.status_code == 202, resp.get_json()
-    assert post(client, body, gitea_headers(body, secret=SECRET),
-                repo="rotated").status_code == 403
+    assert post(client, body, gitea_headers(body, secret=SECRET), repo="rotated").status_code == 403
 
 
-@pytest.mark.parametrize("body", [
-    b"not json", b"[1, 2]", b'"text"', b"{}", b'{"ref": 5, "after": "x"}',
-    b'{"ref": "refs/heads/main"}', b'{"ref": "refs/heads/main", "after": "abc"}',
-    b'{"ref": "main", "after": "' + b"a" * 40 + b'"}',
-    b'{"ref": "refs/heads/ma\\u0000in", "after": "' + b"a" * 40 + b'"}',
-    b'{"ref": "refs/heads/--upload-pack=x", "after": "' + b"g" * 40 + b'"}',
-    b"\xff\xfe{}", b"[" * 100000 + b"]" * 100000,
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'"text"',
+        b"{}",
+        b'{"ref": 5, "after": "x"}',
+        b'{"ref": "refs/heads/main"}',
+        b'{"ref": "refs/heads/main", "after": "abc"}',
+        b'{"ref": "main", "after": "' + b"a" * 40 + b'"}',
+        b'{"ref": "refs/heads/ma\\u0000in", "after": "' + b"a" * 40 + b'"}',
+        b'{"ref": "refs/heads/--upload-pack=x", "after": "' + b"g" * 40 + b'"}',
+        b"\xff\xfe{}",
+        b"[" * 100000 + b"]" * 100000,
+    ],
+)
 def test_malformed_signed_bodies_are_400(client: Any, body: bytes) -> None:
     resp = post(client, body, gitea_headers(body), repo="anysource")
     assert resp.status_code in (400, 413), resp.get_json()
@@ -188,11 +225,12 @@ def test_duplicate_delivery_gets_first_answer_again(client: Any) -> None:
     assert ledger(client)[0]["outcome"] == "duplicate"
 
 
-def test_rejected_delivery_is_not_seen_so_redelivery_after_fix_is_accepted(
-        client: Any) -> None:
+def test_rejected_delivery_is_not_seen_so_redelivery_after_fix_is_accepted(client: Any) -> None:
     body = fixture(GITEA_PUSH)
-    assert post(client, body, gitea_headers(body, secret="wrong-secret", delivery="d-9")
-                ).status_code == 403
+    assert (
+        post(client, body, gitea_headers(body, secret="wrong-secret", delivery="d-9")).status_code
+        == 403
+    )
     resp = post(client, body, gitea_headers(body, delivery="d-9"))
     assert resp.status_code == 202
     assert "duplicate" not in resp.get_json()
@@ -212,14 +250,18 @@ def test_github_push_is_queued(client: Any) -> None:
     assert resp.get_json()["status"] == "queued"
 
 
-@pytest.mark.parametrize(("name", "event", "reason"), [
-    ("gitea_push_other_branch.json", "push", "not the deploy branch"),
-    ("gitea_push_tag.json", "push", "tag push"),
-    ("gitea_push_delete.json", "push", "deleted"),
-    ("gitea_delete_event.json", "delete", "not a push"),
-])
-def test_ignored_events_are_200_with_reason(client: Any, name: str, event: str,
-                                            reason: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "event", "reason"),
+    [
+        ("gitea_push_other_branch.json", "push", "not the deploy branch"),
+        ("gitea_push_tag.json", "push", "tag push"),
+        ("gitea_push_delete.json", "push", "deleted"),
+        ("gitea_delete_event.json", "delete", "not a push"),
+    ],
+)
+def test_ignored_events_are_200_with_reason(
+    client: Any, name: str, event: str, reason: str
+) -> None:
     body = fixture(name)
     resp = post(client, body, gitea_headers(body, event=event))
     assert resp.status_code == 200
@@ -253,8 +295,7 @@ def test_form_body_signed_over_payload_like_gitea(client: Any) -> None:
     payload = fixture(GITEA_PUSH)
     form = urllib.parse.urlencode({"payload": payload.decode()}).encode()
     assert len(form) == 9423
-    headers = gitea_headers(form, signed=payload,
-                            content_type="application/x-www-form-urlencoded")
+    headers = gitea_headers(form, signed=payload, content_type="application/x-www-form-urlencoded")
     resp = post(client, form, headers)
     assert resp.status_code == 202, resp.get_json()
 
@@ -262,16 +303,19 @@ def test_form_body_signed_over_payload_like_gitea(client: Any) -> None:
 def test_form_body_signed_raw_like_github(client: Any) -> None:
     payload = fixture("github_push.json")
     form = urllib.parse.urlencode({"payload": payload.decode()}).encode()
-    resp = post(client, form, github_headers(
-        form, content_type="application/x-www-form-urlencoded"), repo="anysource")
+    resp = post(
+        client,
+        form,
+        github_headers(form, content_type="application/x-www-form-urlencoded"),
+        repo="anysource",
+    )
     assert resp.status_code == 202
 
 
 def test_gogs_headers_alone_are_enough(client: Any) -> None:
     body = fixture(GITEA_PUSH)
     full = gitea_headers(body)
-    headers = {k: v for k, v in full.items() if not k.startswith(("X-Gitea", "X-Hub",
-                                                                   "X-GitHub"))}
+    headers = {k: v for k, v in full.items() if not k.startswith(("X-Gitea", "X-Hub", "X-GitHub"))}
     assert post(client, body, headers).status_code == 202
 
 
@@ -309,21 +353,25 @@ def test_contract_order_unknown_repo_beats_everything(client: Any) -> None:
 
 
 def test_contract_order_size_before_content_type(client: Any) -> None:
-    resp = client.post("/deploy/mycofi-earth-website", data=b"x" * (65 * 1024),
-                       headers={"Content-Type": "text/plain"})
+    resp = client.post(
+        "/deploy/mycofi-earth-website",
+        data=b"x" * (65 * 1024),
+        headers={"Content-Type": "text/plain"},
+    )
     assert resp.status_code == 413
 
 
 def test_contract_order_secret_before_signature(client: Any) -> None:
-    resp = client.post("/deploy/nosecret", data=b"{}", headers={"Content-Type":
-                                                                 "application/json"})
+    resp = client.post("/deploy/nosecret", data=b"{}", headers={"Content-Type": "application/json"})
     assert resp.status_code == 503
 
 
 def test_contract_order_signature_before_parsing(client: Any) -> None:
-    resp = client.post("/deploy/mycofi-earth-website", data=b"not json",
-                       headers={"Content-Type": "application/json",
-                                "X-Gitea-Signature": "0" * 64})
+    resp = client.post(
+        "/deploy/mycofi-earth-website",
+        data=b"not json",
+        headers={"Content-Type": "application/json", "X-Gitea-Signature": "0" * 64},
+    )
     assert resp.status_code == 403
 
 
@@ -336,8 +384,9 @@ def test_no_delivery_id_means_no_dedup(client: Any) -> None:
     assert a["job"] == b["job"]
 
 
-def test_registry_edit_adds_repo_without_restart(client: Any, settings: Settings,
-                                                 tmp_path: Path) -> None:
+def test_registry_edit_adds_repo_without_restart(
+    client: Any, settings: Settings, tmp_path: Path
+) -> None:
     body = gitea_push_body(sha="e" * 40)
     assert post(client, body, gitea_headers(body), repo="newcomer").status_code == 404
     text = settings.registry.read_text()
@@ -357,24 +406,27 @@ def test_invalid_registry_edit_keeps_last_good(client: Any, settings: Settings) 
 
 def test_secret_value_never_in_answers(client: Any) -> None:
     body = fixture(GITEA_PUSH)
-    texts = [post(client, body, gitea_headers(body)).get_data(as_text=True),
-             post(client, body, gitea_headers(body, secret="bad-secret")).get_data(as_text=True),
-             client.get("/deploy/mycofi-earth-website/deliveries").get_data(as_text=True)]
+    texts = [
+        post(client, body, gitea_headers(body)).get_data(as_text=True),
+        post(client, body, gitea_headers(body, secret="bad-secret")).get_data(as_text=True),
+        client.get("/deploy/mycofi-earth-website/deliveries").get_data(as_text=True),
+    ]
     assert all(SECRET not in t for t in texts)
 
 
-def test_store_not_writable_is_503(tmp_path: Path, settings: Settings,
-                                   open_service: Any) -> None:
+def test_store_not_writable_is_503(tmp_path: Path, settings: Settings, open_service: Any) -> None:
     svc = open_service(settings)
     app = create_app(settings, service_=svc, configure_logging=False)
 
     def refuse(*_a: Any, **_k: Any) -> Any:
         from deployhook.errors import StoreUnavailable
+
         raise StoreUnavailable("store not writable: database or disk is full")
 
     svc.store.submit = refuse  # type: ignore[method-assign]
     body = fixture(GITEA_PUSH)
-    resp = app.test_client().post("/deploy/mycofi-earth-website", data=body,
-                                  headers=gitea_headers(body))
+    resp = app.test_client().post(
+        "/deploy/mycofi-earth-website", data=body, headers=gitea_headers(body)
+    )
     assert resp.status_code == 503
     assert "disk is full" in resp.get_json()["error"]

@@ -28,9 +28,9 @@ def burst(service: Service) -> None:
     Worker(service).work(burst=True)
 
 
-def test_push_deploys_exact_sha_and_stays_on_branch(client: Any, service: Service,
-                                                    remote: Remote, fake_docker: FakeDocker
-                                                    ) -> None:
+def test_push_deploys_exact_sha_and_stays_on_branch(
+    client: Any, service: Service, remote: Remote, fake_docker: FakeDocker
+) -> None:
     old = remote.deployed()
     sha = remote.commit_and_push({"index.html": "v2\n"})
     job_id = push(client, sha)["job"]
@@ -49,18 +49,42 @@ def test_push_deploys_exact_sha_and_stays_on_branch(client: Any, service: Servic
     assert "fake compose: compose up -d --build" in log
 
 
-def test_compose_argv_follows_registry(open_service: Any, tmp_path: Path, remote: Remote,
-                                       fake_docker: FakeDocker, settings: Settings) -> None:
-    write_registry(settings.registry, {"site": {
-        "path": str(remote.checkout), "compose_files": ["a.yml", "b.yml"],
-        "project_name": "mysite", "services": ["web", "worker"], "remove_orphans": True,
-        "health_timeout": 0}})
+def test_compose_argv_follows_registry(
+    open_service: Any, tmp_path: Path, remote: Remote, fake_docker: FakeDocker, settings: Settings
+) -> None:
+    write_registry(
+        settings.registry,
+        {
+            "site": {
+                "path": str(remote.checkout),
+                "compose_files": ["a.yml", "b.yml"],
+                "project_name": "mysite",
+                "services": ["web", "worker"],
+                "remove_orphans": True,
+                "health_timeout": 0,
+            }
+        },
+    )
     svc = open_service(settings)
     svc.run(svc.registry.get("site"))
     burst(svc)
     [call] = fake_docker.ups()
-    assert call["argv"] == ["compose", "-f", "a.yml", "-f", "b.yml", "-p", "mysite", "up",
-                            "-d", "--build", "--remove-orphans", "--", "web", "worker"]
+    assert call["argv"] == [
+        "compose",
+        "-f",
+        "a.yml",
+        "-f",
+        "b.yml",
+        "-p",
+        "mysite",
+        "up",
+        "-d",
+        "--build",
+        "--remove-orphans",
+        "--",
+        "web",
+        "worker",
+    ]
 
 
 def test_force_push_moves_checkout(client: Any, service: Service, remote: Remote) -> None:
@@ -77,8 +101,9 @@ def test_force_push_moves_checkout(client: Any, service: Service, remote: Remote
     assert git(remote.checkout, "symbolic-ref", "--short", "HEAD") == "main"
 
 
-def test_dirty_tracked_file_fails_and_is_kept(client: Any, service: Service,
-                                              remote: Remote, fake_docker: FakeDocker) -> None:
+def test_dirty_tracked_file_fails_and_is_kept(
+    client: Any, service: Service, remote: Remote, fake_docker: FakeDocker
+) -> None:
     (remote.checkout / "index.html").write_text("hand edit on the server\n")
     sha = remote.commit_and_push({"index.html": "v2\n"})
     job_id = push(client, sha)["job"]
@@ -90,8 +115,9 @@ def test_dirty_tracked_file_fails_and_is_kept(client: Any, service: Service,
     assert fake_docker.ups() == []
 
 
-def test_untracked_env_file_is_byte_for_byte_intact(client: Any, service: Service,
-                                                    remote: Remote) -> None:
+def test_untracked_env_file_is_byte_for_byte_intact(
+    client: Any, service: Service, remote: Remote
+) -> None:
     env = b"SECRET=\x00\xff binary-ish\r\nDB=postgres://u:p@db/x\n"
     (remote.checkout / ".env").write_bytes(env)
     (remote.checkout / "certs").mkdir()
@@ -103,8 +129,9 @@ def test_untracked_env_file_is_byte_for_byte_intact(client: Any, service: Servic
     assert (remote.checkout / "certs" / "key.pem").read_bytes() == b"-----key-----"
 
 
-def test_failure_rolls_back_to_last_good(client: Any, service: Service, remote: Remote,
-                                         fake_docker: FakeDocker) -> None:
+def test_failure_rolls_back_to_last_good(
+    client: Any, service: Service, remote: Remote, fake_docker: FakeDocker
+) -> None:
     good = remote.commit_and_push({"index.html": "good\n"})
     push(client, good)
     burst(service)
@@ -123,8 +150,9 @@ def test_failure_rolls_back_to_last_good(client: Any, service: Service, remote: 
     assert (remote.checkout / "index.html").read_text() == "good\n"
 
 
-def test_failed_rollback_does_not_roll_back(client: Any, service: Service, remote: Remote,
-                                            fake_docker: FakeDocker) -> None:
+def test_failed_rollback_does_not_roll_back(
+    client: Any, service: Service, remote: Remote, fake_docker: FakeDocker
+) -> None:
     push(client, remote.commit_and_push({"index.html": "good\n"}))
     burst(service)
     push(client, remote.commit_and_push({"index.html": "bad\n"}))
@@ -135,9 +163,9 @@ def test_failed_rollback_does_not_roll_back(client: Any, service: Service, remot
     assert len(triggers) == 3
 
 
-def test_no_rollback_when_a_newer_push_is_queued(client: Any, service: Service,
-                                                 remote: Remote, fake_docker: FakeDocker
-                                                 ) -> None:
+def test_no_rollback_when_a_newer_push_is_queued(
+    client: Any, service: Service, remote: Remote, fake_docker: FakeDocker
+) -> None:
     push(client, remote.commit_and_push({"index.html": "good\n"}))
     burst(service)
     bad = remote.commit_and_push({"index.html": "bad\n"})
@@ -160,9 +188,9 @@ def _running(service: Service) -> bool:
     return bool(service.store.running_jobs())
 
 
-def test_burst_of_20_pushes_costs_at_most_3_compose_runs(client: Any, service: Service,
-                                                        remote: Remote,
-                                                        fake_docker: FakeDocker) -> None:
+def test_burst_of_20_pushes_costs_at_most_3_compose_runs(
+    client: Any, service: Service, remote: Remote, fake_docker: FakeDocker
+) -> None:
     fake_docker.set(sleep=1.0)
     shas = [remote.commit({"index.html": f"v{n}\n"}) for n in range(20)]
     remote.push()  # the remote has all 20 commits; their webhooks arrive in a burst
@@ -186,10 +214,20 @@ def test_burst_of_20_pushes_costs_at_most_3_compose_runs(client: Any, service: S
     assert remote.deployed() == shas[-1]
 
 
-def test_timeout_kills_the_whole_group(open_service: Any, settings: Settings, remote: Remote,
-                                       fake_docker: FakeDocker) -> None:
-    write_registry(settings.registry, {"site": {"path": str(remote.checkout), "timeout": 2,
-                                                "health_timeout": 0, "rollback": False}})
+def test_timeout_kills_the_whole_group(
+    open_service: Any, settings: Settings, remote: Remote, fake_docker: FakeDocker
+) -> None:
+    write_registry(
+        settings.registry,
+        {
+            "site": {
+                "path": str(remote.checkout),
+                "timeout": 2,
+                "health_timeout": 0,
+                "rollback": False,
+            }
+        },
+    )
     fake_docker.set(sleep=30)
     svc = open_service(settings)
     job, _ = svc.run(svc.registry.get("site"))
@@ -200,13 +238,14 @@ def test_timeout_kills_the_whole_group(open_service: Any, settings: Settings, re
     assert ended.status == Status.FAILED
     assert ended.error == "timed out after 2 s"
     import subprocess
+
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(fake_docker.path) not in ps
 
 
-def test_cancel_running_job_stops_it_without_rollback(client: Any, service: Service,
-                                                      remote: Remote,
-                                                      fake_docker: FakeDocker) -> None:
+def test_cancel_running_job_stops_it_without_rollback(
+    client: Any, service: Service, remote: Remote, fake_docker: FakeDocker
+) -> None:
     push(client, remote.commit_and_push({"index.html": "good\n"}))
     burst(service)
     fake_docker.set(sleep=30)
@@ -214,8 +253,9 @@ def test_cancel_running_job_stops_it_without_rollback(client: Any, service: Serv
     worker = Worker(service)
     thread = threading.Thread(target=worker.work, daemon=True)
     thread.start()
-    while service.store.job(job_id).status != Status.RUNNING or \
-            "compose" not in [s.name for s in service.store.job(job_id).steps]:
+    while service.store.job(job_id).status != Status.RUNNING or "compose" not in [
+        s.name for s in service.store.job(job_id).steps
+    ]:
         time.sleep(0.05)
     auth = {"Authorization": "Bearer admin-token-for-tests"}
     resp = client.post(f"/jobs/{job_id}/cancel", headers=auth)
@@ -231,14 +271,16 @@ def test_cancel_running_job_stops_it_without_rollback(client: Any, service: Serv
 
 def test_cancel_queued_job(client: Any, service: Service, remote: Remote) -> None:
     job_id = push(client, remote.commit_and_push({"index.html": "x\n"}))["job"]
-    resp = client.post(f"/jobs/{job_id}/cancel",
-                       headers={"Authorization": "Bearer admin-token-for-tests"})
+    resp = client.post(
+        f"/jobs/{job_id}/cancel", headers={"Authorization": "Bearer admin-token-for-tests"}
+    )
     assert resp.status_code == 200
     assert resp.get_json()["status"] == "cancelled"
 
 
-def test_reconcile_deploys_missed_push_and_keeps_rollback(open_service: Any, settings: Settings, remote: Remote,
-                                                          fake_docker: FakeDocker) -> None:
+def test_reconcile_deploys_missed_push_and_keeps_rollback(
+    open_service: Any, settings: Settings, remote: Remote, fake_docker: FakeDocker
+) -> None:
     svc = open_service(settings)
     worker = Worker(svc)
     assert worker.reconcile() == []  # first sight only records the head
@@ -271,8 +313,9 @@ def test_retry_cap_after_three_interrupted_runs(service: Service, remote: Remote
     assert "interrupted 3 times" in status["problem"]
 
 
-def test_interrupt_does_not_retry_when_newer_job_is_queued(service: Service,
-                                                           remote: Remote) -> None:
+def test_interrupt_does_not_retry_when_newer_job_is_queued(
+    service: Service, remote: Remote
+) -> None:
     first = remote.commit_and_push({"index.html": "1\n"})
     service.run(service.registry.get("site"), sha=first)
     job = service.store.claim(worker="dead", node="", lease_s=30)
@@ -282,9 +325,9 @@ def test_interrupt_does_not_retry_when_newer_job_is_queued(service: Service,
     assert service.store.interrupt(job, reason="died") is None
 
 
-def test_jobs_of_one_repo_never_overlap_across_workers(open_service: Any, settings: Settings, remote: Remote,
-                                                       fake_docker: FakeDocker,
-                                                       client: Any) -> None:
+def test_jobs_of_one_repo_never_overlap_across_workers(
+    open_service: Any, settings: Settings, remote: Remote, fake_docker: FakeDocker, client: Any
+) -> None:
     fake_docker.set(sleep=0.3)
     services = [open_service(settings) for _ in range(3)]
     workers = [Worker(s) for s in services]
@@ -311,8 +354,9 @@ def test_jobs_of_one_repo_never_overlap_across_workers(open_service: Any, settin
 
 
 @pytest.mark.parametrize("flag", [True, False])
-def test_repo_removed_from_registry_fails_its_job(open_service: Any, settings: Settings, remote: Remote,
-                                                  flag: bool) -> None:
+def test_repo_removed_from_registry_fails_its_job(
+    open_service: Any, settings: Settings, remote: Remote, flag: bool
+) -> None:
     svc = open_service(settings)
     job, _ = svc.run(svc.registry.get("site"))
     if flag:
@@ -322,13 +366,24 @@ def test_repo_removed_from_registry_fails_its_job(open_service: Any, settings: S
     assert (ended.status == Status.FAILED) == flag
 
 
-def test_compose_never_sees_deployhook_or_repo_secrets(settings: Settings, remote: Remote,
-                                                      fake_docker: FakeDocker,
-                                                      open_service: Any,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    write_registry(settings.registry, {"site": {
-        "path": str(remote.checkout), "health_timeout": 0, "secret_env": "SITE_SECRET",
-        "notify_env": "SITE_NOTIFY"}})
+def test_compose_never_sees_deployhook_or_repo_secrets(
+    settings: Settings,
+    remote: Remote,
+    fake_docker: FakeDocker,
+    open_service: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    write_registry(
+        settings.registry,
+        {
+            "site": {
+                "path": str(remote.checkout),
+                "health_timeout": 0,
+                "secret_env": "SITE_SECRET",
+                "notify_env": "SITE_NOTIFY",
+            }
+        },
+    )
     monkeypatch.setenv("DEPLOYHOOK_ADMIN_TOKEN", "admin-token-in-env")
     monkeypatch.setenv("DEPLOYHOOK_SECRET", "default-secret-in-env")
     monkeypatch.setenv("SITE_SECRET", "site-secret-in-env")
@@ -336,12 +391,15 @@ def test_compose_never_sees_deployhook_or_repo_secrets(settings: Settings, remot
     monkeypatch.setenv("SITE_DOMAIN", "example.org")  # an ordinary variable compose may use
     script = fake_docker.path.read_text().replace(
         "start = time.time()\n",
-        "start = time.time()\nopen(record + '.env', 'w').write(json.dumps(dict(os.environ)))\n", 1)
+        "start = time.time()\nopen(record + '.env', 'w').write(json.dumps(dict(os.environ)))\n",
+        1,
+    )
     fake_docker.path.write_text(script)
     svc = open_service(settings)
     svc.run(svc.registry.get("site"))
     burst(svc)
     import json
+
     seen = json.loads(Path(str(fake_docker.record) + ".env").read_text())
     assert seen["SITE_DOMAIN"] == "example.org"
     for name in ("DEPLOYHOOK_ADMIN_TOKEN", "DEPLOYHOOK_SECRET", "SITE_SECRET", "SITE_NOTIFY"):
@@ -349,17 +407,27 @@ def test_compose_never_sees_deployhook_or_repo_secrets(settings: Settings, remot
     assert "secret-in-env" not in json.dumps(seen)
 
 
-def test_job_output_is_stored_with_secrets_masked(settings: Settings, remote: Remote,
-                                                 fake_docker: FakeDocker, open_service: Any,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    write_registry(settings.registry, {
-        "site": {"path": str(remote.checkout), "health_timeout": 0},
-        "other": {"path": str(remote.checkout.parent / "x"), "secret_env": "OTHER_SECRET"}})
+def test_job_output_is_stored_with_secrets_masked(
+    settings: Settings,
+    remote: Remote,
+    fake_docker: FakeDocker,
+    open_service: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    write_registry(
+        settings.registry,
+        {
+            "site": {"path": str(remote.checkout), "health_timeout": 0},
+            "other": {"path": str(remote.checkout.parent / "x"), "secret_env": "OTHER_SECRET"},
+        },
+    )
     monkeypatch.setenv("OTHER_SECRET", "other-repo-webhook-secret")
     script = fake_docker.path.read_text().replace(
         'print("fake compose: "',
         'print("leak: other-repo-webhook-secret admin-token-for-tests", flush=True)\n'
-        'print("fake compose: "', 1)
+        'print("fake compose: "',
+        1,
+    )
     fake_docker.path.write_text(script)
     svc = open_service(settings)
     job, _ = svc.run(svc.registry.get("site"))
@@ -370,9 +438,12 @@ def test_job_output_is_stored_with_secrets_masked(settings: Settings, remote: Re
 
 
 def test_on_local_changes_reset_discards_tracked_edits_and_keeps_untracked(
-        settings: Settings, remote: Remote, fake_docker: FakeDocker, open_service: Any) -> None:
-    write_registry(settings.registry, {"site": {
-        "path": str(remote.checkout), "health_timeout": 0, "on_local_changes": "reset"}})
+    settings: Settings, remote: Remote, fake_docker: FakeDocker, open_service: Any
+) -> None:
+    write_registry(
+        settings.registry,
+        {"site": {"path": str(remote.checkout), "health_timeout": 0, "on_local_changes": "reset"}},
+    )
     (remote.checkout / "index.html").write_text("hand edit on the server\n")
     (remote.checkout / ".env").write_text("KEEP=me\n")
     sha = remote.commit_and_push({"index.html": "v2\n"})
@@ -387,7 +458,8 @@ def test_on_local_changes_reset_discards_tracked_edits_and_keeps_untracked(
 
 
 def test_untracked_file_in_the_way_fails_instead_of_being_overwritten(
-        client: Any, service: Service, remote: Remote, fake_docker: FakeDocker) -> None:
+    client: Any, service: Service, remote: Remote, fake_docker: FakeDocker
+) -> None:
     (remote.checkout / "config.local").write_text("the server's own\n")
     sha = remote.commit_and_push({"config.local": "from the repo\n"})
     job_id = push(client, sha)["job"]
@@ -399,21 +471,28 @@ def test_untracked_file_in_the_way_fails_instead_of_being_overwritten(
     assert fake_docker.ups() == []
 
 
-def test_submodules_are_updated_when_the_repo_asks(settings: Settings, remote: Remote,
-                                                  tmp_path: Path, fake_docker: FakeDocker,
-                                                  open_service: Any,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_submodules_are_updated_when_the_repo_asks(
+    settings: Settings,
+    remote: Remote,
+    tmp_path: Path,
+    fake_docker: FakeDocker,
+    open_service: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # Local file:// submodules need git's explicit consent (real ones use https or ssh).
     monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
     monkeypatch.setenv("GIT_CONFIG_KEY_0", "protocol.file.allow")
     monkeypatch.setenv("GIT_CONFIG_VALUE_0", "always")
     from tests.helpers import make_remote
+
     (tmp_path / "themes").mkdir()
     theme = make_remote(tmp_path / "themes", "theme", files={"style.css": "body{}\n"})
     git(remote.dev, "submodule", "add", "-q", theme.origin.as_uri(), "theme")
     sha = remote.commit_and_push({"index.html": "with a theme\n"})
-    write_registry(settings.registry, {"site": {
-        "path": str(remote.checkout), "health_timeout": 0, "submodules": True}})
+    write_registry(
+        settings.registry,
+        {"site": {"path": str(remote.checkout), "health_timeout": 0, "submodules": True}},
+    )
     svc = open_service(settings)
     job, _ = svc.run(svc.registry.get("site"), sha=sha)
     burst(svc)

@@ -24,7 +24,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Errors in what the admin asked for or configured: exit 2. Everything else: exit 1.
 USAGE_ERRORS: tuple[type[errors.DeployhookError], ...] = (
-    errors.ConfigError, errors.UnknownRepo, errors.UnknownJob, errors.InvalidRequest,
+    errors.ConfigError,
+    errors.UnknownRepo,
+    errors.UnknownJob,
+    errors.InvalidRequest,
     errors.SecretNotConfigured,
 )
 
@@ -71,8 +74,7 @@ def quiet_logs(settings: Settings) -> None:
     """Send deployhook's own log lines to stderr, warnings and worse only: stdout is ours."""
     from deployhook import log
 
-    log.configure(fmt=settings.log_format, level="warning",
-                  stream=_CurrentStderr())  # type: ignore[arg-type]
+    log.configure(fmt=settings.log_format, level="warning", stream=_CurrentStderr())  # type: ignore[arg-type]
     log.redact([settings.secret, settings.admin_token])
 
 

@@ -55,8 +55,7 @@ def deliver(name: str, url: str | None) -> None:
     forge = repo.gitea.url if repo.gitea else "https://gitea.invalid"
     body = gitea_payload.push_body(sha=sha, ref=repo.ref, full_name=full_name, base_url=forge)
     target = (url or default_url(settings)).rstrip("/") + f"/deploy/{quote(repo.name)}"
-    status, reason, text = _post(target, body,
-                                 gitea_payload.headers(body, secret=secret))
+    status, reason, text = _post(target, body, gitea_payload.headers(body, secret=secret))
     click.echo(f"POST {target}: push of {repo.branch} at {sha[:12]}")
     click.echo(f"{status} {reason}")
     click.echo(text)
@@ -69,8 +68,9 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str, str
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ConfigError(f"--url: {url!r} is not an http:// or https:// URL")
-    connection_class = (http.client.HTTPSConnection if parts.scheme == "https"
-                        else http.client.HTTPConnection)
+    connection_class = (
+        http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    )
     conn = connection_class(parts.netloc, timeout=TIMEOUT_S)
     path = parts.path + (f"?{parts.query}" if parts.query else "")
     try:

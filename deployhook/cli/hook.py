@@ -26,8 +26,7 @@ def create(name: str) -> None:
     if repo is None:
         raise UnknownRepo(f"{settings.registry}: no repo named {name!r}")
     if not settings.public_url:
-        raise ConfigError("DEPLOYHOOK_PUBLIC_URL is not set: Gitea needs the URL to "
-                          "deliver to")
+        raise ConfigError("DEPLOYHOOK_PUBLIC_URL is not set: Gitea needs the URL to deliver to")
     try:
         target = forge.connect(repo)
     except forge.ForgeNotConfigured as exc:
@@ -35,10 +34,12 @@ def create(name: str) -> None:
     secret = registry.resolve_secrets(repo, default=settings.secret)[0]
     url = f"{settings.public_url}/deploy/{name}"
     try:
-        action, hook_id = forge.ensure_hook(target, url=url, secret=secret,
-                                            branch=repo.branch)
+        action, hook_id = forge.ensure_hook(target, url=url, secret=secret, branch=repo.branch)
     except forge.ForgeError as exc:
-        raise forge.ForgeError(forge.explain(exc, target, token_env=repo.gitea.token_env
-                                             if repo.gitea else None)) from None
-    click.echo(f"{action} hook {hook_id} on {target.full_name} ({target.client.url}) "
-               f"delivering pushes to {repo.branch} to {url}")
+        raise forge.ForgeError(
+            forge.explain(exc, target, token_env=repo.gitea.token_env if repo.gitea else None)
+        ) from None
+    click.echo(
+        f"{action} hook {hook_id} on {target.full_name} ({target.client.url}) "
+        f"delivering pushes to {repo.branch} to {url}"
+    )

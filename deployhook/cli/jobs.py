@@ -25,26 +25,32 @@ def _warn_without_worker(svc: Service, repo: Repo) -> None:
     if any(w["node"] == node for w in svc.live_workers()):
         return
     where = f" for node {node!r}" if node else ""
-    click.echo(f"deployhook: no deploy worker is alive{where}: the job waits in the queue "
-               "until one runs (`deployhook serve` or `deployhook worker`)", err=True)
+    click.echo(
+        f"deployhook: no deploy worker is alive{where}: the job waits in the queue "
+        "until one runs (`deployhook serve` or `deployhook worker`)",
+        err=True,
+    )
 
 
 def _queued(job: Job, *, coalesced: bool) -> None:
     verb = "joined" if coalesced else "queued"
-    click.echo(f"{verb} job {job.id}: {job.trigger} of {job.repo} at {job.sha[:12]} "
-               f"({job.status})")
+    click.echo(f"{verb} job {job.id}: {job.trigger} of {job.repo} at {job.sha[:12]} ({job.status})")
 
 
 def _wait_options(command: Any) -> Any:
-    command = click.option("--timeout", type=click.IntRange(min=1),
-                           help="with --wait: give up waiting after this many seconds "
-                           "(exit 1)")(command)
-    return click.option("--wait", is_flag=True,
-                        help="follow the job; exit 0 if it succeeds, 1 if not")(command)
+    command = click.option(
+        "--timeout",
+        type=click.IntRange(min=1),
+        help="with --wait: give up waiting after this many seconds (exit 1)",
+    )(command)
+    return click.option(
+        "--wait", is_flag=True, help="follow the job; exit 0 if it succeeds, 1 if not"
+    )(command)
 
 
-def _announce(svc: Service, repo: Repo, queued: tuple[Job, bool], *, wait: bool,
-              timeout: int | None) -> None:
+def _announce(
+    svc: Service, repo: Repo, queued: tuple[Job, bool], *, wait: bool, timeout: int | None
+) -> None:
     """Say what was queued (or joined), warn without a worker, and follow it if asked."""
     job, coalesced = queued
     _queued(job, coalesced=coalesced)
@@ -67,8 +73,7 @@ def deploy(name: str, sha: str | None, wait: bool, timeout: int | None) -> None:
 
 @main.command()
 @click.argument("name")
-@click.option("--to", "to", help="the commit [the newest good deploy other than the "
-              "deployed one]")
+@click.option("--to", "to", help="the commit [the newest good deploy other than the deployed one]")
 @_wait_options
 @handle_errors
 def rollback(name: str, to: str | None, wait: bool, timeout: int | None) -> None:
@@ -86,8 +91,10 @@ def hold(name: str) -> None:
     with open_service() as svc:
         repo = svc.registry.get(name)
         svc.store.hold(repo.name)
-        click.echo(f"{repo.name} is on hold: pushes are recorded, not deployed, until "
-                   f"`deployhook release {repo.name}`")
+        click.echo(
+            f"{repo.name} is on hold: pushes are recorded, not deployed, until "
+            f"`deployhook release {repo.name}`"
+        )
 
 
 @main.command()
@@ -120,8 +127,11 @@ def follow(svc: Service, job_id: int, *, timeout: float | None = None) -> int:
         if job.status.ended:
             return _ended(job)
         if deadline is not None and time.monotonic() >= deadline:
-            click.echo(f"deployhook: job {job.id} is still {job.status} after {timeout:g} s; "
-                       f"it goes on: `deployhook logs {job.id} --follow`", err=True)
+            click.echo(
+                f"deployhook: job {job.id} is still {job.status} after {timeout:g} s; "
+                f"it goes on: `deployhook logs {job.id} --follow`",
+                err=True,
+            )
             return 1
         time.sleep(POLL_S)
 

@@ -15,8 +15,7 @@ from deployhook.config import Settings
 from deployhook.errors import DeployhookError, StepFailed
 from deployhook.registry import Repo
 
-COMPOSE_DEFAULT_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml",
-                         "docker-compose.yml")
+COMPOSE_DEFAULT_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 REMOTE_TIMEOUT_S = 20
 COMPOSE_CONFIG_TIMEOUT_S = 60
 
@@ -41,14 +40,17 @@ def list_repos() -> None:
         return
     store = open_store(settings)
     try:
-        rows = [(repo.name, repo.branch, str(repo.path), _last_status(store, repo))
-                for repo in entries.values()]
+        rows = [
+            (repo.name, repo.branch, str(repo.path), _last_status(store, repo))
+            for repo in entries.values()
+        ]
     finally:
         store.close()
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False))
-                   + "  " + row[3])
+        click.echo(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[3]
+        )
 
 
 def _last_status(store: Any, repo: Repo) -> str:
@@ -66,26 +68,47 @@ def _last_status(store: Any, repo: Repo) -> str:
 
 @repos.command(name="add")
 @click.argument("name")
-@click.option("--path", "path", required=True, type=click.Path(path_type=Path),
-              help="the git checkout on this host (relative: to the current directory)")
+@click.option(
+    "--path",
+    "path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="the git checkout on this host (relative: to the current directory)",
+)
 @click.option("--branch", help="the branch whose pushes deploy [main]")
 @click.option("--remote", help="the git remote to fetch from [origin]")
 @click.option("--source", help="owner/name the payload's repository must have")
 @click.option("--secret-env", help="environment variable holding the webhook secret")
-@click.option("--secret-file", type=click.Path(path_type=Path),
-              help="file holding the webhook secret")
-@click.option("--compose-file", "compose_files", multiple=True,
-              help="a compose file, relative to the checkout (repeatable)")
+@click.option(
+    "--secret-file", type=click.Path(path_type=Path), help="file holding the webhook secret"
+)
+@click.option(
+    "--compose-file",
+    "compose_files",
+    multiple=True,
+    help="a compose file, relative to the checkout (repeatable)",
+)
 @click.option("--project-name", help="the compose project name")
-@click.option("--service", "services", multiple=True,
-              help="deploy and health-check only this service (repeatable)")
+@click.option(
+    "--service",
+    "services",
+    multiple=True,
+    help="deploy and health-check only this service (repeatable)",
+)
 @click.option("--timeout", type=click.IntRange(min=1), help="seconds for a whole deploy [900]")
-@click.option("--health-timeout", type=click.IntRange(min=0),
-              help="seconds to wait for healthy containers, 0: don't wait [120]")
-@click.option("--no-rollback", is_flag=True, help="don't redeploy the last good commit "
-              "after a failure")
-@click.option("--on-local-changes", type=click.Choice(["fail", "reset"]),
-              help="tracked files modified on the server: fail the deploy, or discard them")
+@click.option(
+    "--health-timeout",
+    type=click.IntRange(min=0),
+    help="seconds to wait for healthy containers, 0: don't wait [120]",
+)
+@click.option(
+    "--no-rollback", is_flag=True, help="don't redeploy the last good commit after a failure"
+)
+@click.option(
+    "--on-local-changes",
+    type=click.Choice(["fail", "reset"]),
+    help="tracked files modified on the server: fail the deploy, or discard them",
+)
 @handle_errors
 def add(name: str, path: Path, **options: Any) -> None:
     """Add a repo to repos.yml, keeping its comments and layout.
@@ -103,20 +126,26 @@ def add(name: str, path: Path, **options: Any) -> None:
     if problem:
         fail(f"{settings.registry}: repos.{name}.path: {problem}", code=2)
     entry: dict[str, Any] = {
-        **options, "path": str(checkout),
+        **options,
+        "path": str(checkout),
         "secret_file": str(Path(os.path.abspath(secret_file))) if secret_file else None,
         "compose_files": list(options["compose_files"]) or None,
         "services": list(options["services"]) or None,
         "rollback": False if options["no_rollback"] else None,
     }
     repo = registry_edit.add_repo(settings.registry, name, entry)
-    click.echo(f"added {name} to {settings.registry}: deploys {repo.branch} of {repo.path}; "
-               "a running deployhook picks it up without a restart")
+    click.echo(
+        f"added {name} to {settings.registry}: deploys {repo.branch} of {repo.path}; "
+        "a running deployhook picks it up without a restart"
+    )
     try:
         registry.resolve_secrets(repo, default=settings.secret)
     except DeployhookError as exc:
-        click.echo(f"deployhook: warning: {exc} in this environment; where the server runs "
-                   "without it too, its pushes are refused (503)", err=True)
+        click.echo(
+            f"deployhook: warning: {exc} in this environment; where the server runs "
+            "without it too, its pushes are refused (503)",
+            err=True,
+        )
 
 
 @repos.command(name="remove")
@@ -142,9 +171,11 @@ def check() -> None:
     repo_list = list(entries.values())
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(repo_list)))) as pool:
         found = list(pool.map(lambda r: _problems(r, settings), repo_list))
-    problems = [f"{settings.registry}: repos.{repo.name}: {problem}"
-                for repo, repo_problems in zip(repo_list, found, strict=True)
-                for problem in repo_problems]
+    problems = [
+        f"{settings.registry}: repos.{repo.name}: {problem}"
+        for repo, repo_problems in zip(repo_list, found, strict=True)
+        for problem in repo_problems
+    ]
     for line in problems:
         click.echo(line, err=True)
     if problems:
@@ -181,9 +212,15 @@ def _checkout_problem(path: Path) -> str | None:
     if not path.is_dir():
         return f"{path} is not a directory"
     try:
-        probe = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=path,
-                               env=gitsync.git_env(path), capture_output=True, text=True,
-                               timeout=REMOTE_TIMEOUT_S, check=False)
+        probe = subprocess.run(
+            ["git", "rev-parse", "--is-inside-work-tree"],
+            cwd=path,
+            env=gitsync.git_env(path),
+            capture_output=True,
+            text=True,
+            timeout=REMOTE_TIMEOUT_S,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"cannot run git in {path}: {exc}"
     if probe.returncode != 0 or probe.stdout.strip() != "true":
@@ -214,15 +251,23 @@ def _compose_config_problem(repo: Repo, settings: Settings) -> str | None:
         return f"compose: {exc}"
     try:
         # Its output holds the interpolated environment (secrets): never shown or kept.
-        result = subprocess.run(argv, cwd=repo.path, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                timeout=COMPOSE_CONFIG_TIMEOUT_S, check=False)
+        result = subprocess.run(
+            argv,
+            cwd=repo.path,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=COMPOSE_CONFIG_TIMEOUT_S,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         return f"compose: `{' '.join(argv)}` took over {COMPOSE_CONFIG_TIMEOUT_S} s"
     except OSError as exc:
         return f"compose: cannot run {argv[0]}: {exc.strerror}"
     if result.returncode != 0:
-        return (f"compose: `{' '.join(argv)}` rejects the project (exit {result.returncode}); "
-                f"its output is not shown because it may hold secrets: run it in {repo.path} "
-                "to see why")
+        return (
+            f"compose: `{' '.join(argv)}` rejects the project (exit {result.returncode}); "
+            f"its output is not shown because it may hold secrets: run it in {repo.path} "
+            "to see why"
+        )
     return None

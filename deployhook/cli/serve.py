@@ -11,27 +11,36 @@ from deployhook.cli import handle_errors, load_settings, main
 
 @main.command()
 @click.option("--bind", help="HOST:PORT to listen on [DEPLOYHOOK_BIND, 127.0.0.1:8000]")
-@click.option("--workers", type=click.IntRange(min=1),
-              help="deploys at once across repos [DEPLOYHOOK_WORKERS, 2]")
-@click.option("--web-processes", type=click.IntRange(min=1),
-              help="gunicorn processes [DEPLOYHOOK_WEB_PROCESSES, 2]")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="deploys at once across repos [DEPLOYHOOK_WORKERS, 2]",
+)
+@click.option(
+    "--web-processes",
+    type=click.IntRange(min=1),
+    help="gunicorn processes [DEPLOYHOOK_WEB_PROCESSES, 2]",
+)
 @click.option("--no-worker", is_flag=True, help="run the web part only")
 @handle_errors
-def serve(bind: str | None, workers: int | None, web_processes: int | None,
-          no_worker: bool) -> None:
+def serve(
+    bind: str | None, workers: int | None, web_processes: int | None, no_worker: bool
+) -> None:
     """Run the HTTP API under gunicorn and one supervised deploy worker."""
     from deployhook import log
     from deployhook.server import Supervisor
 
-    settings = load_settings(bind=bind, workers=workers,
-                             web_processes=web_processes)
+    settings = load_settings(bind=bind, workers=workers, web_processes=web_processes)
     log.configure(fmt=settings.log_format, level=settings.log_level)
     sys.exit(Supervisor(settings, with_worker=not no_worker).run())
 
 
 @main.command()
-@click.option("--workers", type=click.IntRange(min=1),
-              help="deploys at once across repos [DEPLOYHOOK_WORKERS, 2]")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="deploys at once across repos [DEPLOYHOOK_WORKERS, 2]",
+)
 @handle_errors
 def worker(workers: int | None) -> None:
     """Run the deploy worker alone, against the same store."""

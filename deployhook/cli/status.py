@@ -15,12 +15,20 @@ from deployhook import summary, tail
 from deployhook.cli import handle_errors, main, open_service
 from deployhook.service import Service
 
-COLOURS = {"succeeded": "green", "failed": "red", "running": "blue", "queued": "yellow",
-           "cancelled": "bright_black", "interrupted": "bright_black", "never": "bright_black"}
+COLOURS = {
+    "succeeded": "green",
+    "failed": "red",
+    "running": "blue",
+    "queued": "yellow",
+    "cancelled": "bright_black",
+    "interrupted": "bright_black",
+    "never": "bright_black",
+}
 
 
-def _table(header: Sequence[str], rows: list[list[str]], *, colour_col: int | None = None
-           ) -> list[str]:
+def _table(
+    header: Sequence[str], rows: list[list[str]], *, colour_col: int | None = None
+) -> list[str]:
     """Left-aligned columns; the status column coloured on a terminal (click strips it)."""
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
@@ -42,8 +50,7 @@ def _short(sha: str | None) -> str:
 def _repos_table(svc: Service) -> int:
     lines = summary.summarize(svc)
     if svc.registry.error:
-        click.echo(f"deployhook: {svc.registry.error} (showing the last good registry)",
-                   err=True)
+        click.echo(f"deployhook: {svc.registry.error} (showing the last good registry)", err=True)
     if not lines:
         click.echo("no repos in the registry")
         return 0
@@ -52,13 +59,25 @@ def _repos_table(svc: Service) -> int:
         status = line.status
         if line.running and line.last_job and line.running.id != line.last_job.id:
             status += " (running)"
-        rows.append([line.repo, line.branch, status, _short(line.deployed_sha),
-                     summary.ago(line.when) if line.when else "-",
-                     summary.duration(line.last_job.duration_s if line.last_job else None)
-                     .replace("—", "-"),
-                     "held" if line.held else "-", "yes" if line.queued else "-"])
-    for text in _table(["REPO", "BRANCH", "STATUS", "DEPLOYED", "WHEN", "TOOK", "HELD",
-                        "QUEUED"], rows, colour_col=2):
+        rows.append(
+            [
+                line.repo,
+                line.branch,
+                status,
+                _short(line.deployed_sha),
+                summary.ago(line.when) if line.when else "-",
+                summary.duration(line.last_job.duration_s if line.last_job else None).replace(
+                    "—", "-"
+                ),
+                "held" if line.held else "-",
+                "yes" if line.queued else "-",
+            ]
+        )
+    for text in _table(
+        ["REPO", "BRANCH", "STATUS", "DEPLOYED", "WHEN", "TOOK", "HELD", "QUEUED"],
+        rows,
+        colour_col=2,
+    ):
         click.echo(text)
     for line in lines:
         error = line.problem or (line.last_job.error if line.last_job else None)
@@ -70,28 +89,46 @@ def _repos_table(svc: Service) -> int:
 def _repo_jobs(svc: Service, name: str, limit: int) -> int:
     repo = svc.registry.get(name)
     [line] = summary.summarize(svc, [repo.name])
-    click.echo(f"{repo.name} ({repo.branch}): deployed {_short(line.deployed_sha)}"
-               + (f" {summary.ago(line.deployed_at)}" if line.deployed_at else "")
-               + (", held" if line.held else "") + (", a job is queued" if line.queued else ""))
+    click.echo(
+        f"{repo.name} ({repo.branch}): deployed {_short(line.deployed_sha)}"
+        + (f" {summary.ago(line.deployed_at)}" if line.deployed_at else "")
+        + (", held" if line.held else "")
+        + (", a job is queued" if line.queued else "")
+    )
     if line.problem:
         click.echo(f"problem: {line.problem}")
     jobs = svc.store.jobs(repo.name, limit=limit)
     if not jobs:
         click.echo("no jobs yet")
         return 0
-    rows = [[str(j.id), str(j.status), str(j.trigger), _short(j.sha),
-             summary.ago(j.created_at),
-             summary.duration(j.duration_s).replace("—", "-"), j.error or ""] for j in jobs]
-    for text in _table(["JOB", "STATUS", "TRIGGER", "SHA", "QUEUED", "TOOK", "ERROR"], rows,
-                       colour_col=1):
+    rows = [
+        [
+            str(j.id),
+            str(j.status),
+            str(j.trigger),
+            _short(j.sha),
+            summary.ago(j.created_at),
+            summary.duration(j.duration_s).replace("—", "-"),
+            j.error or "",
+        ]
+        for j in jobs
+    ]
+    for text in _table(
+        ["JOB", "STATUS", "TRIGGER", "SHA", "QUEUED", "TOOK", "ERROR"], rows, colour_col=1
+    ):
         click.echo(text)
     return 0
 
 
 @main.command()
 @click.argument("name", required=False)
-@click.option("--limit", type=click.IntRange(1, 1000), default=10, show_default=True,
-              help="jobs to show for one repo")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 1000),
+    default=10,
+    show_default=True,
+    help="jobs to show for one repo",
+)
 @handle_errors
 def status(name: str | None, limit: int) -> None:
     """Show every repo's state, or one repo's recent jobs."""

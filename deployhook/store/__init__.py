@@ -100,9 +100,18 @@ class Store:
 
     # -- jobs ----------------------------------------------------------------------
 
-    def enqueue(self, *, repo: str, sha: str, ref: str | None, trigger: Trigger, node: str,
-                delivery: str | None = None, repo_url: str | None = None,
-                remote_head: bool = False) -> tuple[Job, bool]:
+    def enqueue(
+        self,
+        *,
+        repo: str,
+        sha: str,
+        ref: str | None,
+        trigger: Trigger,
+        node: str,
+        delivery: str | None = None,
+        repo_url: str | None = None,
+        remote_head: bool = False,
+    ) -> tuple[Job, bool]:
         """Queue a deploy (or join the queued one); wakes the worker.
 
         remote_head: sha is the remote branch head just read, so reconcile need not
@@ -112,9 +121,17 @@ class Store:
         with self._write() as tx:
             if remote_head:
                 ledger.see_head(tx, repo, sha, now=now)
-            job, coalesced = queue.enqueue(tx, repo=repo, sha=sha, ref=ref, trigger=trigger,
-                                           delivery=delivery, node=node, now=now,
-                                           repo_url=repo_url)
+            job, coalesced = queue.enqueue(
+                tx,
+                repo=repo,
+                sha=sha,
+                ref=ref,
+                trigger=trigger,
+                delivery=delivery,
+                node=node,
+                now=now,
+                repo_url=repo_url,
+            )
         self.backend.wake()
         return job, coalesced
 
@@ -153,18 +170,21 @@ class Store:
                 last = queue.history(tx, repo, limit=1)
                 running = queue.in_state(tx, repo, Status.RUNNING)
                 good = queue.newest_good(tx, repo)
-                views.append({
-                    "state": ledger.state(tx, repo),
-                    "deployed_sha": good.sha if good else None,
-                    "good_job": good,
-                    "last_job": last[0] if last else None,
-                    "queued": queue.in_state(tx, repo, Status.QUEUED) is not None,
-                    "running": queue.get(tx, running.id) if running else None,
-                })
+                views.append(
+                    {
+                        "state": ledger.state(tx, repo),
+                        "deployed_sha": good.sha if good else None,
+                        "good_job": good,
+                        "last_job": last[0] if last else None,
+                        "queued": queue.in_state(tx, repo, Status.QUEUED) is not None,
+                        "running": queue.get(tx, running.id) if running else None,
+                    }
+                )
             return views
 
-    def tail(self, job_id: int, *, after: int = 0,
-             limit: int = 5000) -> tuple[Status | None, list[Row]]:
+    def tail(
+        self, job_id: int, *, after: int = 0, limit: int = 5000
+    ) -> tuple[Status | None, list[Row]]:
         """The job's status, then its output lines past `after`, in one snapshot.
 
         Status is read first: once it says ended, every line written before the end
@@ -195,8 +215,13 @@ class Store:
             if job.status.ended:
                 raise Conflict(f"job {job_id} already ended ({job.status})")
             if job.status == Status.QUEUED:
-                queue.finish(tx, job_id, status=Status.CANCELLED, error="cancelled by an admin",
-                             now=time.time())
+                queue.finish(
+                    tx,
+                    job_id,
+                    status=Status.CANCELLED,
+                    error="cancelled by an admin",
+                    now=time.time(),
+                )
             else:
                 tx.run("UPDATE jobs SET cancel_requested = 1 WHERE id = :id", id=job_id)
             job = queue.get(tx, job_id)
@@ -215,9 +240,17 @@ class Store:
             ledger.set_hold(tx, repo, held=False, now=now)
             if not state.held_sha:
                 return None
-            job, _ = queue.enqueue(tx, repo=repo, sha=state.held_sha, ref=state.held_ref,
-                                   trigger=Trigger.PUSH, delivery=state.held_delivery,
-                                   node=node, now=now, repo_url=state.repo_url)
+            job, _ = queue.enqueue(
+                tx,
+                repo=repo,
+                sha=state.held_sha,
+                ref=state.held_ref,
+                trigger=Trigger.PUSH,
+                delivery=state.held_delivery,
+                node=node,
+                now=now,
+                repo_url=state.repo_url,
+            )
         self.backend.wake()
         return job
 
@@ -227,16 +260,24 @@ class Store:
 
     # -- the worker's side ----------------------------------------------------------
 
-    def claim(self, *, worker: str, node: str, lease_s: float,
-              exclude: tuple[str, ...] = ()) -> Job | None:
+    def claim(
+        self, *, worker: str, node: str, lease_s: float, exclude: tuple[str, ...] = ()
+    ) -> Job | None:
         with self._write() as tx:
-            return queue.claim(tx, worker=worker, node=node, host=self.host, lease_s=lease_s,
-                               now=time.time(), skip_locked=self.skip_locked, exclude=exclude)
+            return queue.claim(
+                tx,
+                worker=worker,
+                node=node,
+                host=self.host,
+                lease_s=lease_s,
+                now=time.time(),
+                skip_locked=self.skip_locked,
+                exclude=exclude,
+            )
 
     def renew(self, *, worker: str, job_ids: list[int], lease_s: float) -> set[int]:
         with self._write() as tx:
-            return queue.renew(tx, worker=worker, job_ids=job_ids, lease_s=lease_s,
-                               now=time.time())
+            return queue.renew(tx, worker=worker, job_ids=job_ids, lease_s=lease_s, now=time.time())
 
     def set_job_fields(self, job_id: int, **fields: Any) -> None:
         with self._write() as tx:
@@ -246,8 +287,9 @@ class Store:
         with self._write() as tx:
             return queue.start_step(tx, job_id, name, now=time.time())
 
-    def finish_step(self, job_id: int, idx: int, *, status: StepStatus,
-                    error: str | None = None) -> None:
+    def finish_step(
+        self, job_id: int, idx: int, *, status: StepStatus, error: str | None = None
+    ) -> None:
         with self._write() as tx:
             queue.finish_step(tx, job_id, idx, status=status, error=error, now=time.time())
 
@@ -260,17 +302,35 @@ class Store:
         with self._read() as tx:
             return queue.log_lines(tx, job_id, after=after, limit=limit)
 
-    def finish(self, job_id: int, *, status: Status, error: str | None,
-               worker: str | None = None) -> bool:
+    def finish(
+        self, job_id: int, *, status: Status, error: str | None, worker: str | None = None
+    ) -> bool:
         with self._write() as tx:
-            return queue.finish(tx, job_id, status=status, error=error, now=time.time(),
-                                worker=worker)
+            return queue.finish(
+                tx, job_id, status=status, error=error, now=time.time(), worker=worker
+            )
 
-    def enqueue_if_idle(self, *, repo: str, sha: str, ref: str | None, trigger: Trigger,
-                        node: str, repo_url: str | None = None) -> Job | None:
+    def enqueue_if_idle(
+        self,
+        *,
+        repo: str,
+        sha: str,
+        ref: str | None,
+        trigger: Trigger,
+        node: str,
+        repo_url: str | None = None,
+    ) -> Job | None:
         with self._write() as tx:
-            job = queue.enqueue_if_idle(tx, repo=repo, sha=sha, ref=ref, trigger=trigger,
-                                        node=node, now=time.time(), repo_url=repo_url)
+            job = queue.enqueue_if_idle(
+                tx,
+                repo=repo,
+                sha=sha,
+                ref=ref,
+                trigger=trigger,
+                node=node,
+                now=time.time(),
+                repo_url=repo_url,
+            )
         if job is not None:
             self.backend.wake()
         return job
@@ -305,26 +365,38 @@ class Store:
         now = time.time()
         self.backend.hold_worker_lock(worker)
         with self._write() as tx:
-            tx.run("INSERT INTO workers (id, node, host, pid, slots, started_at, heartbeat_at)"
-                   " VALUES (:id, :node, :host, :pid, :slots, :now, :now)"
-                   " ON CONFLICT (id) DO UPDATE SET heartbeat_at = :now, stopped_at = NULL",
-                   id=worker, node=node, host=self.host, pid=os.getpid(), slots=slots, now=now)
+            tx.run(
+                "INSERT INTO workers (id, node, host, pid, slots, started_at, heartbeat_at)"
+                " VALUES (:id, :node, :host, :pid, :slots, :now, :now)"
+                " ON CONFLICT (id) DO UPDATE SET heartbeat_at = :now, stopped_at = NULL",
+                id=worker,
+                node=node,
+                host=self.host,
+                pid=os.getpid(),
+                slots=slots,
+                now=now,
+            )
 
     def heartbeat(self, worker: str) -> None:
         with self._write() as tx:
-            tx.run("UPDATE workers SET heartbeat_at = :now WHERE id = :id",
-                   now=time.time(), id=worker)
+            tx.run(
+                "UPDATE workers SET heartbeat_at = :now WHERE id = :id", now=time.time(), id=worker
+            )
 
     def stop_worker(self, worker: str) -> None:
         with self._write() as tx:
-            tx.run("UPDATE workers SET stopped_at = :now WHERE id = :id",
-                   now=time.time(), id=worker)
+            tx.run(
+                "UPDATE workers SET stopped_at = :now WHERE id = :id", now=time.time(), id=worker
+            )
 
     def workers(self, *, since: float) -> list[Row]:
         """Workers that have not stopped and beat since `since`."""
         with self._read() as tx:
-            return tx.all("SELECT * FROM workers WHERE stopped_at IS NULL AND"
-                          " heartbeat_at >= :since ORDER BY node, started_at", since=since)
+            return tx.all(
+                "SELECT * FROM workers WHERE stopped_at IS NULL AND"
+                " heartbeat_at >= :since ORDER BY node, started_at",
+                since=since,
+            )
 
     def worker_alive(self, worker: str) -> bool | None:
         return self.backend.worker_alive(worker)
@@ -367,4 +439,3 @@ def open_store(settings: Settings, *, migrate: bool = True) -> Store:
             store._schema_error = str(exc)
             store._schema_tried_at = time.monotonic()
     return store
-

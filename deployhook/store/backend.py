@@ -24,8 +24,11 @@ def to_pyformat(sql: str) -> str:
 class Tx:
     """One open transaction: run statements, read rows as dicts."""
 
-    def __init__(self, execute: Callable[[str, Any], Any],
-                 savepoint: Callable[[str], AbstractContextManager[None]]) -> None:
+    def __init__(
+        self,
+        execute: Callable[[str, Any], Any],
+        savepoint: Callable[[str], AbstractContextManager[None]],
+    ) -> None:
         self._execute = execute
         self._savepoint = savepoint
 
@@ -95,4 +98,4 @@ class Backend(Protocol):
 
 def iter_chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]

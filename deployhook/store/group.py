@@ -68,8 +68,7 @@ class GroupCommit:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 and slot in self._pending:
                     self._pending.remove(slot)
-                    raise StoreUnavailable("store busy: the delivery could not be stored in "
-                                           "time")
+                    raise StoreUnavailable("store busy: the delivery could not be stored in time")
                 # Past the deadline but already in a batch being committed: its answer
                 # is moments away, and dropping it now would misreport a stored delivery.
                 slot.wakeup.wait(remaining if remaining > 0 else 0.05)

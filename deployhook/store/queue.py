@@ -15,20 +15,32 @@ MAX_INTERRUPTED_RUNS = 3
 
 def job_from_row(row: Row, steps: tuple[Step, ...] = ()) -> Job:
     return Job(
-        id=int(row["id"]), repo=row["repo"], status=Status(row["status"]),
-        trigger=Trigger(row["trigger"]), sha=row["sha"], ref=row["ref"],
-        delivery=row["delivery"], previous_sha=row["previous_sha"],
-        created_at=row["created_at"], started_at=row["started_at"],
-        finished_at=row["finished_at"], error=row["error"], worker=row["worker"],
-        node=row["node"], repo_url=row["repo_url"],
-        cancel_requested=bool(row["cancel_requested"]), steps=steps,
+        id=int(row["id"]),
+        repo=row["repo"],
+        status=Status(row["status"]),
+        trigger=Trigger(row["trigger"]),
+        sha=row["sha"],
+        ref=row["ref"],
+        delivery=row["delivery"],
+        previous_sha=row["previous_sha"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        error=row["error"],
+        worker=row["worker"],
+        node=row["node"],
+        repo_url=row["repo_url"],
+        cancel_requested=bool(row["cancel_requested"]),
+        steps=steps,
     )
 
 
 def steps_of(tx: Tx, job_id: int) -> tuple[Step, ...]:
     rows = tx.all("SELECT * FROM job_steps WHERE job_id = :job ORDER BY idx", job=job_id)
-    return tuple(Step(r["name"], StepStatus(r["status"]), r["started_at"], r["finished_at"],
-                      r["error"]) for r in rows)
+    return tuple(
+        Step(r["name"], StepStatus(r["status"]), r["started_at"], r["finished_at"], r["error"])
+        for r in rows
+    )
 
 
 def get(tx: Tx, job_id: int) -> Job | None:
@@ -37,14 +49,25 @@ def get(tx: Tx, job_id: int) -> Job | None:
 
 
 def in_state(tx: Tx, repo: str, status: Status) -> Job | None:
-    row = tx.one("SELECT * FROM jobs WHERE repo = :repo AND status = :status",
-                 repo=repo, status=str(status))
+    row = tx.one(
+        "SELECT * FROM jobs WHERE repo = :repo AND status = :status", repo=repo, status=str(status)
+    )
     return None if row is None else job_from_row(row)
 
 
-def enqueue(tx: Tx, *, repo: str, sha: str, ref: str | None, trigger: Trigger,
-            delivery: str | None, node: str, now: float, repo_url: str | None = None,
-            join_running: bool = False) -> tuple[Job, bool]:
+def enqueue(
+    tx: Tx,
+    *,
+    repo: str,
+    sha: str,
+    ref: str | None,
+    trigger: Trigger,
+    delivery: str | None,
+    node: str,
+    now: float,
+    repo_url: str | None = None,
+    join_running: bool = False,
+) -> tuple[Job, bool]:
     """Queue a deploy of sha, or join the repo's queued job (which takes sha and trigger).
 
     Returns the job and whether it was coalesced. With join_running, a running job of
@@ -55,8 +78,14 @@ def enqueue(tx: Tx, *, repo: str, sha: str, ref: str | None, trigger: Trigger,
         "UPDATE jobs SET sha = :sha, ref = :ref, trigger = :trigger, delivery = :delivery,"
         " node = :node, repo_url = COALESCE(:repo_url, repo_url)"
         " WHERE repo = :repo AND status = 'queued' RETURNING *",
-        sha=sha, ref=ref, trigger=str(trigger), delivery=delivery, node=node,
-        repo_url=repo_url, repo=repo)
+        sha=sha,
+        ref=ref,
+        trigger=str(trigger),
+        delivery=delivery,
+        node=node,
+        repo_url=repo_url,
+        repo=repo,
+    )
     if joined is not None:
         return job_from_row(joined), True
     if join_running:
@@ -67,24 +96,58 @@ def enqueue(tx: Tx, *, repo: str, sha: str, ref: str | None, trigger: Trigger,
         "INSERT INTO jobs (repo, status, trigger, sha, ref, delivery, created_at, node, repo_url)"
         " VALUES (:repo, 'queued', :trigger, :sha, :ref, :delivery, :now, :node, :repo_url)"
         " RETURNING *",
-        repo=repo, trigger=str(trigger), sha=sha, ref=ref, delivery=delivery, now=now,
-        node=node, repo_url=repo_url)
+        repo=repo,
+        trigger=str(trigger),
+        sha=sha,
+        ref=ref,
+        delivery=delivery,
+        now=now,
+        node=node,
+        repo_url=repo_url,
+    )
     assert row is not None
     return job_from_row(row), False
 
 
-def enqueue_if_idle(tx: Tx, *, repo: str, sha: str, ref: str | None, trigger: Trigger,
-                    node: str, now: float, repo_url: str | None = None) -> Job | None:
+def enqueue_if_idle(
+    tx: Tx,
+    *,
+    repo: str,
+    sha: str,
+    ref: str | None,
+    trigger: Trigger,
+    node: str,
+    now: float,
+    repo_url: str | None = None,
+) -> Job | None:
     """Queue a follow-up job (rollback, retry) unless a newer job is already queued."""
     if in_state(tx, repo, Status.QUEUED) is not None:
         return None
-    job, _ = enqueue(tx, repo=repo, sha=sha, ref=ref, trigger=trigger, delivery=None,
-                     node=node, now=now, repo_url=repo_url)
+    job, _ = enqueue(
+        tx,
+        repo=repo,
+        sha=sha,
+        ref=ref,
+        trigger=trigger,
+        delivery=None,
+        node=node,
+        now=now,
+        repo_url=repo_url,
+    )
     return job
 
 
-def claim(tx: Tx, *, worker: str, node: str, host: str, lease_s: float, now: float,
-          skip_locked: str = "", exclude: tuple[str, ...] = ()) -> Job | None:
+def claim(
+    tx: Tx,
+    *,
+    worker: str,
+    node: str,
+    host: str,
+    lease_s: float,
+    now: float,
+    skip_locked: str = "",
+    exclude: tuple[str, ...] = (),
+) -> Job | None:
     """Atomically take the oldest queued job whose repo has no running job."""
     params: dict[str, Any] = {"node": node}
     not_in = ""
@@ -93,14 +156,23 @@ def claim(tx: Tx, *, worker: str, node: str, host: str, lease_s: float, now: flo
         not_in = " AND j.repo NOT IN (" + ", ".join(f":{k}" for k in names) + ")"
         params.update(names)
     row = tx.one(
-        "SELECT j.id FROM jobs j WHERE j.status = 'queued' AND j.node = :node" + not_in +
-        " AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.repo = j.repo AND r.status = 'running')"
-        " ORDER BY j.id LIMIT 1 " + skip_locked, **params)
+        "SELECT j.id FROM jobs j WHERE j.status = 'queued' AND j.node = :node"
+        + not_in
+        + " AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.repo = j.repo AND r.status = 'running')"
+        " ORDER BY j.id LIMIT 1 " + skip_locked,
+        **params,
+    )
     if row is None:
         return None
-    tx.run("UPDATE jobs SET status = 'running', started_at = :now, worker = :worker,"
-           " host = :host, lease_until = :lease WHERE id = :id AND status = 'queued'",
-           now=now, worker=worker, host=host, lease=now + lease_s, id=row["id"])
+    tx.run(
+        "UPDATE jobs SET status = 'running', started_at = :now, worker = :worker,"
+        " host = :host, lease_until = :lease WHERE id = :id AND status = 'queued'",
+        now=now,
+        worker=worker,
+        host=host,
+        lease=now + lease_s,
+        id=row["id"],
+    )
     job = get(tx, int(row["id"]))
     assert job is not None
     tx.run("UPDATE repo_state SET problem = NULL WHERE repo = :repo", repo=job.repo)
@@ -111,9 +183,13 @@ def renew(tx: Tx, *, worker: str, job_ids: list[int], lease_s: float, now: float
     """Extend the leases of a worker's running jobs; return the ids an admin cancelled."""
     cancelled: set[int] = set()
     for job_id in job_ids:
-        row = tx.one("UPDATE jobs SET lease_until = :lease WHERE id = :id AND worker = :worker"
-                     " AND status = 'running' RETURNING cancel_requested",
-                     lease=now + lease_s, id=job_id, worker=worker)
+        row = tx.one(
+            "UPDATE jobs SET lease_until = :lease WHERE id = :id AND worker = :worker"
+            " AND status = 'running' RETURNING cancel_requested",
+            lease=now + lease_s,
+            id=job_id,
+            worker=worker,
+        )
         if row is not None and row["cancel_requested"]:
             cancelled.add(job_id)
     return cancelled
@@ -123,40 +199,66 @@ def set_fields(tx: Tx, job_id: int, **fields: Any) -> None:
     allowed = {"previous_sha", "pgid", "error"}
     assert set(fields) <= allowed, fields
     assignments = ", ".join(f"{k} = :{k}" for k in fields)
-    tx.run(f"UPDATE jobs SET {assignments} WHERE id = :id", id=job_id, **fields)  # noqa: S608
+    tx.run(f"UPDATE jobs SET {assignments} WHERE id = :id", id=job_id, **fields)
 
 
-def finish(tx: Tx, job_id: int, *, status: Status, error: str | None, now: float,
-           worker: str | None = None) -> bool:
+def finish(
+    tx: Tx, job_id: int, *, status: Status, error: str | None, now: float, worker: str | None = None
+) -> bool:
     """End a running (or queued) job; False if it had already ended (e.g. expired lease)."""
     owner = " AND worker = :worker" if worker else ""
     count = tx.run(
         "UPDATE jobs SET status = :status, error = :error, finished_at = :now,"
         " lease_until = NULL, pgid = NULL WHERE id = :id AND status IN ('queued', 'running')"
-        + owner, status=str(status), error=error, now=now, id=job_id, worker=worker)
+        + owner,
+        status=str(status),
+        error=error,
+        now=now,
+        id=job_id,
+        worker=worker,
+    )
     if count:
-        tx.run("UPDATE job_steps SET status = 'failed', finished_at = :now"
-               " WHERE job_id = :id AND status = 'running'", now=now, id=job_id)
+        tx.run(
+            "UPDATE job_steps SET status = 'failed', finished_at = :now"
+            " WHERE job_id = :id AND status = 'running'",
+            now=now,
+            id=job_id,
+        )
     return bool(count)
 
 
 def start_step(tx: Tx, job_id: int, name: str, *, now: float) -> int:
     idx = int(tx.value("SELECT COUNT(*) FROM job_steps WHERE job_id = :id", id=job_id) or 0)
-    tx.run("INSERT INTO job_steps (job_id, idx, name, status, started_at)"
-           " VALUES (:id, :idx, :name, 'running', :now)", id=job_id, idx=idx, name=name, now=now)
+    tx.run(
+        "INSERT INTO job_steps (job_id, idx, name, status, started_at)"
+        " VALUES (:id, :idx, :name, 'running', :now)",
+        id=job_id,
+        idx=idx,
+        name=name,
+        now=now,
+    )
     return idx
 
 
-def finish_step(tx: Tx, job_id: int, idx: int, *, status: StepStatus, error: str | None,
-                now: float) -> None:
-    tx.run("UPDATE job_steps SET status = :status, error = :error, finished_at = :now"
-           " WHERE job_id = :id AND idx = :idx",
-           status=str(status), error=error, now=now, id=job_id, idx=idx)
+def finish_step(
+    tx: Tx, job_id: int, idx: int, *, status: StepStatus, error: str | None, now: float
+) -> None:
+    tx.run(
+        "UPDATE job_steps SET status = :status, error = :error, finished_at = :now"
+        " WHERE job_id = :id AND idx = :idx",
+        status=str(status),
+        error=error,
+        now=now,
+        id=job_id,
+        idx=idx,
+    )
 
 
 def append_log(tx: Tx, job_id: int, lines: list[tuple[float, str]]) -> None:
-    tx.many("INSERT INTO job_log (job_id, ts, line) VALUES (:job, :ts, :line)",
-            [{"job": job_id, "ts": ts, "line": line} for ts, line in lines])
+    tx.many(
+        "INSERT INTO job_log (job_id, ts, line) VALUES (:job, :ts, :line)",
+        [{"job": job_id, "ts": ts, "line": line} for ts, line in lines],
+    )
 
 
 def interrupt(tx: Tx, job: Job, *, reason: str, now: float) -> Job | None:
@@ -166,25 +268,41 @@ def interrupt(tx: Tx, job: Job, *, reason: str, now: float) -> Job | None:
     """
     if not finish(tx, job.id, status=Status.INTERRUPTED, error=reason, now=now):
         return None
-    recent = tx.all("SELECT status, sha FROM jobs WHERE repo = :repo AND status NOT IN"
-                    " ('queued', 'running') ORDER BY id DESC LIMIT :n",
-                    repo=job.repo, n=MAX_INTERRUPTED_RUNS)
+    recent = tx.all(
+        "SELECT status, sha FROM jobs WHERE repo = :repo AND status NOT IN"
+        " ('queued', 'running') ORDER BY id DESC LIMIT :n",
+        repo=job.repo,
+        n=MAX_INTERRUPTED_RUNS,
+    )
     if len(recent) == MAX_INTERRUPTED_RUNS and all(
-            r["status"] == Status.INTERRUPTED and r["sha"] == job.sha for r in recent):
-        tx.run("INSERT INTO repo_state (repo) VALUES (:repo) ON CONFLICT (repo) DO NOTHING",
-               repo=job.repo)
-        tx.run("UPDATE repo_state SET problem = :problem WHERE repo = :repo", repo=job.repo,
-               problem=f"{job.sha[:12]} was interrupted {MAX_INTERRUPTED_RUNS} times in a row;"
-               " not retried again (deploy it by hand once the cause is fixed)")
+        r["status"] == Status.INTERRUPTED and r["sha"] == job.sha for r in recent
+    ):
+        tx.run(
+            "INSERT INTO repo_state (repo) VALUES (:repo) ON CONFLICT (repo) DO NOTHING",
+            repo=job.repo,
+        )
+        tx.run(
+            "UPDATE repo_state SET problem = :problem WHERE repo = :repo",
+            repo=job.repo,
+            problem=f"{job.sha[:12]} was interrupted {MAX_INTERRUPTED_RUNS} times in a row;"
+            " not retried again (deploy it by hand once the cause is fixed)",
+        )
         return None
-    return enqueue_if_idle(tx, repo=job.repo, sha=job.sha, ref=job.ref, trigger=Trigger.RETRY,
-                           node=job.node, now=now, repo_url=job.repo_url)
+    return enqueue_if_idle(
+        tx,
+        repo=job.repo,
+        sha=job.sha,
+        ref=job.ref,
+        trigger=Trigger.RETRY,
+        node=job.node,
+        now=now,
+        repo_url=job.repo_url,
+    )
 
 
 def orphaned(tx: Tx, *, now: float) -> list[Job]:
     """Running jobs whose lease has expired."""
-    rows = tx.all("SELECT * FROM jobs WHERE status = 'running' AND lease_until < :now",
-                  now=now)
+    rows = tx.all("SELECT * FROM jobs WHERE status = 'running' AND lease_until < :now", now=now)
     return [job_from_row(r) for r in rows]
 
 
@@ -193,21 +311,33 @@ def running(tx: Tx) -> list[Row]:
 
 
 def newest_good_sha(tx: Tx, repo: str, *, other_than: str | None = None) -> str | None:
-    row = tx.one("SELECT sha FROM jobs WHERE repo = :repo AND status = 'succeeded'"
-                 " AND (CAST(:other AS TEXT) IS NULL OR sha <> :other)"
-                 " ORDER BY finished_at DESC, id DESC LIMIT 1", repo=repo, other=other_than)
+    row = tx.one(
+        "SELECT sha FROM jobs WHERE repo = :repo AND status = 'succeeded'"
+        " AND (CAST(:other AS TEXT) IS NULL OR sha <> :other)"
+        " ORDER BY finished_at DESC, id DESC LIMIT 1",
+        repo=repo,
+        other=other_than,
+    )
     return None if row is None else str(row["sha"])
 
 
 def history(tx: Tx, repo: str, *, limit: int) -> list[Job]:
-    rows = tx.all("SELECT * FROM jobs WHERE repo = :repo ORDER BY id DESC LIMIT :limit",
-                  repo=repo, limit=limit)
+    rows = tx.all(
+        "SELECT * FROM jobs WHERE repo = :repo ORDER BY id DESC LIMIT :limit",
+        repo=repo,
+        limit=limit,
+    )
     return [job_from_row(r, steps_of(tx, int(r["id"]))) for r in rows]
 
 
 def log_lines(tx: Tx, job_id: int, *, after: int = 0, limit: int = 5000) -> list[Row]:
-    return tx.all("SELECT id, ts, line FROM job_log WHERE job_id = :job AND id > :after"
-                  " ORDER BY id LIMIT :limit", job=job_id, after=after, limit=limit)
+    return tx.all(
+        "SELECT id, ts, line FROM job_log WHERE job_id = :job AND id > :after"
+        " ORDER BY id LIMIT :limit",
+        job=job_id,
+        after=after,
+        limit=limit,
+    )
 
 
 def prune(tx: Tx, repo: str, *, keep: int) -> int:
@@ -215,11 +345,17 @@ def prune(tx: Tx, repo: str, *, keep: int) -> int:
 
     What is dropped is added to the pruned totals first, so counters stay monotonic.
     """
-    keep_good = tx.value("SELECT id FROM jobs WHERE repo = :repo AND status = 'succeeded'"
-                         " ORDER BY finished_at DESC, id DESC LIMIT 1", repo=repo)
-    rows = tx.all("SELECT id, repo, status, started_at, finished_at FROM jobs"
-                  " WHERE repo = :repo AND status NOT IN ('queued', 'running')"
-                  " ORDER BY id DESC", repo=repo)
+    keep_good = tx.value(
+        "SELECT id FROM jobs WHERE repo = :repo AND status = 'succeeded'"
+        " ORDER BY finished_at DESC, id DESC LIMIT 1",
+        repo=repo,
+    )
+    rows = tx.all(
+        "SELECT id, repo, status, started_at, finished_at FROM jobs"
+        " WHERE repo = :repo AND status NOT IN ('queued', 'running')"
+        " ORDER BY id DESC",
+        repo=repo,
+    )
     doomed_rows = [r for r in rows[keep:] if r["id"] != keep_good]
     totals.add(tx, totals.count_jobs(doomed_rows))
     doomed = [int(r["id"]) for r in doomed_rows]
@@ -232,8 +368,11 @@ def prune(tx: Tx, repo: str, *, keep: int) -> int:
 
 def newest_good(tx: Tx, repo: str) -> Job | None:
     """The repo's newest succeeded job: what is deployed now."""
-    row = tx.one("SELECT * FROM jobs WHERE repo = :repo AND status = 'succeeded'"
-                 " ORDER BY finished_at DESC, id DESC LIMIT 1", repo=repo)
+    row = tx.one(
+        "SELECT * FROM jobs WHERE repo = :repo AND status = 'succeeded'"
+        " ORDER BY finished_at DESC, id DESC LIMIT 1",
+        repo=repo,
+    )
     return None if row is None else job_from_row(row)
 
 

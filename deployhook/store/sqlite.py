@@ -16,7 +16,7 @@ import socket
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +95,9 @@ class SqliteBackend:
         local = self._local
         if getattr(local, "pid", None) != os.getpid() or local.conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+            )
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA busy_timeout = 10000")
             conn.execute("PRAGMA synchronous = FULL")
@@ -108,10 +109,8 @@ class SqliteBackend:
         conn = getattr(self._local, "conn", None)
         self._local.conn = None
         if conn is not None:
-            try:
+            with suppress(sqlite3.Error):
                 conn.close()
-            except sqlite3.Error:
-                pass
 
     def _lock_fd(self) -> int:
         local = self._local
@@ -150,8 +149,9 @@ class SqliteBackend:
             self._drop_connection()
             raise _unavailable(exc) from None
         except OSError as exc:
-            raise StoreUnavailable(f"store not writable: {exc.strerror}: {self.lock_path}") \
-                from None
+            raise StoreUnavailable(
+                f"store not writable: {exc.strerror}: {self.lock_path}"
+            ) from None
         try:
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -224,8 +224,12 @@ class SqliteBackend:
         if not self.path.exists():
             raise StoreUnavailable(f"store not readable: {cause}")
         try:
-            conn = sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True,
-                                   isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                f"file:{self.path}?mode=ro&immutable=1",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+            )
         except sqlite3.Error:
             raise StoreUnavailable(f"store not readable: {cause}") from None
         conn.row_factory = sqlite3.Row
@@ -274,10 +278,8 @@ class SqliteBackend:
         except OSError as exc:
             return f"store not writable: {exc.strerror}: {self.path.parent}"
         finally:
-            try:
+            with suppress(OSError):
                 probe.unlink()
-            except OSError:
-                pass
         return None
 
     # -- wake-ups and liveness -----------------------------------------------------
@@ -323,10 +325,8 @@ class SqliteBackend:
             return None
         else:
             fcntl.flock(fd, fcntl.LOCK_UN)
-            try:
+            with suppress(OSError):
                 path.unlink()
-            except OSError:
-                pass
             return False
         finally:
             os.close(fd)

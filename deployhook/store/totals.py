@@ -39,11 +39,16 @@ Totals = dict[tuple[str, str, str], float]
 
 def add(tx: Tx, counts: Totals) -> None:
     """Add (metric, repo, label) -> amount to the pruned totals."""
-    tx.many("INSERT INTO pruned_totals (metric, repo, label, value)"
-            " VALUES (:metric, :repo, :label, :value) ON CONFLICT (metric, repo, label)"
-            " DO UPDATE SET value = pruned_totals.value + excluded.value",
-            [{"metric": m, "repo": r, "label": lbl, "value": v}
-             for (m, r, lbl), v in counts.items() if v])
+    tx.many(
+        "INSERT INTO pruned_totals (metric, repo, label, value)"
+        " VALUES (:metric, :repo, :label, :value) ON CONFLICT (metric, repo, label)"
+        " DO UPDATE SET value = pruned_totals.value + excluded.value",
+        [
+            {"metric": m, "repo": r, "label": lbl, "value": v}
+            for (m, r, lbl), v in counts.items()
+            if v
+        ],
+    )
 
 
 def count_jobs(rows: list[Row]) -> Totals:
@@ -52,8 +57,11 @@ def count_jobs(rows: list[Row]) -> Totals:
     for row in rows:
         repo = row["repo"]
         counts[(JOBS, repo, row["status"])] += 1
-        if row["status"] in TIMED_STATUSES and row["started_at"] is not None \
-                and row["finished_at"] is not None:
+        if (
+            row["status"] in TIMED_STATUSES
+            and row["started_at"] is not None
+            and row["finished_at"] is not None
+        ):
             duration = max(0.0, row["finished_at"] - row["started_at"])
             counts[(DURATION_BUCKET, repo, bucket_label(duration))] += 1
             counts[(DURATION_SUM, repo, "")] += duration
@@ -64,24 +72,28 @@ def count_jobs(rows: list[Row]) -> Totals:
 class Snapshot:
     """Everything /metrics shows, read in one transaction."""
 
-    deliveries: list[Row] = field(default_factory=list)   # repo, outcome, n
-    jobs: list[Row] = field(default_factory=list)         # repo, status, n
-    durations: list[Row] = field(default_factory=list)    # repo, d
-    last_good: list[Row] = field(default_factory=list)    # repo, at
-    pruned: list[Row] = field(default_factory=list)       # metric, repo, label, value
+    deliveries: list[Row] = field(default_factory=list)  # repo, outcome, n
+    jobs: list[Row] = field(default_factory=list)  # repo, status, n
+    durations: list[Row] = field(default_factory=list)  # repo, d
+    last_good: list[Row] = field(default_factory=list)  # repo, at
+    pruned: list[Row] = field(default_factory=list)  # metric, repo, label, value
     held: list[str] = field(default_factory=list)
 
 
 def snapshot(tx: Tx) -> Snapshot:
     return Snapshot(
-        deliveries=tx.all("SELECT repo, outcome, COUNT(*) AS n FROM deliveries"
-                          " GROUP BY repo, outcome"),
+        deliveries=tx.all(
+            "SELECT repo, outcome, COUNT(*) AS n FROM deliveries GROUP BY repo, outcome"
+        ),
         jobs=tx.all("SELECT repo, status, COUNT(*) AS n FROM jobs GROUP BY repo, status"),
-        durations=tx.all("SELECT repo, finished_at - started_at AS d FROM jobs"
-                         " WHERE status IN ('succeeded', 'failed') AND started_at IS NOT NULL"
-                         " AND finished_at IS NOT NULL"),
-        last_good=tx.all("SELECT repo, MAX(finished_at) AS at FROM jobs"
-                         " WHERE status = 'succeeded' GROUP BY repo"),
+        durations=tx.all(
+            "SELECT repo, finished_at - started_at AS d FROM jobs"
+            " WHERE status IN ('succeeded', 'failed') AND started_at IS NOT NULL"
+            " AND finished_at IS NOT NULL"
+        ),
+        last_good=tx.all(
+            "SELECT repo, MAX(finished_at) AS at FROM jobs WHERE status = 'succeeded' GROUP BY repo"
+        ),
         pruned=tx.all("SELECT metric, repo, label, value FROM pruned_totals"),
         held=[r["repo"] for r in tx.all("SELECT repo FROM repo_state WHERE held = 1")],
     )

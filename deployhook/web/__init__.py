@@ -29,8 +29,12 @@ def service() -> Service:
     return current_app.extensions["deployhook"]
 
 
-def create_app(settings: Settings | None = None, *, service_: Service | None = None,
-               configure_logging: bool = True) -> Flask:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    service_: Service | None = None,
+    configure_logging: bool = True,
+) -> Flask:
     """Build the WSGI app. Nothing is opened at import time, only here."""
     from deployhook import log
     from deployhook.web import admin, intake, status
@@ -69,8 +73,12 @@ def _register_optional_blueprints(app: Flask) -> None:
     """Blueprints of the status surface that live in their own modules."""
     import importlib
 
-    for name in ("deployhook.web.ui", "deployhook.web.metrics", "deployhook.web.logs",
-                 "deployhook.web.nodes"):
+    for name in (
+        "deployhook.web.ui",
+        "deployhook.web.metrics",
+        "deployhook.web.logs",
+        "deployhook.web.nodes",
+    ):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:

@@ -38,8 +38,11 @@ def is_admin() -> bool:
     """True if this request carries the admin token."""
     expected = service().settings.admin_token
     token = offered_token(request.headers.get("Authorization"))
-    return bool(expected and token and hmac.compare_digest(
-        token.encode("utf-8", "replace"), expected.encode("utf-8")))
+    return bool(
+        expected
+        and token
+        and hmac.compare_digest(token.encode("utf-8", "replace"), expected.encode("utf-8"))
+    )
 
 
 def check_admin() -> None:

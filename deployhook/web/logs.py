@@ -65,16 +65,14 @@ class _Followers:
 
 def _followers() -> _Followers:
     """This app's (so this process's) count."""
-    followers: _Followers = current_app.extensions.setdefault("deployhook.followers",
-                                                              _Followers())
+    followers: _Followers = current_app.extensions.setdefault("deployhook.followers", _Followers())
     return followers
 
 
 class _Stream:
     """The response body; close() runs even if the server never iterated it."""
 
-    def __init__(self, lines: Iterator[str], *, job_id: int, follower: _Followers | None
-                 ) -> None:
+    def __init__(self, lines: Iterator[str], *, job_id: int, follower: _Followers | None) -> None:
         self._lines = lines
         self._follower = follower
         self._job_id = job_id
@@ -96,8 +94,9 @@ class _Stream:
         self._closed = True
         if self._follower is not None:
             self._follower.leave()
-        log.info("job_log_served", job=self._job_id, follow=self._follower is not None,
-                 lines=self._sent)
+        log.info(
+            "job_log_served", job=self._job_id, follow=self._follower is not None, lines=self._sent
+        )
 
 
 @bp.get("/jobs/<int:job_id>/log")
@@ -114,8 +113,7 @@ def job_log(job_id: int) -> Any:
         response.status_code = 429
         response.headers["Retry-After"] = "10"
         return response
-    response = Response(_Stream(lines, job_id=job_id, follower=followers),
-                        mimetype="text/plain")
+    response = Response(_Stream(lines, job_id=job_id, follower=followers), mimetype="text/plain")
     # Proxies (nginx, Traefik) must pass lines on as they come, not buffer the stream.
     response.headers["X-Accel-Buffering"] = "no"
     response.headers["Cache-Control"] = "no-store"

@@ -59,7 +59,8 @@ class StoreCollector(Collector):
             return name if name in known else totals.OTHER_REPO
 
         counts: dict[tuple[str, str], float] = {
-            (repo, str(outcome)): 0.0 for repo in known for outcome in Outcome}
+            (repo, str(outcome)): 0.0 for repo in known for outcome in Outcome
+        }
         for row in snap.deliveries:
             key = (label(row["repo"]), row["outcome"])
             counts[key] = counts.get(key, 0.0) + row["n"]
@@ -67,8 +68,9 @@ class StoreCollector(Collector):
             if metric == totals.DELIVERIES:
                 key = (label(repo), outcome)
                 counts[key] = counts.get(key, 0.0) + value
-        family = CounterMetricFamily("deployhook_deliveries", "Webhook deliveries by outcome.",
-                                     labels=["repo", "outcome"])
+        family = CounterMetricFamily(
+            "deployhook_deliveries", "Webhook deliveries by outcome.", labels=["repo", "outcome"]
+        )
         for (repo, outcome), value in sorted(counts.items()):
             family.add_metric([repo, outcome], value)
         return family
@@ -89,36 +91,47 @@ class StoreCollector(Collector):
         for (metric, repo, status), value in pruned.items():
             if metric == totals.JOBS:
                 ended[(repo, status)] = ended.get((repo, status), 0.0) + value
-        family = CounterMetricFamily("deployhook_jobs", "Jobs that ended, by final status.",
-                                     labels=["repo", "status"])
+        family = CounterMetricFamily(
+            "deployhook_jobs", "Jobs that ended, by final status.", labels=["repo", "status"]
+        )
         for (repo, status), value in sorted(ended.items()):
             family.add_metric([repo, status], value)
         yield family
-        for name, doc, values in (("deployhook_queue_depth", "Jobs waiting to run.", waiting),
-                                  ("deployhook_jobs_running", "Jobs running now.", running)):
+        for name, doc, values in (
+            ("deployhook_queue_depth", "Jobs waiting to run.", waiting),
+            ("deployhook_jobs_running", "Jobs running now.", running),
+        ):
             gauge = GaugeMetricFamily(name, doc, labels=["repo"])
             for repo, value in sorted(values.items()):
                 gauge.add_metric([repo], value)
             yield gauge
 
     def _state(self, snap: totals.Snapshot, known: set[str]) -> Iterator[Metric]:
-        family = GaugeMetricFamily("deployhook_last_success_timestamp_seconds",
-                                   "When the repo's newest good deploy finished (Unix time).",
-                                   labels=["repo"])
+        family = GaugeMetricFamily(
+            "deployhook_last_success_timestamp_seconds",
+            "When the repo's newest good deploy finished (Unix time).",
+            labels=["repo"],
+        )
         for row in sorted(snap.last_good, key=lambda r: r["repo"]):
             if row["at"] is not None:
                 family.add_metric([row["repo"]], float(row["at"]))
         yield family
-        family = GaugeMetricFamily("deployhook_repo_held", "1 if the repo is on hold.",
-                                   labels=["repo"])
+        family = GaugeMetricFamily(
+            "deployhook_repo_held", "1 if the repo is on hold.", labels=["repo"]
+        )
         for repo in sorted(known):
             family.add_metric([repo], 1.0 if repo in snap.held else 0.0)
         yield family
-        yield GaugeMetricFamily("deployhook_workers_alive", "Deploy workers that beat lately.",
-                                value=len(self.svc.live_workers()))
-        yield GaugeMetricFamily("deployhook_registry_valid",
-                                "0 while repos.yml is invalid (the last good one serves).",
-                                value=0.0 if self.svc.registry.error else 1.0)
+        yield GaugeMetricFamily(
+            "deployhook_workers_alive",
+            "Deploy workers that beat lately.",
+            value=len(self.svc.live_workers()),
+        )
+        yield GaugeMetricFamily(
+            "deployhook_registry_valid",
+            "0 while repos.yml is invalid (the last good one serves).",
+            value=0.0 if self.svc.registry.error else 1.0,
+        )
 
     @staticmethod
     def _durations(snap: totals.Snapshot, pruned: Pruned, known: set[str]) -> Metric:
@@ -128,8 +141,7 @@ class StoreCollector(Collector):
         for row in snap.durations:
             repo = row["repo"]
             duration = max(0.0, float(row["d"]))
-            counts.setdefault(repo, dict.fromkeys(labels, 0.0))[totals.bucket_label(duration)] \
-                += 1
+            counts.setdefault(repo, dict.fromkeys(labels, 0.0))[totals.bucket_label(duration)] += 1
             sums[repo] = sums.get(repo, 0.0) + duration
         for (metric, repo, label), value in pruned.items():
             if metric == totals.DURATION_BUCKET and label in labels:
@@ -139,7 +151,8 @@ class StoreCollector(Collector):
         family = HistogramMetricFamily(
             "deployhook_deploy_duration_seconds",
             "How long deploys took (succeeded or failed), from claim to end.",
-            labels=["repo"])
+            labels=["repo"],
+        )
         for repo in sorted(counts):
             cumulative, buckets = 0.0, []
             for label in labels:

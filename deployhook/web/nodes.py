@@ -31,15 +31,27 @@ def workers_by_node(svc: Service, *, now: float | None = None) -> list[dict[str,
     workers: dict[str, list[dict[str, Any]]] = {}
     for row in svc.store.workers(since=now - SHOWN_FOR_S):
         age = max(now - float(row["heartbeat_at"]), 0.0)
-        workers.setdefault(row["node"] or "", []).append({
-            "id": row["id"], "host": row["host"], "pid": row["pid"], "slots": row["slots"],
-            "started_at": iso(row["started_at"]), "heartbeat_at": iso(row["heartbeat_at"]),
-            "heartbeat_age_s": round(age, 1), "alive": age <= WORKER_STALE_S,
-        })
-    return [{"node": node or None, "repos": sorted(pinned.get(node, [])),
-             "workers": workers.get(node, []),
-             "alive": any(w["alive"] for w in workers.get(node, []))}
-            for node in sorted(set(pinned) | set(workers))]
+        workers.setdefault(row["node"] or "", []).append(
+            {
+                "id": row["id"],
+                "host": row["host"],
+                "pid": row["pid"],
+                "slots": row["slots"],
+                "started_at": iso(row["started_at"]),
+                "heartbeat_at": iso(row["heartbeat_at"]),
+                "heartbeat_age_s": round(age, 1),
+                "alive": age <= WORKER_STALE_S,
+            }
+        )
+    return [
+        {
+            "node": node or None,
+            "repos": sorted(pinned.get(node, [])),
+            "workers": workers.get(node, []),
+            "alive": any(w["alive"] for w in workers.get(node, [])),
+        }
+        for node in sorted(set(pinned) | set(workers))
+    ]
 
 
 @bp.get("/api/workers")

@@ -69,8 +69,7 @@ def overview() -> Any:
     """Every repo at a glance: what the status page shows and refreshes from."""
     svc = service()
     repos = [r.to_dict() for r in summary.summarize(svc)]
-    return jsonify(repos=repos, generated_at=iso(time.time()),
-                   registry_error=svc.registry.error)
+    return jsonify(repos=repos, generated_at=iso(time.time()), registry_error=svc.registry.error)
 
 
 @bp.get("/deploy/<repo>/badge.svg")

@@ -20,8 +20,10 @@ from deployhook.web.nodes import workers_by_node
 bp = Blueprint("ui", __name__)
 
 # The pages load only their own scripts and styles: no inline script, nothing remote.
-CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self';"
-       " connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self';"
+    " connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
 
 
 @bp.after_request
@@ -57,17 +59,24 @@ def _clock(ts: float | None) -> str:
 
 def _page_context() -> dict[str, Any]:
     svc = service()
-    return {"admin": is_admin(), "admin_enabled": bool(svc.settings.admin_token),
-            "private": svc.settings.private_status}
+    return {
+        "admin": is_admin(),
+        "admin_enabled": bool(svc.settings.admin_token),
+        "private": svc.settings.private_status,
+    }
 
 
 @bp.get("/")
 @status_access
 def index() -> Any:
     svc = service()
-    return render_template("index.html", repos=summary.summarize(svc),
-                           nodes=workers_by_node(svc), registry_error=svc.registry.error,
-                           **_page_context())
+    return render_template(
+        "index.html",
+        repos=summary.summarize(svc),
+        nodes=workers_by_node(svc),
+        registry_error=svc.registry.error,
+        **_page_context(),
+    )
 
 
 @bp.get("/ui/jobs/<int:job_id>")
@@ -76,8 +85,9 @@ def job_page(job_id: int) -> Any:
     svc = service()
     job: Job = svc.store.job(job_id)
     repo = svc.registry.find(job.repo)
-    return render_template("job.html", job=job, branch=repo.branch if repo else None,
-                           **_page_context())
+    return render_template(
+        "job.html", job=job, branch=repo.branch if repo else None, **_page_context()
+    )
 
 
 def _safe_next(target: str | None) -> str:
@@ -85,8 +95,13 @@ def _safe_next(target: str | None) -> str:
     if not target:
         return "/"
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//") \
-            or "\\" in target:
+    if (
+        parts.scheme
+        or parts.netloc
+        or not target.startswith("/")
+        or target.startswith("//")
+        or "\\" in target
+    ):
         return "/"
     return target
 

@@ -65,8 +65,13 @@ def _script(command: str, timeout: float) -> str | None:
     if not ENGINE_SCRIPT.exists():
         return None
     try:
-        done = subprocess.run(["bash", str(ENGINE_SCRIPT), command], capture_output=True,
-                              text=True, timeout=timeout, check=False)
+        done = subprocess.run(
+            ["bash", str(ENGINE_SCRIPT), command],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         return None
     lines = done.stdout.strip().splitlines()
@@ -86,8 +91,11 @@ def docker_engine() -> Iterator[str]:
         started = _script("start", 180)
         host = started if started and _answers(started) else None
         if host is None:
-            pytest.fail("DEPLOYHOOK_REQUIRE_DOCKER=1 but no Docker engine answers and "
-                        f"`{ENGINE_SCRIPT} start` did not start one", pytrace=False)
+            pytest.fail(
+                "DEPLOYHOOK_REQUIRE_DOCKER=1 but no Docker engine answers and "
+                f"`{ENGINE_SCRIPT} start` did not start one",
+                pytrace=False,
+            )
     if host is None:
         pytest.skip("no Docker engine (set DOCKER_HOST or run .ci/docker-engine.sh start)")
     old = os.environ.get("DOCKER_HOST")
@@ -102,8 +110,12 @@ def docker_engine() -> Iterator[str]:
 @pytest.fixture(autouse=True)
 def _engine_env(docker_engine: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test here needs the engine, and no COMPOSE_* of the caller's may leak in."""
-    for name in ("COMPOSE_PROJECT_NAME", "COMPOSE_FILE", "COMPOSE_PROFILES",
-                 "COMPOSE_PATH_SEPARATOR"):
+    for name in (
+        "COMPOSE_PROJECT_NAME",
+        "COMPOSE_FILE",
+        "COMPOSE_PROFILES",
+        "COMPOSE_PATH_SEPARATOR",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -127,8 +139,9 @@ RUN ["/bin/busybox", "--install", "-s", "/bin"]
 
 
 @pytest.fixture(scope="session")
-def busybox_image(docker_client: DockerClient,
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def busybox_image(
+    docker_client: DockerClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """A busybox image built FROM scratch once per session (for stacks that need no build)."""
     context = tmp_path_factory.mktemp("busybox-image")
     shutil.copy(BUSYBOX, context / "busybox")
@@ -147,9 +160,11 @@ def dangling_image(client: DockerClient, *, project: str) -> str:
     for n in range(2):  # the second build takes the tag from the first
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
-            for name, data in {"Dockerfile": f"FROM scratch\nCOPY f /f\nLABEL "
-                               f"com.docker.compose.project={project}\n".encode(),
-                               "f": f"{n}-{uid()}".encode()}.items():
+            for name, data in {
+                "Dockerfile": f"FROM scratch\nCOPY f /f\nLABEL "
+                f"com.docker.compose.project={project}\n".encode(),
+                "f": f"{n}-{uid()}".encode(),
+            }.items():
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
@@ -200,9 +215,17 @@ class Stack:
         return self.remote.checkout.name  # the same for v1 and v2: lowercase, no dots
 
     def containers(self, service: str = "web") -> list[Any]:
-        return list(self.client.containers.list(all=True, filters={"label": [
-            f"com.docker.compose.project={self.project}",
-            f"com.docker.compose.service={service}"]}))
+        return list(
+            self.client.containers.list(
+                all=True,
+                filters={
+                    "label": [
+                        f"com.docker.compose.project={self.project}",
+                        f"com.docker.compose.service={service}",
+                    ]
+                },
+            )
+        )
 
     def served(self) -> tuple[str, str]:
         """(container id, what the running web container serves), read inside it."""
@@ -214,11 +237,16 @@ class Stack:
     def down(self) -> None:
         """Remove everything the stack made, whatever state a failed test left it in."""
         if self.compose:
-            subprocess.run([*self.compose, "down", "-v", "--rmi", "local", "--remove-orphans",
-                            "-t", "1"], cwd=self.remote.checkout, capture_output=True,
-                           timeout=180, check=False)
-        for container in self.client.containers.list(all=True, filters={
-                "label": f"com.docker.compose.project={self.project}"}):
+            subprocess.run(
+                [*self.compose, "down", "-v", "--rmi", "local", "--remove-orphans", "-t", "1"],
+                cwd=self.remote.checkout,
+                capture_output=True,
+                timeout=180,
+                check=False,
+            )
+        for container in self.client.containers.list(
+            all=True, filters={"label": f"com.docker.compose.project={self.project}"}
+        ):
             with contextlib.suppress(NotFound):
                 container.remove(force=True)
         remove_labelled_images(self.client, TEST_LABEL, self.project)

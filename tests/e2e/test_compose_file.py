@@ -15,8 +15,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def compose_config(project: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", "compose", "config", "--format", "json"], cwd=project,
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        ["docker", "compose", "config", "--format", "json"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -49,7 +55,8 @@ def test_compose_config_accepts_it_with_traefik_labels(service: dict[str, Any]) 
 
 
 def test_mounts_socket_data_registry_dir_and_deploy_root_at_the_same_path(
-        service: dict[str, Any], project: Path) -> None:
+    service: dict[str, Any], project: Path
+) -> None:
     mounts = {m["target"]: m for m in service["volumes"]}
     assert mounts["/var/run/docker.sock"]["source"] == "/var/run/docker.sock"
     assert mounts["/opt/websites"]["source"] == "/opt/websites"
@@ -63,8 +70,11 @@ def test_mounts_socket_data_registry_dir_and_deploy_root_at_the_same_path(
 def test_runs_as_the_checkout_owner_with_the_socket_group(service: dict[str, Any]) -> None:
     assert service["user"] == "1000:1000"
     assert service["group_add"] == ["999"]
-    assert service["build"]["args"] == {"DEPLOYHOOK_UID": "1000", "DEPLOYHOOK_GID": "1000",
-                                        "DOCKER_GID": "999"}
+    assert service["build"]["args"] == {
+        "DEPLOYHOOK_UID": "1000",
+        "DEPLOYHOOK_GID": "1000",
+        "DOCKER_GID": "999",
+    }
 
 
 def _seconds(duration: str) -> float:

@@ -55,20 +55,39 @@ class Deployer:
 
 
 @pytest.fixture(params=sorted(COMPOSE_ENVIRON))
-def deployer(request: pytest.FixtureRequest, tmp_path: Path, stack: Stack,
-             open_service: Callable[[Settings], Service]) -> Iterator[Deployer]:
-    registry = write_registry(tmp_path / "repos.yml", {"site": {
-        "path": str(stack.remote.checkout), "source": "jeff/site", "timeout": 300,
-        "health_timeout": 60, "prune_images": True}})
-    settings = Settings.load(COMPOSE_ENVIRON[request.param], registry=registry,
-                             data_dir=tmp_path / "data", secret=SECRET,
-                             admin_token="admin-token-for-tests", reconcile_interval=0,
-                             stop_grace=5)
+def deployer(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    stack: Stack,
+    open_service: Callable[[Settings], Service],
+) -> Iterator[Deployer]:
+    registry = write_registry(
+        tmp_path / "repos.yml",
+        {
+            "site": {
+                "path": str(stack.remote.checkout),
+                "source": "jeff/site",
+                "timeout": 300,
+                "health_timeout": 60,
+                "prune_images": True,
+            }
+        },
+    )
+    settings = Settings.load(
+        COMPOSE_ENVIRON[request.param],
+        registry=registry,
+        data_dir=tmp_path / "data",
+        secret=SECRET,
+        admin_token="admin-token-for-tests",
+        reconcile_interval=0,
+        stop_grace=5,
+    )
     stack.compose = compose.command(settings.compose)  # so teardown uses the same one
     assert compose.is_v1(stack.compose) == (request.param == "v1")
     service = open_service(settings)
-    yield Deployer(service, create_app(settings, service_=service,
-                                       configure_logging=False).test_client())
+    yield Deployer(
+        service, create_app(settings, service_=service, configure_logging=False).test_client()
+    )
 
 
 def _image_exists(client: DockerClient, image_id: str) -> bool:
@@ -79,8 +98,9 @@ def _image_exists(client: DockerClient, image_id: str) -> bool:
     return True
 
 
-def test_push_deploys_and_a_change_replaces_the_container(deployer: Deployer, stack: Stack,
-                                                          docker_client: DockerClient) -> None:
+def test_push_deploys_and_a_change_replaces_the_container(
+    deployer: Deployer, stack: Stack, docker_client: DockerClient
+) -> None:
     first = deployer.deploy(stack.remote.deployed())
     assert first.status == Status.SUCCEEDED, (first.error, deployer.log(first))
     assert [s.name for s in first.steps] == ["fetch", "checkout", "compose", "health", "prune"]
@@ -113,8 +133,7 @@ def test_push_deploys_and_a_change_replaces_the_container(deployer: Deployer, st
             docker_client.images.remove(other, force=True)
 
 
-def test_unhealthy_version_fails_at_health_and_rolls_back(deployer: Deployer,
-                                                          stack: Stack) -> None:
+def test_unhealthy_version_fails_at_health_and_rolls_back(deployer: Deployer, stack: Stack) -> None:
     good = deployer.deploy(stack.remote.deployed())
     assert good.status == Status.SUCCEEDED, (good.error, deployer.log(good))
     good_id, served = stack.served()
@@ -128,8 +147,11 @@ def test_unhealthy_version_fails_at_health_and_rolls_back(deployer: Deployer,
     assert "is unhealthy: " in bad.error and "404" in bad.error
 
     rollback = deployer.service.store.jobs("site")[0]
-    assert (rollback.trigger, rollback.status, rollback.sha) == \
-        (Trigger.ROLLBACK, Status.SUCCEEDED, good.sha)
+    assert (rollback.trigger, rollback.status, rollback.sha) == (
+        Trigger.ROLLBACK,
+        Status.SUCCEEDED,
+        good.sha,
+    )
     assert stack.remote.deployed() == good.sha
     back_id, served = stack.served()
     assert served == "v1"

@@ -63,28 +63,44 @@ class Project:
     def up(self, *services: str) -> None:
         text = "services:" + "".join(SERVICES[s] for s in services) + "\n"
         (self.repo.path / "compose.yaml").write_text(text.format(image=self.image))
-        subprocess.run([*V2, "up", "-d"], cwd=self.repo.path, check=True,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [*V2, "up", "-d"], cwd=self.repo.path, check=True, capture_output=True, timeout=120
+        )
 
-    def wait(self, *, health_timeout: int = 60, job_timeout: float = 300,
-             cancel: threading.Event | None = None, repo: Repo | None = None) -> list[str]:
+    def wait(
+        self,
+        *,
+        health_timeout: int = 60,
+        job_timeout: float = 300,
+        cancel: threading.Event | None = None,
+        repo: Repo | None = None,
+    ) -> list[str]:
         lines: list[str] = []
-        wait_healthy(replace(repo or self.repo, health_timeout=health_timeout),
-                     compose_base=V2, deadline=process.Deadline(job_timeout),
-                     cancel=cancel or threading.Event(), output=lines.append)
+        wait_healthy(
+            replace(repo or self.repo, health_timeout=health_timeout),
+            compose_base=V2,
+            deadline=process.Deadline(job_timeout),
+            cancel=cancel or threading.Event(),
+            output=lines.append,
+        )
         return lines
 
     def down(self) -> None:
-        subprocess.run([*V2, "down", "-t", "0", "--remove-orphans"], cwd=self.repo.path,
-                       capture_output=True, timeout=120, check=False)
-        for container in self.client.containers.list(all=True, filters={
-                "label": f"com.docker.compose.project={self.repo.path.name}"}):
+        subprocess.run(
+            [*V2, "down", "-t", "0", "--remove-orphans"],
+            cwd=self.repo.path,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        for container in self.client.containers.list(
+            all=True, filters={"label": f"com.docker.compose.project={self.repo.path.name}"}
+        ):
             container.remove(force=True)
 
 
 @pytest.fixture
-def project(tmp_path: Path, busybox_image: str,
-            docker_client: DockerClient) -> Iterator[Project]:
+def project(tmp_path: Path, busybox_image: str, docker_client: DockerClient) -> Iterator[Project]:
     path = tmp_path / f"dhhealth-{uid()}"
     path.mkdir()
     made = Project(Repo(name="site", path=path), busybox_image, docker_client)
@@ -124,8 +140,9 @@ def test_still_starting_fails_after_health_timeout_naming_it(project: Project) -
     with pytest.raises(StepFailed) as failed:
         project.wait(health_timeout=2)
     assert not isinstance(failed.value, JobTimedOut)
-    assert str(failed.value) == \
-        f"still waiting after 2 s: {project.repo.path.name}-slow-1 is starting"
+    assert (
+        str(failed.value) == f"still waiting after 2 s: {project.repo.path.name}-slow-1 is starting"
+    )
     with pytest.raises(JobTimedOut, match="timed out after 1 s"):
         project.wait(health_timeout=60, job_timeout=1)  # the job's deadline comes first
     cancel = threading.Event()
@@ -140,6 +157,9 @@ def test_still_starting_fails_after_health_timeout_naming_it(project: Project) -
 
 def test_no_containers_fails_clearly(project: Project) -> None:
     (project.repo.path / "compose.yaml").write_text("services:\n  web:\n    image: x\n")
-    with pytest.raises(StepFailed, match=r"no containers of compose project 'dhhealth-\w+' "
-                                         r"\(services web\) found"):
+    with pytest.raises(
+        StepFailed,
+        match=r"no containers of compose project 'dhhealth-\w+' "
+        r"\(services web\) found",
+    ):
         project.wait()

@@ -53,8 +53,13 @@ services:
 
 
 def _engine(command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(ENGINE_SCRIPT), command, ENGINE], capture_output=True,
-                          text=True, timeout=240, check=False)
+    return subprocess.run(
+        ["bash", str(ENGINE_SCRIPT), command, ENGINE],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
 
 
 def _free_port() -> int:
@@ -75,17 +80,29 @@ def swarm_host() -> Iterator[str]:
         pytest.skip(message)
     docker = ["docker", "-H", host]
     try:
-        subprocess.run([*docker, "swarm", "leave", "--force"], capture_output=True,
-                       check=False)
+        subprocess.run([*docker, "swarm", "leave", "--force"], capture_output=True, check=False)
         port = _free_port()
-        init = subprocess.run([*docker, "swarm", "init", "--advertise-addr",
-                               f"127.0.0.1:{port}", "--listen-addr", f"127.0.0.1:{port}"],
-                              capture_output=True, text=True, check=False, timeout=60)
+        init = subprocess.run(
+            [
+                *docker,
+                "swarm",
+                "init",
+                "--advertise-addr",
+                f"127.0.0.1:{port}",
+                "--listen-addr",
+                f"127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
         assert init.returncode == 0, init.stderr
         yield host
     finally:
-        subprocess.run([*docker, "swarm", "leave", "--force"], capture_output=True,
-                       check=False, timeout=60)
+        subprocess.run(
+            [*docker, "swarm", "leave", "--force"], capture_output=True, check=False, timeout=60
+        )
         _engine("stop")
 
 
@@ -99,27 +116,44 @@ def swarm_client(swarm_host: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[D
 
 def _stack_repo(root: Path) -> tuple[Remote, str]:
     image = f"deployhook-swarm-{uid()}/web"
-    remote = make_remote(root, "stack", files={"Dockerfile": DOCKERFILE, "version.txt": "v1\n",
-                                               "docker-compose.yml": COMPOSE.format(image=image)})
+    remote = make_remote(
+        root,
+        "stack",
+        files={
+            "Dockerfile": DOCKERFILE,
+            "version.txt": "v1\n",
+            "docker-compose.yml": COMPOSE.format(image=image),
+        },
+    )
     shutil.copy("/bin/busybox", remote.dev / "busybox")
     return remote, image
 
 
 def _running_images(client: DockerClient, service: str) -> list[str]:
     tasks = client.api.tasks(filters={"service": service, "desired-state": "running"})
-    return [t["Spec"]["ContainerSpec"]["Image"] for t in tasks
-            if t["Status"]["State"] == "running"]
+    return [t["Spec"]["ContainerSpec"]["Image"] for t in tasks if t["Status"]["State"] == "running"]
 
 
 def test_stack_deploys_updates_and_rolls_back_a_failed_version(
-        tmp_path: Path, swarm_client: DockerClient) -> None:
+    tmp_path: Path, swarm_client: DockerClient
+) -> None:
     remote, image = _stack_repo(tmp_path)
     stack = f"dhs{uid()}"
-    registry = write_registry(tmp_path / "repos.yml", {"stack": {
-        "path": str(remote.checkout), "mode": "swarm", "project_name": stack,
-        "health_timeout": 60, "timeout": 240}})
-    settings = Settings.load({}, registry=registry, data_dir=tmp_path / "data", secret=SECRET,
-                             reconcile_interval=0)
+    registry = write_registry(
+        tmp_path / "repos.yml",
+        {
+            "stack": {
+                "path": str(remote.checkout),
+                "mode": "swarm",
+                "project_name": stack,
+                "health_timeout": 60,
+                "timeout": 240,
+            }
+        },
+    )
+    settings = Settings.load(
+        {}, registry=registry, data_dir=tmp_path / "data", secret=SECRET, reconcile_interval=0
+    )
     service = Service.open(settings)
     repo = service.registry.get("stack")
 
@@ -134,8 +168,13 @@ def test_stack_deploys_updates_and_rolls_back_a_failed_version(
         first, first_job = deploy({"version.txt": "v1, with busybox\n"})
         job = service.store.job(first_job)
         assert job.status == Status.SUCCEEDED, job.error
-        assert [s.name for s in job.steps] == ["fetch", "checkout", "build", "stack_deploy",
-                                               "health"]
+        assert [s.name for s in job.steps] == [
+            "fetch",
+            "checkout",
+            "build",
+            "stack_deploy",
+            "health",
+        ]
         assert _running_images(swarm_client, f"{stack}_web") == [f"{image}:{first[:12]}"]
 
         second, second_job = deploy({"version.txt": "v2\n"})
@@ -148,8 +187,11 @@ def test_stack_deploys_updates_and_rolls_back_a_failed_version(
         assert failed.steps[-1].name == "health"
         assert "paused" in (failed.error or "") or "not converged" in (failed.error or "")
         rollback: Any = service.store.jobs("stack")[0]
-        assert (rollback.trigger, rollback.sha, rollback.status) == \
-            (Trigger.ROLLBACK, second, Status.SUCCEEDED)
+        assert (rollback.trigger, rollback.sha, rollback.status) == (
+            Trigger.ROLLBACK,
+            second,
+            Status.SUCCEEDED,
+        )
         assert _running_images(swarm_client, f"{stack}_web") == [f"{image}:{second[:12]}"]
         assert bad != second
     finally:

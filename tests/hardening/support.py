@@ -30,8 +30,15 @@ class Answer:
         return json.loads(self.body)
 
 
-def call(url: str, path: str, *, method: str = "GET", body: bytes | None = None,
-         headers: dict[str, str] | None = None, timeout: float = 10.0) -> Answer:
+def call(
+    url: str,
+    path: str,
+    *,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> Answer:
     """One HTTP request on a fresh connection; any status is an answer, not an error."""
     conn = http.client.HTTPConnection(url.removeprefix("http://"), timeout=timeout)
     try:
@@ -48,16 +55,30 @@ def get_json(url: str, path: str, headers: dict[str, str] | None = None) -> Any:
     return answer.json()
 
 
-def push(url: str, repo: str, sha: str, *, delivery: str | None = None,
-         secret: str = SECRET, timeout: float = 10.0) -> Answer:
+def push(
+    url: str,
+    repo: str,
+    sha: str,
+    *,
+    delivery: str | None = None,
+    secret: str = SECRET,
+    timeout: float = 10.0,
+) -> Answer:
     """A signed 3 KB Gitea push of sha to repo's main branch."""
     body = gitea_push_body(sha=sha, full_name=f"jeff/{repo}", pad_to=3072)
-    return call(url, f"/deploy/{repo}", method="POST", body=body,
-                headers=gitea_headers(body, secret=secret, delivery=delivery), timeout=timeout)
+    return call(
+        url,
+        f"/deploy/{repo}",
+        method="POST",
+        body=body,
+        headers=gitea_headers(body, secret=secret, delivery=delivery),
+        timeout=timeout,
+    )
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float = 30.0,
-             what: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], *, timeout: float = 30.0, what: str = "condition"
+) -> Any:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         value = predicate()
@@ -68,9 +89,13 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 30.0,
 
 
 def serve_env(tmp: Path, registry: Path, fake: FakeDocker | None, **extra: str) -> dict[str, str]:
-    env = {"DEPLOYHOOK_REGISTRY": str(registry), "DEPLOYHOOK_DATA_DIR": str(tmp / "data"),
-           "DEPLOYHOOK_SECRET": SECRET, "DEPLOYHOOK_RECONCILE_INTERVAL": "0",
-           "DEPLOYHOOK_STOP_GRACE": "5"}
+    env = {
+        "DEPLOYHOOK_REGISTRY": str(registry),
+        "DEPLOYHOOK_DATA_DIR": str(tmp / "data"),
+        "DEPLOYHOOK_SECRET": SECRET,
+        "DEPLOYHOOK_RECONCILE_INTERVAL": "0",
+        "DEPLOYHOOK_STOP_GRACE": "5",
+    }
     if fake is not None:
         env["DEPLOYHOOK_COMPOSE"] = f"{fake.path} compose"
     env.update(extra)
@@ -229,9 +254,17 @@ def tree_state(root: Path) -> dict[str, tuple[int, int]]:
     return state
 
 
-def touched(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]], *,
-            allowed: tuple[str, ...]) -> list[str]:
+def touched(
+    before: dict[str, tuple[int, int]],
+    after: dict[str, tuple[int, int]],
+    *,
+    allowed: tuple[str, ...],
+) -> list[str]:
     """Paths created, changed or removed between two tree_state()s, outside `allowed`."""
     paths = set(before) | set(after)
-    return sorted(p for p in paths if before.get(p) != after.get(p)
-                  and not any(p == a or p.startswith(a + "/") for a in allowed))
+    return sorted(
+        p
+        for p in paths
+        if before.get(p) != after.get(p)
+        and not any(p == a or p.startswith(a + "/") for a in allowed)
+    )

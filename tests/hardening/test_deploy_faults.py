@@ -46,8 +46,8 @@ def run_worker(service: Service) -> float:
 
 
 def test_remote_moved_away_fails_fetch_naming_it_and_next_push_recovers(
-        client: Any, service: Service, remote: Remote, fake_docker: FakeDocker,
-        tmp_path: Path) -> None:
+    client: Any, service: Service, remote: Remote, fake_docker: FakeDocker, tmp_path: Path
+) -> None:
     moved = tmp_path / "origin-moved-away.git"
     broken_sha = remote.commit_and_push({"index.html": "v2\n"})
     remote.origin.rename(moved)
@@ -59,8 +59,9 @@ def test_remote_moved_away_fails_fetch_naming_it_and_next_push_recovers(
     assert fetch.name == "fetch"
     assert "git fetch failed" in (failed.error or "")
     # Which remote failed, by name or by where it points: the admin's first question.
-    assert "origin" in (failed.error or "") or str(remote.origin) in (failed.error or ""), \
+    assert "origin" in (failed.error or "") or str(remote.origin) in (failed.error or ""), (
         failed.error
+    )
     assert fake_docker.ups() == []  # nothing deployed from a stale checkout
 
     moved.rename(remote.origin)
@@ -101,17 +102,25 @@ def silent_remote() -> Iterator[str]:
 
 @pytest.mark.parametrize("kind", ["refused", "silent"])
 def test_unreachable_network_remote_fails_within_the_job_timeout(
-        kind: str, settings: Settings, remote: Remote, *,
-        open_service: Callable[..., Service], silent_remote: str) -> None:
+    kind: str,
+    settings: Settings,
+    remote: Remote,
+    *,
+    open_service: Callable[..., Service],
+    silent_remote: str,
+) -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         refused = f"http://127.0.0.1:{probe.getsockname()[1]}/jeff/site.git"
     url = refused if kind == "refused" else silent_remote
     git(remote.checkout, "remote", "set-url", "origin", url)
-    write_registry(settings.registry, {"site": {"path": str(remote.checkout),
-                                                "health_timeout": 0, "timeout": 4}})
+    write_registry(
+        settings.registry,
+        {"site": {"path": str(remote.checkout), "health_timeout": 0, "timeout": 4}},
+    )
     service = open_service(settings)
     from deployhook.web import create_app
+
     client = create_app(settings, service_=service, configure_logging=False).test_client()
     job = deliver(client, remote.commit_and_push({"index.html": "v2\n"}))
     took = run_worker(service)
@@ -127,9 +136,10 @@ def test_unreachable_network_remote_fails_within_the_job_timeout(
 
 def versions(tmp: Path, remotes: dict[str, Remote]) -> tuple[str, str]:
     def doc(names: list[str]) -> str:
-        return yaml.safe_dump({"repos": {
-            n: {"path": str(remotes[n].checkout), "health_timeout": 0} for n in names}},
-            sort_keys=False)
+        return yaml.safe_dump(
+            {"repos": {n: {"path": str(remotes[n].checkout), "health_timeout": 0} for n in names}},
+            sort_keys=False,
+        )
 
     return doc(["alpha", "beta"]), doc(["alpha", "beta", "gamma"])
 
@@ -153,10 +163,10 @@ def write_in_place(path: Path, text: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("writer", [write_atomically, write_in_place],
-                         ids=["atomic", "in-place"])
+@pytest.mark.parametrize("writer", [write_atomically, write_in_place], ids=["atomic", "in-place"])
 def test_registry_rewritten_while_deliveries_arrive(
-        writer: Callable[[Path, str], None], tmp_path: Path) -> None:
+    writer: Callable[[Path, str], None], tmp_path: Path
+) -> None:
     remotes = {n: make_remote(tmp_path, n) for n in ("alpha", "beta", "gamma")}
     shas = {n: r.commit_and_push({"index.html": "v2\n"}) for n, r in remotes.items()}
     registry = tmp_path / "repos.yml"
@@ -181,7 +191,8 @@ def test_registry_rewritten_while_deliveries_arrive(
     env = serve_env(tmp_path, registry, None, DEPLOYHOOK_WEB_PROCESSES="2")
     with serve(env, cwd=tmp_path, args=("--no-worker",)) as served:
         threads = [threading.Thread(target=rewrite)] + [
-            threading.Thread(target=post, args=(served.url, n)) for n in range(6)]
+            threading.Thread(target=post, args=(served.url, n)) for n in range(6)
+        ]
         for thread in threads:
             thread.start()
         time.sleep(4)
@@ -201,15 +212,21 @@ def test_registry_rewritten_while_deliveries_arrive(
 
 
 def test_secret_missing_for_one_repo_answers_503_only_for_it(
-        tmp_path: Path, remote: Remote) -> None:
+    tmp_path: Path, remote: Remote
+) -> None:
     """A server-side condition of one repo (its secret env var unset) is that repo's 503."""
-    registry = write_registry(tmp_path / "repos.yml", {
-        "site": {"path": str(remote.checkout)},
-        "other": {"path": str(tmp_path / "other"), "secret_env": "UNSET_SECRET_VAR"}})
+    registry = write_registry(
+        tmp_path / "repos.yml",
+        {
+            "site": {"path": str(remote.checkout)},
+            "other": {"path": str(tmp_path / "other"), "secret_env": "UNSET_SECRET_VAR"},
+        },
+    )
     settings = Settings.load({}, registry=registry, data_dir=tmp_path / "data", secret=SECRET)
     service = Service.open(settings)
     try:
         from deployhook.web import create_app
+
         client = create_app(settings, service_=service, configure_logging=False).test_client()
         body = gitea_push_body(sha="a" * 40, full_name="jeff/other")
         resp = client.post("/deploy/other", data=body, headers=gitea_headers(body))

@@ -32,8 +32,13 @@ ENGINE = "hardening"
 
 
 def _engine(command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(ENGINE_SCRIPT), command, ENGINE], capture_output=True,
-                          text=True, timeout=180, check=False)
+    return subprocess.run(
+        ["bash", str(ENGINE_SCRIPT), command, ENGINE],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
 
 
 @dataclass
@@ -71,15 +76,23 @@ def engine() -> Iterator[Engine]:
 
 
 def test_engine_stopped_fails_compose_clearly_and_the_worker_survives(
-        tmp_path: Path, engine: Engine) -> None:
+    tmp_path: Path, engine: Engine
+) -> None:
     client = DockerClient(base_url=engine.host, timeout=120)
     stack: Stack | None = None
     try:
         stack = make_stack(tmp_path, client)
-        registry = write_registry(tmp_path / "repos.yml", {"site": {
-            "path": str(stack.remote.checkout), "timeout": 120, "health_timeout": 60}})
-        env = serve_env(tmp_path, registry, None, DOCKER_HOST=engine.host,
-                        DEPLOYHOOK_ADMIN_TOKEN="hardening-admin-token")
+        registry = write_registry(
+            tmp_path / "repos.yml",
+            {"site": {"path": str(stack.remote.checkout), "timeout": 120, "health_timeout": 60}},
+        )
+        env = serve_env(
+            tmp_path,
+            registry,
+            None,
+            DOCKER_HOST=engine.host,
+            DEPLOYHOOK_ADMIN_TOKEN="hardening-admin-token",
+        )
         db = tmp_path / "data" / "deployhook.sqlite3"
         with serve(env, cwd=tmp_path) as served:
             [worker] = wait_for(lambda: served.pids_of("worker"), what="the deploy worker")
@@ -100,12 +113,16 @@ def test_engine_stopped_fails_compose_clearly_and_the_worker_survives(
             failed = [s for s in job["steps"] if s["status"] == "failed"]
             assert [s["name"] for s in failed] == ["compose"], job["steps"]
             assert "compose up exited with" in job["error"], job["error"]
-            output = call(served.url, f"/jobs/{job['id']}/log", headers={
-                "Authorization": "Bearer hardening-admin-token"}).body.decode()
+            output = call(
+                served.url,
+                f"/jobs/{job['id']}/log",
+                headers={"Authorization": "Bearer hardening-admin-token"},
+            ).body.decode()
             assert "Cannot connect to the Docker daemon" in output, output[-2000:]
             # Its rollback met the same stopped engine, failed, and was not rolled back.
-            later = [j for j in get_json(served.url, "/deploy/site/jobs")["jobs"]
-                     if j["id"] > job["id"]]
+            later = [
+                j for j in get_json(served.url, "/deploy/site/jobs")["jobs"] if j["id"] > job["id"]
+            ]
             assert [(j["trigger"], j["status"]) for j in later] == [("rollback", "failed")]
             assert served.pids_of("worker") == [worker], "the worker did not survive"
             assert get_json(served.url, "/healthz")["status"] == "ok"

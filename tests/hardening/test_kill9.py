@@ -68,29 +68,39 @@ def send(target: Target, repo: str, sha: str, delivery: str) -> list[Answer | st
             return attempts
         except ConnectionRefusedError:
             attempts.append("refused")  # never reached the server
-        except (ConnectionResetError, BrokenPipeError, http.client.HTTPException,
-                TimeoutError) as exc:  # HTTPException: cut off mid-answer (IncompleteRead)
+        except (
+            ConnectionResetError,
+            BrokenPipeError,
+            http.client.HTTPException,
+            TimeoutError,
+        ) as exc:  # HTTPException: cut off mid-answer (IncompleteRead)
             attempts.append(f"cut: {type(exc).__name__}")  # may or may not have been taken
         time.sleep(0.05)
     return attempts
 
 
-def test_sigkill_under_load_keeps_every_202_and_retries_interrupted_jobs(
-        tmp_path: Path) -> None:
+def test_sigkill_under_load_keeps_every_202_and_retries_interrupted_jobs(tmp_path: Path) -> None:
     remotes = {name: make_remote(tmp_path, name) for name in REPOS}
-    shas = {name: [r.commit({"index.html": f"{name} {n}\n"}) for n in range(8)]
-            for name, r in remotes.items()}
+    shas = {
+        name: [r.commit({"index.html": f"{name} {n}\n"}) for n in range(8)]
+        for name, r in remotes.items()
+    }
     for r in remotes.values():
         r.push()
     fake = make_fake_docker(tmp_path / "fake")
     fake.set(sleep=0.3)  # deploys are running when the kill comes
-    registry = write_registry(tmp_path / "repos.yml", {
-        name: {"path": str(r.checkout), "health_timeout": 0, "rollback": False}
-        for name, r in remotes.items()})
+    registry = write_registry(
+        tmp_path / "repos.yml",
+        {
+            name: {"path": str(r.checkout), "health_timeout": 0, "rollback": False}
+            for name, r in remotes.items()
+        },
+    )
     env = serve_env(tmp_path, registry, fake)
     db = tmp_path / "data" / "deployhook.sqlite3"
-    work = [(REPOS[n % 3], shas[REPOS[n % 3]][(n // 3) % 8], f"kill9-{n}")
-            for n in range(DELIVERIES)]
+    work = [
+        (REPOS[n % 3], shas[REPOS[n % 3]][(n // 3) % 8], f"kill9-{n}") for n in range(DELIVERIES)
+    ]
     target = Target()
     answered = 0
     lock = threading.Lock()
@@ -111,8 +121,11 @@ def test_sigkill_under_load_keeps_every_202_and_retries_interrupted_jobs(
                 ended = {c["pid"] for c in fake.calls()}
                 return any(s["pid"] not in ended for s in fake.starts())
 
-            wait_for(lambda: answered >= DELIVERIES * 0.3 and compose_running(), timeout=60,
-                     what="load with a deploy running")
+            wait_for(
+                lambda: answered >= DELIVERIES * 0.3 and compose_running(),
+                timeout=60,
+                what="load with a deploy running",
+            )
             target.set(None)
             os.killpg(first.proc.pid, signal.SIGKILL)  # supervisor, gunicorn, worker at once
             first.proc.wait()
@@ -129,8 +142,12 @@ def test_sigkill_under_load_keeps_every_202_and_retries_interrupted_jobs(
             rows = ledger(db)
             api_jobs = {j: get_json(second.url, f"/jobs/{j}") for j in jobs}
 
-    cut_attempts = sum(1 for _item, attempts in results for a in attempts
-                       if isinstance(a, str) and a.startswith("cut"))
+    cut_attempts = sum(
+        1
+        for _item, attempts in results
+        for a in attempts
+        if isinstance(a, str) and a.startswith("cut")
+    )
     final = {item: attempts[-1] for item, attempts in results}
     assert all(isinstance(a, Answer) for a in final.values()), "a delivery never got through"
     by_delivery: dict[str, list[dict[str, Any]]] = {}
@@ -153,14 +170,21 @@ def test_sigkill_under_load_keeps_every_202_and_retries_interrupted_jobs(
     for job in running:
         after = jobs[job["id"]]
         assert after["status"] == "interrupted", after
-        retried = any(j["repo"] == job["repo"] and j["trigger"] == "retry"
-                      and j["sha"] == job["sha"] and j["id"] > job["id"]
-                      for j in jobs.values())
+        retried = any(
+            j["repo"] == job["repo"]
+            and j["trigger"] == "retry"
+            and j["sha"] == job["sha"]
+            and j["id"] > job["id"]
+            for j in jobs.values()
+        )
         # A newer job already queued when it was interrupted (at the kill, or by a push
         # to the restarted server before its worker looked) takes over instead.
         superseded = job["repo"] in queued or any(
-            j["repo"] == job["repo"] and j["id"] > job["id"]
-            and j["created_at"] <= after["finished_at"] for j in jobs.values())
+            j["repo"] == job["repo"]
+            and j["id"] > job["id"]
+            and j["created_at"] <= after["finished_at"]
+            for j in jobs.values()
+        )
         assert retried or superseded, f"job {job['id']} was neither retried nor superseded"
 
     # Nothing of one checkout ran twice at once, across the kill and the restart.
@@ -172,12 +196,22 @@ def test_sigkill_under_load_keeps_every_202_and_retries_interrupted_jobs(
 
     # In the end each repo runs the sha of its newest accepted push, and all is well.
     for name, remote in remotes.items():
-        last = max((r for r in rows if r["repo"] == name and r["http_status"] == 202
-                    and r["outcome"] in ("queued", "coalesced")), key=lambda r: r["id"])
+        last = max(
+            (
+                r
+                for r in rows
+                if r["repo"] == name
+                and r["http_status"] == 202
+                and r["outcome"] in ("queued", "coalesced")
+            ),
+            key=lambda r: r["id"],
+        )
         newest = max((j for j in jobs.values() if j["repo"] == name), key=lambda j: j["id"])
         assert newest["status"] == "succeeded", newest
         assert remote.deployed() == newest["sha"] == last["sha"]
     assert health["status"] == "ok", health
-    print(f"\nkill -9 under load: {len(running)} running job(s) interrupted, "
-          f"{cut_attempts} request(s) cut by the kill and sent again, "
-          f"{len(jobs)} jobs, {len(starts)} compose runs")
+    print(
+        f"\nkill -9 under load: {len(running)} running job(s) interrupted, "
+        f"{cut_attempts} request(s) cut by the kill and sent again, "
+        f"{len(jobs)} jobs, {len(starts)} compose runs"
+    )

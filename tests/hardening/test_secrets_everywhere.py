@@ -36,11 +36,13 @@ ADMIN = "adm-" + secrets.token_hex(12)
 MIRROR_TOKEN = "ghp_" + secrets.token_hex(18)
 GITEA_TOKEN = "gtea-" + secrets.token_hex(16)
 SECRETS = {
-    "default webhook secret": DEFAULT_SECRET, "old site secret": SITE_OLD,
-    "new site secret": SITE_NEW, "admin token": ADMIN, "mirror token": MIRROR_TOKEN,
+    "default webhook secret": DEFAULT_SECRET,
+    "old site secret": SITE_OLD,
+    "new site secret": SITE_NEW,
+    "admin token": ADMIN,
+    "mirror token": MIRROR_TOKEN,
     "gitea token": GITEA_TOKEN,
-    "mirror token as Basic": base64.b64encode(f"x-access-token:{MIRROR_TOKEN}".encode())
-    .decode(),
+    "mirror token as Basic": base64.b64encode(f"x-access-token:{MIRROR_TOKEN}".encode()).decode(),
     "admin token as Basic": base64.b64encode(f"admin:{ADMIN}".encode()).decode(),
 }
 
@@ -55,8 +57,9 @@ exec {fake} "$@"
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[tuple[GitHttpServer, FakeGitea]]:
     (tmp_path / "served").mkdir()
-    mirror = GitHttpServer(tmp_path / "served", authorization="Basic " + SECRETS[
-        "mirror token as Basic"])
+    mirror = GitHttpServer(
+        tmp_path / "served", authorization="Basic " + SECRETS["mirror token as Basic"]
+    )
     gitea = FakeGitea(token=GITEA_TOKEN)
     try:
         yield mirror, gitea
@@ -66,7 +69,8 @@ def servers(tmp_path: Path) -> Iterator[tuple[GitHttpServer, FakeGitea]]:
 
 
 def test_no_secret_in_logs_responses_pages_metrics_output_or_data_dir(
-        tmp_path: Path, servers: tuple[GitHttpServer, FakeGitea]) -> None:
+    tmp_path: Path, servers: tuple[GitHttpServer, FakeGitea]
+) -> None:
     mirror, gitea = servers
     remote = make_remote(tmp_path, "site")
     git(tmp_path, "init", "-q", "--bare", str(tmp_path / "served" / "mirror.git"))
@@ -74,23 +78,44 @@ def test_no_secret_in_logs_responses_pages_metrics_output_or_data_dir(
     fake = make_fake_docker(tmp_path / "fake")
     config = tmp_path / "stack-config.txt"
     # The raw values (a stack has no reason to hold the Basic forms, which clients make).
-    config.write_text("".join(f"{name}={value}\n" for name, value in SECRETS.items()
-                              if "as Basic" not in name))
+    config.write_text(
+        "".join(f"{name}={value}\n" for name, value in SECRETS.items() if "as Basic" not in name)
+    )
     leaky = tmp_path / "leaky-compose"
     leaky.write_text(LEAKY_COMPOSE.format(config=config, fake=fake.path))
     leaky.chmod(0o755)
-    registry = write_registry(tmp_path / "repos.yml", {
-        "site": {"path": str(remote.checkout), "health_timeout": 0, "secret_env": "SITE_SECRET",
-                 "source": "jeff/site",
-                 "mirror": {"url": mirror.url("mirror.git"), "token_env": "MIRROR_TOKEN"},
-                 "gitea": {"url": gitea.url, "token_env": "GITEA_TOKEN",
-                           "commit_status": True, "mirror_sync": True}},
-        "plain": {"path": str(plain.checkout), "health_timeout": 0}})
-    env = serve_env(tmp_path, registry, None, DEPLOYHOOK_SECRET=DEFAULT_SECRET,
-                    DEPLOYHOOK_ADMIN_TOKEN=ADMIN, DEPLOYHOOK_COMPOSE=f"{leaky} compose",
-                    DEPLOYHOOK_LOG_LEVEL="debug", DEPLOYHOOK_PUBLIC_URL="http://deploy.test",
-                    SITE_SECRET=f"{SITE_OLD},{SITE_NEW}", MIRROR_TOKEN=MIRROR_TOKEN,
-                    GITEA_TOKEN=GITEA_TOKEN)
+    registry = write_registry(
+        tmp_path / "repos.yml",
+        {
+            "site": {
+                "path": str(remote.checkout),
+                "health_timeout": 0,
+                "secret_env": "SITE_SECRET",
+                "source": "jeff/site",
+                "mirror": {"url": mirror.url("mirror.git"), "token_env": "MIRROR_TOKEN"},
+                "gitea": {
+                    "url": gitea.url,
+                    "token_env": "GITEA_TOKEN",
+                    "commit_status": True,
+                    "mirror_sync": True,
+                },
+            },
+            "plain": {"path": str(plain.checkout), "health_timeout": 0},
+        },
+    )
+    env = serve_env(
+        tmp_path,
+        registry,
+        None,
+        DEPLOYHOOK_SECRET=DEFAULT_SECRET,
+        DEPLOYHOOK_ADMIN_TOKEN=ADMIN,
+        DEPLOYHOOK_COMPOSE=f"{leaky} compose",
+        DEPLOYHOOK_LOG_LEVEL="debug",
+        DEPLOYHOOK_PUBLIC_URL="http://deploy.test",
+        SITE_SECRET=f"{SITE_OLD},{SITE_NEW}",
+        MIRROR_TOKEN=MIRROR_TOKEN,
+        GITEA_TOKEN=GITEA_TOKEN,
+    )
     db = tmp_path / "data" / "deployhook.sqlite3"
     bearer = {"Authorization": f"Bearer {ADMIN}"}
     basic = {"Authorization": f"Basic {SECRETS['admin token as Basic']}"}
@@ -107,18 +132,33 @@ def test_no_secret_in_logs_responses_pages_metrics_output_or_data_dir(
         wait_for(lambda: settled(db), timeout=60, what="the first deploy")
         sha2 = remote.commit_and_push({"index.html": "v3\n"})
         assert keep("push old secret", push(url, "site", sha2, secret=SITE_OLD)).status == 202
-        assert keep("push default secret", push(url, "plain", plain.deployed(),
-                                                secret=DEFAULT_SECRET)).status == 202
-        assert keep("push wrong secret", push(url, "site", sha2, secret=DEFAULT_SECRET)
-                    ).status == 403
+        assert (
+            keep(
+                "push default secret", push(url, "plain", plain.deployed(), secret=DEFAULT_SECRET)
+            ).status
+            == 202
+        )
+        assert (
+            keep("push wrong secret", push(url, "site", sha2, secret=DEFAULT_SECRET)).status == 403
+        )
         body = gitea_push_body(sha=sha2, full_name="jeff/site")
-        for label, signature in (("the secret as the signature", SITE_NEW),
-                                 ("sha256= and the secret", f"sha256={SITE_NEW}")):
-            headers = {**gitea_headers(body, secret=SITE_NEW), "X-Gitea-Signature": signature,
-                       "X-Gogs-Signature": signature, "X-Hub-Signature-256": signature,
-                       "X-Hub-Signature": signature}
-            assert keep(label, call(url, "/deploy/site", method="POST", body=body,
-                                    headers=headers)).status == 403
+        for label, signature in (
+            ("the secret as the signature", SITE_NEW),
+            ("sha256= and the secret", f"sha256={SITE_NEW}"),
+        ):
+            headers = {
+                **gitea_headers(body, secret=SITE_NEW),
+                "X-Gitea-Signature": signature,
+                "X-Gogs-Signature": signature,
+                "X-Hub-Signature-256": signature,
+                "X-Hub-Signature": signature,
+            }
+            assert (
+                keep(
+                    label, call(url, "/deploy/site", method="POST", body=body, headers=headers)
+                ).status
+                == 403
+            )
         wait_for(lambda: settled(db), timeout=60, what="the deploys")
         fake.set(fail=True)  # a failing deploy, and its rollback
         sha3 = remote.commit_and_push({"index.html": "v4\n"})
@@ -127,23 +167,41 @@ def test_no_secret_in_logs_responses_pages_metrics_output_or_data_dir(
         fake.set(fail=False)
         jobs = [j["id"] for j in get_json(url, "/deploy/site/jobs?limit=50")["jobs"]]
         assert len(jobs) >= 3
-        for method, path in (("POST", "/deploy/site/hold"), ("POST", "/deploy/site/release"),
-                             ("POST", "/deploy/site/run"), ("POST", f"/jobs/{jobs[0]}/cancel"),
-                             ("POST", "/deploy/site/rollback"), ("POST", "/deploy/nope/run")):
+        for method, path in (
+            ("POST", "/deploy/site/hold"),
+            ("POST", "/deploy/site/release"),
+            ("POST", "/deploy/site/run"),
+            ("POST", f"/jobs/{jobs[0]}/cancel"),
+            ("POST", "/deploy/site/rollback"),
+            ("POST", "/deploy/nope/run"),
+        ):
             for headers in (bearer, basic, {"Authorization": "Bearer wrong"}, {}):
                 keep(f"{method} {path}", call(url, path, method=method, headers=headers))
         wait_for(lambda: settled(db), timeout=60, what="admin-made jobs")
-        pages = ["/", "/api/overview", "/deploy/site", "/deploy/site/jobs",
-                 "/deploy/site/deliveries?limit=100", "/deploy/plain/deliveries",
-                 "/deploy/site/badge.svg", "/healthz", "/metrics", "/api/workers",
-                 "/login?next=/", "/static/app.js"]
+        pages = [
+            "/",
+            "/api/overview",
+            "/deploy/site",
+            "/deploy/site/jobs",
+            "/deploy/site/deliveries?limit=100",
+            "/deploy/plain/deliveries",
+            "/deploy/site/badge.svg",
+            "/healthz",
+            "/metrics",
+            "/api/workers",
+            "/login?next=/",
+            "/static/app.js",
+        ]
         for job in jobs:
-            pages += [f"/jobs/{job}", f"/ui/jobs/{job}", f"/jobs/{job}/log",
-                      f"/jobs/{job}/log?follow=1"]
+            pages += [
+                f"/jobs/{job}",
+                f"/ui/jobs/{job}",
+                f"/jobs/{job}/log",
+                f"/jobs/{job}/log?follow=1",
+            ]
         logs_seen = 0
         for path in pages:
-            for label, headers in (("admin", bearer), ("browser admin", basic),
-                                   ("stranger", {})):
+            for label, headers in (("admin", bearer), ("browser admin", basic), ("stranger", {})):
                 answer = keep(f"GET {path} as {label}", call(url, path, headers=headers))
                 assert answer.status < 500, (path, answer.status)
                 if "/log" in path and answer.status == 200:
@@ -155,9 +213,15 @@ def test_no_secret_in_logs_responses_pages_metrics_output_or_data_dir(
     # The mirror push and the commit statuses really carried their tokens.
     assert mirror.authorized > 0
     assert any(r.path.endswith("/mirror-sync") for r in gitea.requests)
-    cli = subprocess.run([sys.executable, "-m", "deployhook", "status", "site"],
-                         env={**env, "PATH": "/usr/bin:/bin"}, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=60, check=False)
+    cli = subprocess.run(
+        [sys.executable, "-m", "deployhook", "status", "site"],
+        env={**env, "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     outputs = {f"{label}: body": a.body.decode("utf-8", "replace") for label, a in answers}
     outputs |= {f"{label}: headers": repr(a.headers) for label, a in answers}
     outputs["the server's log"] = served.log.read_text(errors="replace")

@@ -40,8 +40,9 @@ from tests.server import Served, serve
 def world(tmp: Path, data: Path) -> tuple[Remote, dict[str, str]]:
     remote = make_remote(tmp, "site")
     fake = make_fake_docker(tmp / "fake")
-    registry = write_registry(tmp / "repos.yml", {
-        "site": {"path": str(remote.checkout), "health_timeout": 0}})
+    registry = write_registry(
+        tmp / "repos.yml", {"site": {"path": str(remote.checkout), "health_timeout": 0}}
+    )
     return remote, serve_env(tmp, registry, fake, DEPLOYHOOK_DATA_DIR=str(data))
 
 
@@ -67,12 +68,16 @@ def assert_refuses_clearly(served: Served, remote: Remote, *, tries: int = 64) -
 
 
 def accepts_again(served: Served, remote: Remote, db: Path) -> None:
-    wait_for(lambda: call(served.url, "/healthz").status == 200, timeout=30,
-             what="/healthz to recover")
+    wait_for(
+        lambda: call(served.url, "/healthz").status == 200, timeout=30, what="/healthz to recover"
+    )
     sha = remote.commit_and_push({"index.html": "recovered\n"})
     # Each web process notices on its own (the one that answered /healthz may be first).
-    answer = wait_for(lambda: (a := push(served.url, "site", sha)).status == 202 and a,
-                      timeout=5, what="a delivery accepted again")
+    answer = wait_for(
+        lambda: (a := push(served.url, "site", sha)).status == 202 and a,
+        timeout=5,
+        what="a delivery accepted again",
+    )
     assert answer.status == 202, answer.body
     wait_for(lambda: settled(db), timeout=30, what="the deploy after recovery")
     assert remote.deployed() == sha
@@ -118,14 +123,14 @@ def test_full_data_dir_answers_503_keeps_serving_and_recovers(tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_data_dir_read_only_at_start_answers_503_then_recovers_in_place(
-        tmp_path: Path) -> None:
+def test_data_dir_read_only_at_start_answers_503_then_recovers_in_place(tmp_path: Path) -> None:
     """The disk came back read-only after a reboot: deployhook must still come up."""
     source = tmp_path / "data-source"
     remote, env = world(tmp_path, source)
     with serve(env, cwd=tmp_path, log_name="first.log") as served:  # a store with history
-        assert push(served.url, "site", remote.commit_and_push({"index.html": "v2\n"})
-                    ).status == 202
+        assert (
+            push(served.url, "site", remote.commit_and_push({"index.html": "v2\n"})).status == 202
+        )
         wait_for(lambda: settled(source / "deployhook.sqlite3"), what="the first deploy")
     data = tmp_path / "data"
     env["DEPLOYHOOK_DATA_DIR"] = str(data)
@@ -138,7 +143,8 @@ def test_data_dir_read_only_at_start_answers_503_then_recovers_in_place(
 
 @pytest.mark.slow
 def test_disk_turning_read_only_mid_run_answers_503_and_recovers_after_repair(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """ext4 with errors=remount-ro: the kernel makes it read-only under open files."""
     data = tmp_path / "data"
     with ext4_disk(tmp_path, data) as disk:
@@ -150,8 +156,9 @@ def test_disk_turning_read_only_mid_run_answers_503_and_recovers_after_repair(
             # Many request threads of every web process have written, and hold their
             # connection and files open, as on a busy server.
             with ThreadPoolExecutor(max_workers=16) as pool:
-                warm = list(pool.map(lambda _: push(served.url, "site", remote.deployed()),
-                                     range(64)))
+                warm = list(
+                    pool.map(lambda _: push(served.url, "site", remote.deployed()), range(64))
+                )
             assert {a.status for a in warm} == {202}
             wait_for(lambda: settled(db), what="the first deploy")
             disk.fail()
@@ -160,14 +167,14 @@ def test_disk_turning_read_only_mid_run_answers_503_and_recovers_after_repair(
             served.proc.wait(timeout=60)
         disk.repair()  # what an admin does: unmount, fsck, mount, start again
         with serve(env, cwd=tmp_path, log_name="serve-repaired.log") as served:
-            assert get_json(served.url, f"/jobs/{before.json()['job']}")["status"] == \
-                "succeeded"
+            assert get_json(served.url, f"/jobs/{before.json()['job']}")["status"] == "succeeded"
             accepts_again(served, remote, db)
     no_unhandled_errors(tmp_path / "serve.log", tmp_path / "serve-repaired.log")
 
 
 def test_a_write_statement_failing_for_lack_of_space_answers_503_with_the_reason(
-        client: Any, service: Service, remote: Remote) -> None:
+    client: Any, service: Service, remote: Remote
+) -> None:
     """SQLite reports a full disk at any statement, not only at COMMIT.
 
     A deterministic stand-in for the disk filling up mid-transaction: cap the database
@@ -183,8 +190,11 @@ def test_a_write_statement_failing_for_lack_of_space_answers_503_with_the_reason
     last: dict[str, Any] = {}
     for n in range(200):
         body = gitea_push_body(sha=remote.deployed(), full_name="jeff/site", pad_to=3072)
-        resp = client.post("/deploy/site", data=body,
-                           headers=gitea_headers(body, delivery=f"{fault}-{n}-" + "x" * 100))
+        resp = client.post(
+            "/deploy/site",
+            data=body,
+            headers=gitea_headers(body, delivery=f"{fault}-{n}-" + "x" * 100),
+        )
         statuses[resp.status_code] += 1
         if resp.status_code != 202:
             last = resp.get_json()
