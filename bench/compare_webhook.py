@@ -62,6 +62,8 @@ from common import (
     wrk_script,
 )
 
+from deployhook.config import Settings
+
 REPOS = ["site-a", "site-b", "site-c"]
 BURST_REPO = "burst"
 BURST_PUSHES = 50
@@ -748,7 +750,7 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--deploy-seconds", type=float, default=1.0)
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=Settings().web_threads)
     parser.add_argument("--servers", default="bare flask,webhook,deployhook")
     parser.add_argument(
         "--wait-load",

@@ -45,6 +45,8 @@ from common import (
     wrk_script,
 )
 
+from deployhook.config import Settings
+
 REPOS = ["site-a", "site-b", "site-c"]
 LEVELS = (16, 64)
 
@@ -92,7 +94,7 @@ def base_env(tmp: Path, database_url: str | None) -> dict[str, str]:
         "DEPLOYHOOK_LOG_LEVEL": "warning",
         "DEPLOYHOOK_LOG_FORMAT": "json",
         "DEPLOYHOOK_WEB_PROCESSES": "2",
-        "DEPLOYHOOK_WEB_THREADS": "16",
+        "DEPLOYHOOK_WEB_THREADS": str(Settings().web_threads),
     }
     if database_url:
         extra["DEPLOYHOOK_DATABASE_URL"] = database_url
@@ -187,7 +189,7 @@ def main() -> None:
     print(
         f"# {tool_version(['wrk', '-v'])}; python {sys.version.split()[0]}; "
         f"sqlite {sqlite3.sqlite_version}; PostgreSQL {version} on loopback; "
-        f"gunicorn gthread 2x16; {os.cpu_count()} cores"
+        f"gunicorn gthread 2x{Settings().web_threads}; {os.cpu_count()} cores"
     )
     results: dict[str, tuple[list[WrkResult], list[float]]] = {}
     try:
