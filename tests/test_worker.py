@@ -101,17 +101,24 @@ def test_force_push_moves_checkout(client: Any, service: Service, remote: Remote
     assert git(remote.checkout, "symbolic-ref", "--short", "HEAD") == "main"
 
 
-def test_dirty_tracked_file_fails_and_is_kept(
-    client: Any, service: Service, remote: Remote, fake_docker: FakeDocker
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [
+        ("index.html", "local changes to tracked files: index.html"),  # tracked, edited
+        ("config.local", "Untracked working tree file 'config.local' would be overwritten"),
+    ],
+)
+def test_local_files_in_the_way_fail_the_job_and_stay_intact(
+    client: Any, service: Service, remote: Remote, fake_docker: FakeDocker, name: str, error: str
 ) -> None:
-    (remote.checkout / "index.html").write_text("hand edit on the server\n")
-    sha = remote.commit_and_push({"index.html": "v2\n"})
+    (remote.checkout / name).write_text("the server's own\n")
+    sha = remote.commit_and_push({name: "from the repo\n"})
     job_id = push(client, sha)["job"]
     burst(service)
     job = service.store.job(job_id)
     assert job.status == Status.FAILED
-    assert "index.html" in (job.error or "")
-    assert (remote.checkout / "index.html").read_text() == "hand edit on the server\n"
+    assert error in (job.error or "")
+    assert (remote.checkout / name).read_text() == "the server's own\n"
     assert fake_docker.ups() == []
 
 
@@ -455,20 +462,6 @@ def test_on_local_changes_reset_discards_tracked_edits_and_keeps_untracked(
     assert (remote.checkout / ".env").read_text() == "KEEP=me\n"
     log = "\n".join(r["line"] for r in svc.store.log_lines(job.id))
     assert "discarding local changes to tracked files: index.html" in log
-
-
-def test_untracked_file_in_the_way_fails_instead_of_being_overwritten(
-    client: Any, service: Service, remote: Remote, fake_docker: FakeDocker
-) -> None:
-    (remote.checkout / "config.local").write_text("the server's own\n")
-    sha = remote.commit_and_push({"config.local": "from the repo\n"})
-    job_id = push(client, sha)["job"]
-    burst(service)
-    job = service.store.job(job_id)
-    assert job.status == Status.FAILED
-    assert "Untracked working tree file 'config.local' would be overwritten" in (job.error or "")
-    assert (remote.checkout / "config.local").read_text() == "the server's own\n"
-    assert fake_docker.ups() == []
 
 
 def test_submodules_are_updated_when_the_repo_asks(
