@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
 _PARAM_RE = re.compile(r"(?<!:):([a-z_][a-z0-9_]*)")
@@ -24,13 +24,8 @@ def to_pyformat(sql: str) -> str:
 class Tx:
     """One open transaction: run statements, read rows as dicts."""
 
-    def __init__(
-        self,
-        execute: Callable[[str, Any], Any],
-        savepoint: Callable[[str], AbstractContextManager[None]],
-    ) -> None:
+    def __init__(self, execute: Callable[[str, Any], Any]) -> None:
         self._execute = execute
-        self._savepoint = savepoint
 
     def one(self, sql: str, **params: Any) -> Row | None:
         cur = self._execute(sql, params)
@@ -52,9 +47,20 @@ class Tx:
         if rows:
             self._execute(sql, rows)
 
-    def savepoint(self, name: str = "item") -> AbstractContextManager[None]:
-        """Undo only this block's writes if it raises; the transaction goes on."""
-        return self._savepoint(name)
+    @contextmanager
+    def savepoint(self, name: str = "item") -> Iterator[None]:
+        """Undo only this block's writes if it raises; the transaction goes on.
+
+        The SQL-standard spelling, which SQLite and PostgreSQL both accept.
+        """
+        self._execute(f"SAVEPOINT {name}", {})
+        try:
+            yield
+        except BaseException:
+            self._execute(f"ROLLBACK TO SAVEPOINT {name}", {})
+            self._execute(f"RELEASE SAVEPOINT {name}", {})
+            raise
+        self._execute(f"RELEASE SAVEPOINT {name}", {})
 
 
 class Waiter(Protocol):

@@ -270,18 +270,7 @@ class PostgresBackend:
                 return cur
             return conn.execute(_sql(sql), _params(params))
 
-        @contextmanager
-        def savepoint(name: str) -> Iterator[None]:
-            conn.execute(f"SAVEPOINT {name}")
-            try:
-                yield
-            except BaseException:
-                conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
-                conn.execute(f"RELEASE SAVEPOINT {name}")
-                raise
-            conn.execute(f"RELEASE SAVEPOINT {name}")
-
-        return Tx(execute, savepoint)
+        return Tx(execute)
 
     def _begin(self, begin: str, *, lock: bool, what: str) -> psycopg.Connection[Any]:
         """A pooled connection inside a new transaction (holding the write lock if asked)."""

@@ -126,18 +126,7 @@ class SqliteBackend:
                 return conn.executemany(sql, params)
             return conn.execute(sql, params)
 
-        @contextmanager
-        def savepoint(name: str) -> Iterator[None]:
-            conn.execute(f"SAVEPOINT {name}")
-            try:
-                yield
-            except BaseException:
-                conn.execute(f"ROLLBACK TO {name}")
-                conn.execute(f"RELEASE {name}")
-                raise
-            conn.execute(f"RELEASE {name}")
-
-        return Tx(execute, savepoint)
+        return Tx(execute)
 
     @contextmanager
     def write(self) -> Iterator[Tx]:
