@@ -1,4 +1,4 @@
-"""One webhook delivery, from raw request to answer (CONTRACT §3, in the table's order).
+"""One webhook delivery, from raw request to answer (docs/webhooks.md, in its table's order).
 
 Framework-free: the web layer hands over headers and the body stream, and sends back
 what this returns. Everything slow happens later, in the worker.
@@ -84,7 +84,7 @@ def _delivery_id(headers: Headers) -> str | None:
 
 
 def _check(req: Request, repo: Repo, *, max_body: int, default_secret: str | None) -> events.Event:
-    """Run the checks of CONTRACT §3 that need no store, in the table's order."""
+    """Run the checks of docs/webhooks.md that need no store, in the table's order."""
     body = read_body(req.body, content_length=req.content_length, limit=max_body)
     media = events.check_media_type(req.content_type)
     secrets = resolve_secrets(repo, default=default_secret)

@@ -28,7 +28,7 @@ from deployhook.registry import NAME_RE, Repo, parse
 # A `---` document start, after nothing but comments and blank lines.
 _DOC_START_RE = re.compile(r"(?:[ \t]*(?:#[^\n]*)?\n)*(---)(?:[ \t]|\n|\Z)")
 
-# Keys in the order `repos add` writes them (the order of CONTRACT §2).
+# Keys in the order `repos add` writes them (the order of docs/registry.md).
 KEY_ORDER = (
     "path",
     "branch",

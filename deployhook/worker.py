@@ -181,7 +181,7 @@ class Worker:
         deploy.report_finished(ended)
 
     def _maybe_roll_back(self, job: Job, repo: Repo, *, changed: bool) -> None:
-        """CONTRACT §4.5: redeploy the newest good sha, unless a newer job is queued."""
+        """docs/deploys.md rule 5: redeploy the newest good sha, unless a newer job is queued."""
         if not repo.rollback or job.trigger == Trigger.ROLLBACK or not changed:
             return
         target = self.store.newest_good_sha(repo.name)
@@ -295,7 +295,7 @@ class Worker:
                 log.info("history_pruned", rows=removed)
 
     def reconcile(self) -> list[Job]:
-        """CONTRACT §4.8: deploy a remote head that no webhook announced."""
+        """docs/deploys.md rule 8: deploy a remote head that no webhook announced."""
         repos = [r for r in self.service.registry if (r.node or "") == self.node]
         if not repos:
             return []

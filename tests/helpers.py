@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
-if not FIXTURES.is_dir():  # a checkout elsewhere: look beside it, or use the copy in tests/
-    FIXTURES = Path(os.environ.get("DEPLOYHOOK_FIXTURES", Path(__file__).parent / "fixtures"))
+# Webhook bodies byte for byte as Gitea and GitHub send them (tests/fixtures/HEADERS.md).
+FIXTURES = Path(__file__).parent / "fixtures"
 
 SECRET = "s3cr3t-for-tests-only"
 

@@ -1,4 +1,4 @@
-"""The store's behaviour (CONTRACT §3 intake, §4.1-4.2, 4.5, 4.7), once per backend.
+"""The store's behaviour (docs/webhooks.md, docs/deploys.md rules 1-2, 5, 7), once per backend.
 
 Each test runs on SQLite and on PostgreSQL (a fresh schema; see tests/databases.py).
 Several Store objects on one database stand for several processes; real subprocesses

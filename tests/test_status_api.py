@@ -1,4 +1,4 @@
-"""The status surface of CONTRACT §3: shapes, content types, auth, private mode, badge."""
+"""The status surface of docs/status.md: shapes, content types, auth, private mode, badge."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""POST /deploy/<repo>: every row of CONTRACT §3's table, with Gitea's and GitHub's shapes."""
+"""POST /deploy/<repo>: every row of docs/webhooks.md's table, with Gitea's and GitHub's shapes."""
 
 from __future__ import annotations
 

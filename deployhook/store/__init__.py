@@ -2,7 +2,7 @@
 
 The store *is* the queue. Web processes, the deploy worker and the CLI all open it;
 every change is one transaction under the store's write lock, so the rules of
-CONTRACT §4.1-4.2 hold across processes.
+docs/deploys.md (rules 1-2) hold across processes.
 """
 
 from __future__ import annotations

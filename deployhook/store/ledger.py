@@ -134,7 +134,7 @@ def _first_answer(tx: Tx, item: Intake) -> Row | None:
 
 
 def admit(tx: Tx, item: Intake) -> Answer:
-    """Decide and record what a checked delivery becomes (CONTRACT §3, from 'duplicate' on)."""
+    """Decide and record what a checked delivery becomes (docs/webhooks.md, from 'duplicate' on)."""
     if item.kind == "rejected":
         reason = item.reason or "rejected"
         record(tx, item, outcome=Outcome.REJECTED, http_status=item.http_status, reason=reason)

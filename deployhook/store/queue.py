@@ -1,4 +1,4 @@
-"""The queue: job rows, their atomic claim, steps, output and leases (CONTRACT §4)."""
+"""The queue: job rows, their atomic claim, steps, output and leases (docs/deploys.md)."""
 
 from __future__ import annotations
 

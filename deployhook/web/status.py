@@ -1,4 +1,4 @@
-"""The JSON status endpoints, the badge and /healthz (CONTRACT §3)."""
+"""The JSON status endpoints, the badge and /healthz (docs/status.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """SIGKILL of the whole `deployhook serve` while 500 signed deliveries arrive, then restart.
 
-CONTRACT §4.7: a job is durable from the moment its 202 is sent; a job whose worker died
+docs/deploys.md rule 7: a job is durable from the moment its 202 is sent; a job whose worker died
 ends `interrupted` and is retried (unless a newer job is queued); nothing of one repo
 ever runs twice at once.
 """
@@ -166,7 +166,7 @@ def test_sigkill_under_load_keeps_every_202_and_retries_interrupted_jobs(tmp_pat
         assert first_row["outcome"] in ("queued", "coalesced")
 
     # Every job running at the kill ended interrupted, and was retried (or a newer queued
-    # job of its repo took over, CONTRACT §4.7).
+    # job of its repo took over, docs/deploys.md rule 7).
     for job in running:
         after = jobs[job["id"]]
         assert after["status"] == "interrupted", after

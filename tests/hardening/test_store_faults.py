@@ -1,6 +1,6 @@
 """The data dir full or read-only under a running `deployhook serve` (root: real mounts).
 
-CONTRACT §3: 503 only for server-side conditions; /healthz 503 only when deliveries
+docs/webhooks.md: 503 only for server-side conditions; /healthz 503 only when deliveries
 cannot be accepted. The server must not crash, must keep serving status, and must
 accept deliveries again once the disk is usable.
 """
