@@ -34,12 +34,13 @@ sys.path.insert(0, str(ROOT))
 import yaml  # noqa: E402
 from docker.client import DockerClient  # noqa: E402
 
-from deployhook import compose, log  # noqa: E402
+from deployhook import log  # noqa: E402
 from deployhook.config import Settings  # noqa: E402
+from deployhook.deploy import compose  # noqa: E402
+from deployhook.deploy.worker import Worker  # noqa: E402
 from deployhook.models import Status  # noqa: E402
 from deployhook.service import Service  # noqa: E402
 from deployhook.web import create_app  # noqa: E402
-from deployhook.worker import Worker  # noqa: E402
 from tests.e2e.conftest import make_stack  # noqa: E402
 from tests.helpers import (  # noqa: E402
     SECRET,

@@ -6,8 +6,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from deployhook import gitsync, log
+from deployhook import log
 from deployhook.config import Settings
+from deployhook.deploy.steps import git as gitsync
 from deployhook.errors import Conflict, StepFailed
 from deployhook.models import Job, Trigger
 from deployhook.registry import Registry, Repo, secret_values

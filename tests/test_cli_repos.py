@@ -372,7 +372,7 @@ def test_running_app_picks_up_added_and_removed_repo(
 def test_list_shows_each_repo_with_its_last_status(
     settings: Settings, service: Any, remote: Remote, tmp_path: Path
 ) -> None:
-    from deployhook.worker import Worker
+    from deployhook.deploy.worker import Worker
 
     other = make_remote(tmp_path, "other")
     write_registry(
@@ -518,7 +518,7 @@ def test_concurrent_adds_lose_no_entry(settings: Settings) -> None:
     """Each edit holds the file's lock and re-reads it: no add overwrites another."""
     import threading
 
-    from deployhook import registry_edit
+    from deployhook.registry import edit as registry_edit
 
     settings.registry.write_text("# shared\nrepos: {}\n")
     names = [f"site{i}" for i in range(8)]

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from deployhook import forge
 from deployhook.config import Settings
+from deployhook.deploy.worker import Worker
+from deployhook.forges import gitea as forge
 from deployhook.models import Job, Status, StepStatus
 from deployhook.registry import Gitea as GiteaConfig
 from deployhook.registry import Repo
 from deployhook.service import Service
-from deployhook.worker import Worker
 from tests.conftest import write_registry
 from tests.forge_server import FakeGitea, closed_port_url, wait_for
 from tests.helpers import FakeDocker, Remote

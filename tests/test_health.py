@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from deployhook import compose
-from deployhook.health import ContainerState, project_name
-from deployhook.project import current_services
+from deployhook.deploy import compose
+from deployhook.deploy.project import current_services
+from deployhook.deploy.steps.health import ContainerState, project_name
 from deployhook.registry import Repo
 
 V1 = ("docker-compose",)
@@ -289,9 +289,9 @@ def test_unreachable_engine_is_one_line_not_a_traceback(
 ) -> None:
     import threading
 
-    from deployhook import process
+    from deployhook.deploy import process
+    from deployhook.deploy.steps.health import prune_images, wait_healthy
     from deployhook.errors import StepFailed
-    from deployhook.health import prune_images, wait_healthy
 
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
     repo = dataclasses.replace(checkout(tmp_path, "dir"), health_timeout=5)

@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 import structlog
 
-from deployhook import mirror
 from deployhook.config import Settings
+from deployhook.deploy.steps import mirror
+from deployhook.deploy.worker import Worker
 from deployhook.errors import StepFailed
 from deployhook.models import Status, StepStatus
 from deployhook.registry import Mirror, Repo
 from deployhook.service import Service
-from deployhook.worker import Worker
 from tests.conftest import write_registry
 from tests.git_http import GitHttpServer
 from tests.helpers import Remote, git

@@ -26,10 +26,10 @@ from typing import Any
 import pytest
 
 from deployhook.config import Settings
+from deployhook.deploy.worker import Worker
 from deployhook.models import Job, Status
 from deployhook.service import Service
 from deployhook.web import create_app
-from deployhook.worker import Worker
 from tests.conftest import write_registry
 from tests.databases import fresh_schema
 from tests.helpers import SECRET, FakeDocker, Remote, gitea_headers, gitea_push_body, make_remote

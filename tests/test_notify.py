@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from deployhook import notify
 from deployhook.config import Settings
+from deployhook.deploy.reporters import notify
+from deployhook.deploy.worker import Worker
 from deployhook.models import Job, Status, Trigger
 from deployhook.service import Service
-from deployhook.worker import Worker
 from tests.conftest import write_registry
 from tests.forge_server import Receiver, closed_port_url
 from tests.helpers import FakeDocker, Remote

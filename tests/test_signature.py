@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from deployhook.errors import BadSignature, MissingSignature
-from deployhook.signature import sign, signatures, verify
+from deployhook.intake.signature import sign, signatures, verify
 from tests.helpers import SECRET, fixture
 
 # The fixtures' HMACs under the test secret, from HEADERS.md.

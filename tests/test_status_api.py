@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from deployhook.config import Settings
+from deployhook.deploy.worker import Worker
 from deployhook.models import Status
 from deployhook.service import Service
 from deployhook.web import create_app
-from deployhook.worker import Worker
 from tests.helpers import FakeDocker, Remote, gitea_headers, gitea_push_body
 
 TOKEN = "admin-token-for-tests"

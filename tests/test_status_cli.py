@@ -16,9 +16,9 @@ from click.testing import CliRunner
 
 from deployhook.cli import main
 from deployhook.config import Settings
+from deployhook.deploy.worker import Worker
 from deployhook.models import Status, Trigger
 from deployhook.service import Service
-from deployhook.worker import Worker
 from tests.helpers import FakeDocker, Remote, gitea_headers, gitea_push_body
 
 

@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from deployhook.config import Settings
+from deployhook.deploy.worker import Worker
 from deployhook.models import Status, Trigger
 from deployhook.service import Service
-from deployhook.worker import Worker
 from tests.helpers import FakeDocker, Remote
 from tests.server import Served, live_server
 

@@ -8,9 +8,9 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from deployhook.config import Settings
+from deployhook.deploy.worker import Worker
 from deployhook.service import Service
 from deployhook.web import create_app
-from deployhook.worker import Worker
 from tests.helpers import FakeDocker, Remote, gitea_headers, gitea_push_body
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

@@ -11,11 +11,11 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from deployhook.config import Settings
+from deployhook.deploy.worker import Worker
 from deployhook.models import Status, StepStatus, Trigger
 from deployhook.service import Service
 from deployhook.store import Intake, Store
 from deployhook.web import create_app
-from deployhook.worker import Worker
 
 
 def finished_job(store: Store, repo: str, status: Status, *, n: int) -> int:

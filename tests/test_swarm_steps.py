@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from deployhook.config import Settings
+from deployhook.deploy.worker import Worker
 from deployhook.models import Status
 from deployhook.service import Service
-from deployhook.worker import Worker
 from tests.conftest import write_registry
 from tests.helpers import SECRET, Remote, make_remote
 

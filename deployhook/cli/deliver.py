@@ -39,8 +39,10 @@ def default_url(settings: Settings) -> str:
 @handle_errors
 def deliver(name: str, url: str | None) -> None:
     """Send a signed push for NAME's remote branch head and print the answer."""
-    from deployhook import gitea_payload, gitsync, registry
+    from deployhook import registry
+    from deployhook.deploy.steps import git as gitsync
     from deployhook.errors import StepFailed
+    from deployhook.forges import gitea_push as gitea_payload
 
     settings = load_settings()
     repo = registry.load(settings.registry).get(name)

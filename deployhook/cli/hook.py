@@ -18,7 +18,8 @@ def hook() -> None:
 @handle_errors
 def create(name: str) -> None:
     """Create (or update) the Gitea push webhook that deploys NAME."""
-    from deployhook import forge, registry
+    from deployhook import registry
+    from deployhook.forges import gitea as forge
 
     settings = load_settings()
     quiet_logs(settings)

@@ -115,7 +115,8 @@ def add(name: str, path: Path, **options: Any) -> None:
 
     The running server picks it up without a restart. Other keys: edit the file.
     """
-    from deployhook import registry, registry_edit
+    from deployhook import registry
+    from deployhook.registry import edit as registry_edit
 
     secret_file: Path | None = options["secret_file"]
     if options["secret_env"] and secret_file:
@@ -153,7 +154,7 @@ def add(name: str, path: Path, **options: Any) -> None:
 @handle_errors
 def remove(name: str) -> None:
     """Remove a repo from repos.yml, keeping the other entries and comments."""
-    from deployhook import registry_edit
+    from deployhook.registry import edit as registry_edit
 
     settings = load_settings()
     registry_edit.remove_repo(settings.registry, name)
@@ -185,7 +186,8 @@ def check() -> None:
 
 def _problems(repo: Repo, settings: Settings) -> list[str]:
     """What stops this repo from deploying, one short line each."""
-    from deployhook import gitsync, registry
+    from deployhook import registry
+    from deployhook.deploy.steps import git as gitsync
 
     found = []
     try:
@@ -205,7 +207,7 @@ def _problems(repo: Repo, settings: Settings) -> list[str]:
 
 def _checkout_problem(path: Path) -> str | None:
     """Why path is not a usable git checkout, or None."""
-    from deployhook import gitsync
+    from deployhook.deploy.steps import git as gitsync
 
     if not path.exists():
         return f"{path} does not exist"
@@ -243,7 +245,7 @@ def _compose_problems(repo: Repo, settings: Settings) -> list[str]:
 
 
 def _compose_config_problem(repo: Repo, settings: Settings) -> str | None:
-    from deployhook import compose
+    from deployhook.deploy import compose
 
     try:
         argv = [*compose.base_args(compose.command(settings.compose), repo), "config", "-q"]

@@ -45,7 +45,7 @@ def serve(
 def worker(workers: int | None) -> None:
     """Run the deploy worker alone, against the same store."""
     from deployhook import log
-    from deployhook.worker import run_worker
+    from deployhook.deploy.worker import run_worker
 
     settings = load_settings(workers=workers)
     log.configure(fmt=settings.log_format, level=settings.log_level)

@@ -37,7 +37,7 @@ def create_app(
 ) -> Flask:
     """Build the WSGI app. Nothing is opened at import time, only here."""
     from deployhook import log
-    from deployhook.web import admin, intake, status
+    from deployhook.web import admin, status, webhook
 
     settings = settings or Settings.load()
     if configure_logging:
@@ -47,7 +47,7 @@ def create_app(
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["deployhook"] = service_ or Service.open(settings)
-    for module in (intake, status, admin):
+    for module in (webhook, status, admin):
         app.register_blueprint(module.bp)
     _register_optional_blueprints(app)
 

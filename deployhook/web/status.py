@@ -7,10 +7,10 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from deployhook import badge, summary
+from deployhook import summary
 from deployhook.errors import InvalidRequest, StoreUnavailable
 from deployhook.models import iso
-from deployhook.web import service
+from deployhook.web import badge, service
 from deployhook.web.auth import status_access
 
 bp = Blueprint("status", __name__)

@@ -15,12 +15,12 @@ import pytest
 from docker.client import DockerClient
 from docker.errors import ImageNotFound
 
-from deployhook import compose
 from deployhook.config import Settings
+from deployhook.deploy import compose
+from deployhook.deploy.worker import Worker
 from deployhook.models import Job, Status, StepStatus, Trigger
 from deployhook.service import Service
 from deployhook.web import create_app
-from deployhook.worker import Worker
 from tests.conftest import write_registry
 from tests.e2e.conftest import Stack, dangling_image, uid
 from tests.helpers import SECRET, gitea_headers, gitea_push_body

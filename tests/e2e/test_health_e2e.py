@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from docker.client import DockerClient
 
-from deployhook import process
+from deployhook.deploy import process
+from deployhook.deploy.steps.health import wait_healthy
 from deployhook.errors import JobCancelled, JobTimedOut, StepFailed
-from deployhook.health import wait_healthy
 from deployhook.registry import Repo
 from tests.e2e.conftest import uid
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from docker.client import DockerClient
 
-from deployhook import compose
-from deployhook.health import project_name
+from deployhook.deploy import compose
+from deployhook.deploy.steps.health import project_name
 from deployhook.registry import Repo
 from tests.e2e.conftest import uid
 

@@ -19,9 +19,9 @@ import pytest
 from docker.client import DockerClient
 
 from deployhook.config import Settings
+from deployhook.deploy.worker import Worker
 from deployhook.models import Status, Trigger
 from deployhook.service import Service
-from deployhook.worker import Worker
 from tests.conftest import write_registry
 from tests.e2e.conftest import ENGINE_SCRIPT, uid
 from tests.helpers import SECRET, Remote, make_remote

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from deployhook.config import Settings
+from deployhook.deploy.worker import Worker
 from deployhook.models import Status, StepStatus
 from deployhook.service import Service
-from deployhook.worker import Worker
 from tests.conftest import write_registry
 from tests.hardening.support import call, push, serve_env
 from tests.helpers import (

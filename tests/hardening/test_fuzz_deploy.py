@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deployhook.config import Settings
+from deployhook.deploy.worker import Worker
 from deployhook.models import Status
 from deployhook.service import Service
 from deployhook.web import create_app
-from deployhook.worker import Worker
 from tests.conftest import write_registry
 from tests.hardening.support import touched, tree_state
 from tests.helpers import SECRET, FakeDocker, Remote, make_fake_docker, make_remote, sign

@@ -22,12 +22,13 @@ from typing import Any
 
 import structlog
 
-from deployhook import gitsync, process
 from deployhook.config import Settings
+from deployhook.deploy import process
+from deployhook.deploy.pipeline import Deploy, report_ended
+from deployhook.deploy.steps import git as gitsync
 from deployhook.errors import StepFailed, StoreUnavailable
 from deployhook.models import Job, Status, Trigger
 from deployhook.registry import Repo
-from deployhook.runner import Deploy, report_ended
 from deployhook.service import Service
 
 log = structlog.get_logger()

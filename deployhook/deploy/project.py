@@ -18,7 +18,7 @@ from typing import Any
 import dotenv
 import yaml
 
-from deployhook import compose
+from deployhook.deploy import compose
 from deployhook.registry import Repo
 
 # Discovery order of each version: the first file found wins, plus one override file.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import git
 
-from deployhook import process
+from deployhook.deploy import process
 from deployhook.errors import InvalidRequest, StepFailed
 from deployhook.registry import Repo
 

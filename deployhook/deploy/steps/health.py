@@ -24,9 +24,9 @@ from docker.client import DockerClient
 from docker.constants import MINIMUM_DOCKER_API_VERSION
 from docker.errors import APIError, DockerException, NotFound
 
-from deployhook import compose, process
+from deployhook.deploy import compose, process
+from deployhook.deploy.project import current_services, project_name
 from deployhook.errors import JobCancelled, StepFailed
-from deployhook.project import current_services, project_name
 from deployhook.registry import Repo
 
 __all__ = ["ContainerState", "project_name", "prune_images", "wait_healthy"]

@@ -17,9 +17,14 @@ from typing import Protocol
 
 import structlog
 
-from deployhook import compose, forge, gitsync, log, mirror, notify, process, swarm
+from deployhook import log
 from deployhook.config import Settings
+from deployhook.deploy import compose, process
+from deployhook.deploy.reporters import notify
+from deployhook.deploy.steps import git as gitsync
+from deployhook.deploy.steps import mirror, swarm
 from deployhook.errors import JobCancelled, JobTimedOut, StepFailed
+from deployhook.forges import gitea as forge
 from deployhook.models import Job, Status, StepStatus
 from deployhook.registry import Repo
 from deployhook.store import Store
@@ -153,7 +158,7 @@ def step_compose(ctx: Context) -> None:
 
 
 def step_health(ctx: Context) -> None:
-    from deployhook import health
+    from deployhook.deploy.steps import health
 
     health.wait_healthy(
         ctx.repo,
@@ -165,7 +170,7 @@ def step_health(ctx: Context) -> None:
 
 
 def step_prune(ctx: Context) -> None:
-    from deployhook import health
+    from deployhook.deploy.steps import health
 
     health.prune_images(ctx.repo, compose_base=ctx.compose_base(), output=ctx.output)
 

@@ -21,9 +21,8 @@ from ruamel.yaml.error import CommentMark, YAMLError
 from ruamel.yaml.tokens import CommentToken
 from ruamel.yaml.util import load_yaml_guess_indent
 
-from deployhook import atomicfile
 from deployhook.errors import RegistryError, UnknownRepo
-from deployhook.registry import NAME_RE, Repo, parse
+from deployhook.registry import NAME_RE, Repo, atomicfile, parse
 
 # A `---` document start, after nothing but comments and blank lines.
 _DOC_START_RE = re.compile(r"(?:[ \t]*(?:#[^\n]*)?\n)*(---)(?:[ \t]|\n|\Z)")

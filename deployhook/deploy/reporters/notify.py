@@ -17,12 +17,12 @@ import structlog
 import tenacity
 
 from deployhook import log
-from deployhook.forge import job_url
+from deployhook.forges.gitea import job_url
 from deployhook.models import Job, Status, Trigger
 from deployhook.store import Store
 
 if TYPE_CHECKING:
-    from deployhook.runner import Context
+    from deployhook.deploy.pipeline import Context
 
 logger = structlog.get_logger()
 

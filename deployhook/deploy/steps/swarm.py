@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import yaml
 
-from deployhook import compose, process
+from deployhook.deploy import compose, process
 from deployhook.errors import JobCancelled, StepFailed
 from deployhook.registry import Repo
 
 if TYPE_CHECKING:
     from docker.client import DockerClient
 
-    from deployhook.runner import Context
+    from deployhook.deploy.pipeline import Context
 
 log = structlog.get_logger()
 

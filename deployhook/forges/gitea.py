@@ -26,7 +26,7 @@ from deployhook.models import Job, Status, Trigger
 from deployhook.registry import Repo
 
 if TYPE_CHECKING:
-    from deployhook.runner import Context
+    from deployhook.deploy.pipeline import Context
 
 logger = structlog.get_logger()
 

@@ -12,7 +12,7 @@ from typing import IO, Any, Protocol
 
 import structlog
 
-from deployhook import events, log, signature
+from deployhook import log
 from deployhook.errors import (
     BadPayload,
     BadSignature,
@@ -24,7 +24,8 @@ from deployhook.errors import (
     StoreUnavailable,
     UnsupportedContentType,
 )
-from deployhook.events import Kind
+from deployhook.intake import events, signature
+from deployhook.intake.events import Kind
 from deployhook.registry import Registry, Repo, resolve_secrets
 from deployhook.store import Intake, Store
 

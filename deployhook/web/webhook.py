@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 
-from deployhook import intake
+from deployhook.intake import receive as intake
 from deployhook.web import service
 
 bp = Blueprint("intake", __name__)

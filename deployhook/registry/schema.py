@@ -1,85 +1,23 @@
-"""repos.yml: load, validate, re-read on change (keeping the last good registry)."""
+"""repos.yml's schema: parse and validate a document into Repo entries.
+
+Every error names the file, the repo and the key, so one line tells the admin what to fix.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import structlog
 import yaml
 
-from deployhook.errors import RegistryError, SecretNotConfigured, UnknownRepo
+from deployhook.errors import RegistryError
+from deployhook.registry.model import NAME_RE, Gitea, Mirror, Repo
 
-log = structlog.get_logger()
-
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_SECRET_SPLIT_RE = re.compile(r"[,\n]")
-
-
-@dataclass(frozen=True, slots=True)
-class Mirror:
-    url: str
-    token_env: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Gitea:
-    url: str
-    token_env: str | None = None
-    commit_status: bool = True
-    mirror_sync: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Repo:
-    """One deployable checkout, with every setting resolved (defaults applied)."""
-
-    name: str
-    path: Path
-    branch: str = "main"
-    remote: str = "origin"
-    source: tuple[str, ...] = ()
-    secret_env: str | None = None
-    secret_file: Path | None = None
-    compose_files: tuple[str, ...] = ()
-    project_name: str | None = None
-    services: tuple[str, ...] = ()
-    timeout: int = 900
-    health_timeout: int = 120
-    rollback: bool = True
-    on_local_changes: str = "fail"
-    remove_orphans: bool = False
-    prune_images: bool = False
-    submodules: bool = False
-    mirror: Mirror | None = None
-    gitea: Gitea | None = None
-    notify_env: str | None = None
-    node: str | None = None
-    mode: str = "compose"
-    image_registry: str | None = None
-
-    @property
-    def ref(self) -> str:
-        return f"refs/heads/{self.branch}"
-
-    @property
-    def private_variables(self) -> set[str]:
-        """Environment variables holding this repo's secrets, tokens and notify URLs."""
-        names = {
-            self.secret_env,
-            self.notify_env,
-            self.mirror.token_env if self.mirror else None,
-            self.gitea.token_env if self.gitea else None,
-        }
-        return {n for n in names if n}
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,179 +234,3 @@ def load(file: Path) -> dict[str, Repo]:
     except (OSError, UnicodeDecodeError) as exc:
         raise RegistryError(f"{file}: cannot read: {exc}") from None
     return parse(text, file=file)
-
-
-def resolve_secrets(
-    repo: Repo, *, default: str | None, environ: Mapping[str, str] | None = None
-) -> tuple[str, ...]:
-    """Return the repo's webhook secrets (several allowed, for rotation).
-
-    Raises SecretNotConfigured when none can be found: a push is then refused, never
-    accepted unsigned.
-    """
-    env = os.environ if environ is None else environ
-    if repo.secret_env:
-        raw = env.get(repo.secret_env)
-        origin = f"environment variable {repo.secret_env}"
-    elif repo.secret_file:
-        origin = f"secret file {repo.secret_file}"
-        try:
-            raw = repo.secret_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise SecretNotConfigured(
-                f"{origin} cannot be read: {exc.strerror or type(exc).__name__}"
-            ) from None
-        except UnicodeDecodeError:
-            raise SecretNotConfigured(f"{origin} is not UTF-8 text") from None
-    else:
-        raw = default
-        origin = "DEPLOYHOOK_SECRET"
-    secrets = tuple(s.strip() for s in _SECRET_SPLIT_RE.split(raw or "") if s.strip())
-    if not secrets:
-        raise SecretNotConfigured(
-            f"no webhook secret for repo {repo.name!r}: {origin} is unset or empty"
-        )
-    return secrets
-
-
-def secret_values(repos: Iterable[Repo], *, default: str | None) -> list[str]:
-    """Every secret value the repos name: webhook secrets, tokens, notification URLs.
-
-    Every repo's, not only one job's: one stack's output may print another's secret.
-    """
-    values = [default] if default else []
-    for repo in repos:
-        with contextlib.suppress(SecretNotConfigured):
-            values.extend(resolve_secrets(repo, default=default))
-        for name in sorted(repo.private_variables - {repo.secret_env}):
-            value = os.environ.get(name)
-            if value:
-                values.append(value)
-    return values
-
-
-# A changed file is read once two looks this far apart agree (see _settled_stamp).
-SETTLE_S = 0.015
-SETTLE_TRIES = 8
-SETTLED_AGE_S = 1.0
-FIRST_LOAD_TRIES = 10
-
-
-@dataclass(frozen=True, slots=True)
-class _Stamp:
-    mtime_ns: int
-    size: int
-    inode: int
-
-
-class Registry:
-    """The live registry: re-read when the file changes, last good kept on error."""
-
-    def __init__(self, file: Path, *, check_interval: float = 0.0) -> None:
-        self.file = file
-        self._check_interval = check_interval
-        self._lock = threading.Lock()
-        self._repos: dict[str, Repo] = {}
-        self._stamp: _Stamp | None = None
-        self._checked_at = 0.0
-        self.error: str | None = None
-        self.loaded = False
-
-    def _current_stamp(self) -> _Stamp | None:
-        try:
-            st = self.file.stat()
-        except OSError:
-            return None
-        return _Stamp(st.st_mtime_ns, st.st_size, st.st_ino)
-
-    def _settled_stamp(self) -> tuple[_Stamp | None, bool]:
-        """The file's stamp once it has stayed the same for SETTLE_S, and whether it did.
-
-        An editor that saves in place truncates, then writes: read in between, the file
-        is empty, which is a valid registry with no repos. So a change is read only once
-        two looks SETTLE_S apart agree, and an empty file only once it is a second old.
-        (File times are too coarse to judge "still" by age alone, except for a file last
-        changed long ago.) A file that never settles, rewritten without pause, is left
-        for a later look.
-        """
-        stamp = self._current_stamp()
-        for _ in range(SETTLE_TRIES):
-            if stamp is None:
-                return None, True
-            if time.time() - stamp.mtime_ns / 1e9 > SETTLED_AGE_S:
-                return stamp, True
-            time.sleep(SETTLE_S)
-            again = self._current_stamp()
-            # Just truncated is a save in progress (on a busy machine the writer's pause
-            # can outlast SETTLE_S), not a registry emptied on purpose.
-            if again == stamp and stamp.size > 0:
-                return stamp, True
-            stamp = again
-        return stamp, False
-
-    def refresh(self, *, force: bool = False) -> None:
-        """Re-read the file if it changed since the last look."""
-        now = time.monotonic()
-        if not force and self.loaded and now - self._checked_at < self._check_interval:
-            return
-        stamp = self._current_stamp()
-        if not force and self.loaded and stamp == self._stamp:
-            self._checked_at = now
-            return
-        # One thread re-reads (and may wait for the file to settle); the others go on
-        # with the registry they have rather than queue up behind it.
-        if not self._lock.acquire(blocking=force or not self.loaded):
-            return
-        try:
-            self._reload(force=force, now=now)
-        finally:
-            self._lock.release()
-
-    def _reload(self, *, force: bool, now: float) -> None:
-        stamp, settled = self._settled_stamp()
-        for _ in range(FIRST_LOAD_TRIES):
-            # With nothing loaded yet there is no last good to fall back on: wait a little
-            # for a save in progress (a process starting while an admin saves).
-            if settled or self.loaded:
-                break
-            stamp, settled = self._settled_stamp()
-        if not force and self.loaded and (stamp == self._stamp or not settled):
-            return
-        try:
-            repos = load(self.file)
-            if self.loaded and self._current_stamp() != stamp:
-                return  # written to while we read it: a later look reads it whole
-        except RegistryError as exc:
-            if self.error != str(exc):
-                log.error(
-                    "registry_invalid", file=str(self.file), error=str(exc), kept=len(self._repos)
-                )
-            self.error = str(exc)
-        else:
-            if self.loaded and self.error is None:
-                log.info("registry_reloaded", file=str(self.file), repos=len(repos))
-            self._repos = repos
-            self.error = None
-        self._stamp = stamp
-        self._checked_at = now
-        self.loaded = True
-
-    def get(self, name: str) -> Repo:
-        """Return one repo by name, or raise UnknownRepo."""
-        self.refresh()
-        repo = self._repos.get(name)
-        if repo is None:
-            raise UnknownRepo(f"no repo named {name!r} in the registry")
-        return repo
-
-    def find(self, name: str) -> Repo | None:
-        self.refresh()
-        return self._repos.get(name)
-
-    def __iter__(self) -> Iterator[Repo]:
-        self.refresh()
-        return iter(list(self._repos.values()))
-
-    def names(self) -> list[str]:
-        self.refresh()
-        return sorted(self._repos)

@@ -23,12 +23,13 @@ from urllib.parse import urlsplit, urlunsplit
 import git
 import structlog
 
-from deployhook import gitsync, log
+from deployhook import log
+from deployhook.deploy.steps import git as gitsync
 from deployhook.errors import StepFailed
 from deployhook.registry import Repo
 
 if TYPE_CHECKING:
-    from deployhook.runner import Context
+    from deployhook.deploy.pipeline import Context
 
 logger = structlog.get_logger()
 

@@ -1,0 +1,67 @@
+"""A registry entry as the rest of deployhook sees it: every setting resolved, defaults applied."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Mirror:
+    url: str
+    token_env: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Gitea:
+    url: str
+    token_env: str | None = None
+    commit_status: bool = True
+    mirror_sync: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Repo:
+    """One deployable checkout, with every setting resolved (defaults applied)."""
+
+    name: str
+    path: Path
+    branch: str = "main"
+    remote: str = "origin"
+    source: tuple[str, ...] = ()
+    secret_env: str | None = None
+    secret_file: Path | None = None
+    compose_files: tuple[str, ...] = ()
+    project_name: str | None = None
+    services: tuple[str, ...] = ()
+    timeout: int = 900
+    health_timeout: int = 120
+    rollback: bool = True
+    on_local_changes: str = "fail"
+    remove_orphans: bool = False
+    prune_images: bool = False
+    submodules: bool = False
+    mirror: Mirror | None = None
+    gitea: Gitea | None = None
+    notify_env: str | None = None
+    node: str | None = None
+    mode: str = "compose"
+    image_registry: str | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"refs/heads/{self.branch}"
+
+    @property
+    def private_variables(self) -> set[str]:
+        """Environment variables holding this repo's secrets, tokens and notify URLs."""
+        names = {
+            self.secret_env,
+            self.notify_env,
+            self.mirror.token_env if self.mirror else None,
+            self.gitea.token_env if self.gitea else None,
+        }
+        return {n for n in names if n}
