@@ -99,7 +99,7 @@ class Settings:
     keep_deliveries: int = 1000
     reconcile_interval: int = 300
     database_url: str | None = field(default=None, repr=False)
-    node: str | None = None
+    node: str = ""  # "" is the default node
     stop_grace: int = 600
     worker_id: str | None = None
 
@@ -131,7 +131,7 @@ class Settings:
         env: dict[str, str] = {}
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
-            if value is None:
+            if value is None or value == "":
                 continue
             if isinstance(value, bool):
                 text = "1" if value else "0"
@@ -166,7 +166,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "keep_deliveries": _positive_int,
     "reconcile_interval": _positive_int,
     "database_url": _database_url,
-    "node": _optional,
+    "node": lambda _n, raw: raw,
     "stop_grace": _positive_int,
     "worker_id": _optional,
 }

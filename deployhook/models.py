@@ -29,6 +29,16 @@ class Trigger(StrEnum):
     RECONCILE = "reconcile"
 
 
+class DeliveryKind(StrEnum):
+    """What a delivery is, once checked: a push to deploy, a ping, something ignored, or
+    something refused."""
+
+    PUSH = "push"
+    PING = "ping"
+    IGNORED = "ignored"
+    REJECTED = "rejected"
+
+
 class Outcome(StrEnum):
     """What became of one delivery, as the ledger records it."""
 
@@ -38,6 +48,20 @@ class Outcome(StrEnum):
     IGNORED = "ignored"
     HELD = "held"
     REJECTED = "rejected"
+
+
+class Mode(StrEnum):
+    """How a repo is deployed: `docker compose up`, or `docker stack deploy` to a swarm."""
+
+    COMPOSE = "compose"
+    SWARM = "swarm"
+
+
+class OnLocalChanges(StrEnum):
+    """What a deploy does with tracked files modified on the server."""
+
+    FAIL = "fail"
+    RESET = "reset"
 
 
 class StepStatus(StrEnum):
@@ -167,3 +191,82 @@ class RepoState:
     seen_at: float | None = None
     repo_url: str | None = None
     problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobRef:
+    """A job as a delivery's answer names it: enough to say which job and how it stood."""
+
+    id: int
+    status: Status
+    repo: str
+    sha: str
+
+    @classmethod
+    def of(cls, job: Job) -> JobRef:
+        return cls(job.id, job.status, job.repo, job.sha)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What became of one delivery, as the ledger records it and the answer tells it.
+
+    The web layer turns a decision into an HTTP answer (web/answers.py); nothing below it
+    knows status codes or response bodies.
+    """
+
+    outcome: Outcome
+    kind: DeliveryKind
+    reason: str | None = None
+    job: JobRef | None = None
+    coalesced: bool = False
+    # A rejection: the error that refused the delivery.
+    error: Exception | None = field(default=None, compare=False)
+    # A duplicate: what the first delivery with this id became.
+    first: Decision | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """What the ledger keeps, so a duplicate can be answered like the first delivery."""
+        record: dict[str, Any] = {
+            "outcome": str(self.outcome),
+            "kind": str(self.kind),
+            "reason": self.reason,
+            "coalesced": self.coalesced,
+        }
+        if self.job is not None:
+            record["job"] = {
+                "id": self.job.id,
+                "status": str(self.job.status),
+                "repo": self.job.repo,
+                "sha": self.job.sha,
+            }
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], *, outcome: Outcome) -> Decision:
+        """Read a kept decision back; rows written before 0.2 hold the answer's body."""
+        if "outcome" not in record:  # the JSON body that was sent: read what it says
+            status = str(record.get("status"))
+            job = None
+            if isinstance(record.get("job"), int):
+                job = JobRef(record["job"], Status(status), record["repo"], record["sha"])
+            kind = DeliveryKind.PING if status == "pong" else DeliveryKind.PUSH
+            if status == "ignored":
+                kind = DeliveryKind.IGNORED
+            return cls(
+                outcome,
+                kind,
+                reason=record.get("reason"),
+                job=job,
+                coalesced=bool(record.get("coalesced")),
+            )
+        raw_job = record.get("job")
+        return cls(
+            Outcome(record["outcome"]),
+            DeliveryKind(record["kind"]),
+            reason=record.get("reason"),
+            job=None
+            if raw_job is None
+            else JobRef(raw_job["id"], Status(raw_job["status"]), raw_job["repo"], raw_job["sha"]),
+            coalesced=bool(record.get("coalesced")),
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,9 +11,12 @@ from deployhook import log
 from deployhook.config import Settings
 from deployhook.deploy.steps import git as gitsync
 from deployhook.errors import Conflict, StepFailed
-from deployhook.models import Job, Trigger
+from deployhook.intake import receive as intake
+from deployhook.intake.receive import Request
+from deployhook.models import Decision, Job, Trigger
 from deployhook.registry import Registry, Repo, secret_values
 from deployhook.store import Store, open_store
+from deployhook.text import check_sha
 
 # A worker beats every few seconds; one silent for this long is taken for dead.
 WORKER_STALE_S = 30.0
@@ -41,6 +45,19 @@ class Service:
             [self.settings.admin_token, *secret_values(self.registry, default=self.settings.secret)]
         )
 
+    # -- deliveries ------------------------------------------------------------------
+
+    def receive(self, request: Request, *, status_of: Callable[[Decision], int]) -> Decision:
+        """Judge, record and (for a push to the deploy branch) queue one webhook delivery."""
+        return intake.receive(
+            request,
+            registry=self.registry,
+            store=self.store,
+            max_body=self.settings.max_body,
+            default_secret=self.settings.secret,
+            status_of=status_of,
+        )
+
     # -- deploys ---------------------------------------------------------------------
 
     def run(self, repo: Repo, *, sha: str | None = None) -> tuple[Job, bool]:
@@ -55,10 +72,10 @@ class Service:
                 ) from None
         return self.store.enqueue(
             repo=repo.name,
-            sha=gitsync.check_sha(sha),
+            sha=check_sha(sha),
             ref=repo.ref,
             trigger=Trigger.MANUAL,
-            node=repo.node or "",
+            node=repo.node,
             remote_head=remote_head,
         )
 
@@ -71,14 +88,14 @@ class Service:
                 raise Conflict(f"{repo.name} has no earlier good deploy to roll back to")
         return self.store.enqueue(
             repo=repo.name,
-            sha=gitsync.check_sha(to),
+            sha=check_sha(to),
             ref=repo.ref,
             trigger=Trigger.ROLLBACK,
-            node=repo.node or "",
+            node=repo.node,
         )
 
     def release(self, repo: Repo) -> Job | None:
-        return self.store.release(repo.name, node=repo.node or "")
+        return self.store.release(repo.name, node=repo.node)
 
     # -- status ----------------------------------------------------------------------
 
@@ -123,7 +140,7 @@ class Service:
             found.append(f"registry invalid, last good one in use: {self.registry.error}")
         workers = self.live_workers()
         nodes = {w["node"] for w in workers}
-        needed = {repo.node or "" for repo in self.registry}
+        needed = {repo.node for repo in self.registry}
         if not workers:
             found.append("no deploy worker is alive: pushes are queued but not deployed")
         else:

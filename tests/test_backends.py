@@ -22,14 +22,15 @@ from pathlib import Path
 import pytest
 
 from deployhook.config import Settings
-from deployhook.errors import StoreUnavailable
-from deployhook.models import Outcome, Status, Trigger
+from deployhook.errors import BadSignature, StoreUnavailable, UnknownRepo
+from deployhook.models import Decision, DeliveryKind, Outcome, Status, Trigger
 from deployhook.registry import Registry
 from deployhook.service import Service
-from deployhook.store import Intake, Store, open_store
+from deployhook.store import CheckedDelivery, Store, open_store
 from deployhook.store.postgres import PostgresBackend
 from deployhook.store.schema import MIGRATIONS
 from deployhook.web import create_app
+from deployhook.web.answers import decision_body, decision_status
 from tests.conftest import write_registry
 from tests.databases import fresh_schema
 from tests.helpers import SECRET, gitea_headers, gitea_push_body
@@ -41,11 +42,26 @@ def sha(n: int) -> str:
     return f"{n:040x}"
 
 
-def push(repo: str, n: int, *, delivery: str | None = None) -> Intake:
-    return Intake(
+def checked(repo: str, kind: DeliveryKind, **fields: object) -> CheckedDelivery:
+    return CheckedDelivery(
         repo=repo,
-        kind="push",
+        kind=kind,
         received_at=time.time(),
+        status_of=decision_status,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def answer(decision: Decision) -> tuple[int, dict[str, object]]:
+    return decision_status(decision), decision_body(decision)
+
+
+def push(repo: str, n: int, *, delivery: str | None = None) -> CheckedDelivery:
+    return CheckedDelivery(
+        repo=repo,
+        kind=DeliveryKind.PUSH,
+        received_at=time.time(),
+        status_of=decision_status,
         delivery_id=delivery,
         event="push",
         sha=sha(n),
@@ -88,11 +104,12 @@ def env_for(settings: Settings) -> dict[str, str]:
 def test_push_is_queued_then_coalesced_into_newest_sha(store: Store) -> None:
     first = store.submit(push("site", 1, delivery="d1"))
     second = store.submit(push("site", 2, delivery="d2"))
-    assert (first.http_status, first.outcome) == (202, Outcome.QUEUED)
-    assert (second.http_status, second.outcome) == (202, Outcome.COALESCED)
-    assert second.body["job"] == first.body["job"]
-    assert second.body["coalesced"] is True
-    job = store.job(first.body["job"])
+    assert (decision_status(first), first.outcome) == (202, Outcome.QUEUED)
+    assert (decision_status(second), second.outcome) == (202, Outcome.COALESCED)
+    assert first.job is not None and second.job is not None
+    assert second.job.id == first.job.id
+    assert decision_body(second)["coalesced"] is True
+    job = store.job(first.job.id)
     assert (job.status, job.sha, job.delivery) == (Status.QUEUED, sha(2), "d2")
     assert [d.outcome for d in store.deliveries("site")] == [Outcome.COALESCED, Outcome.QUEUED]
 
@@ -101,42 +118,27 @@ def test_duplicate_delivery_gets_the_first_answer_again(store: Store) -> None:
     first = store.submit(push("site", 1, delivery="same"))
     again = store.submit(push("site", 1, delivery="same"))
     assert again.outcome == Outcome.DUPLICATE
-    assert again.http_status == 202
-    assert again.body == {**first.body, "duplicate": True}
+    assert decision_status(again) == 202
+    assert decision_body(again) == {**decision_body(first), "duplicate": True}
     assert len(store.jobs("site")) == 1
 
 
 def test_rejected_delivery_is_not_seen(store: Store) -> None:
+    error = BadSignature("signature does not match")
     store.submit(
-        Intake(
-            repo="site",
-            kind="rejected",
-            received_at=time.time(),
-            delivery_id="d",
-            reason="signature does not match",
-            http_status=403,
-        )
+        checked("site", DeliveryKind.REJECTED, delivery_id="d", reason=str(error), error=error)
     )
-    answer = store.submit(push("site", 1, delivery="d"))
-    assert answer.outcome == Outcome.QUEUED
+    decision = store.submit(push("site", 1, delivery="d"))
+    assert decision.outcome == Outcome.QUEUED
 
 
 def test_ping_and_ignored_are_recorded_with_reason(store: Store) -> None:
-    ping = store.submit(
-        Intake(repo="site", kind="ping", received_at=time.time(), delivery_id="p", event="ping")
-    )
+    ping = store.submit(checked("site", DeliveryKind.PING, delivery_id="p", event="ping"))
     other = store.submit(
-        Intake(
-            repo="site",
-            kind="ignored",
-            received_at=time.time(),
-            delivery_id="o",
-            event="push",
-            reason="push to dev",
-        )
+        checked("site", DeliveryKind.IGNORED, delivery_id="o", event="push", reason="push to dev")
     )
-    assert ping.body == {"status": "pong"}
-    assert other.body == {"status": "ignored", "reason": "push to dev"}
+    assert answer(ping) == (200, {"status": "pong"})
+    assert answer(other) == (200, {"status": "ignored", "reason": "push to dev"})
     rows = store.deliveries("site")
     assert [(d.outcome, d.reason) for d in rows] == [
         (Outcome.IGNORED, "push to dev"),
@@ -146,8 +148,8 @@ def test_ping_and_ignored_are_recorded_with_reason(store: Store) -> None:
 
 def test_held_pushes_are_recorded_and_release_queues_the_newest(store: Store) -> None:
     store.hold("site")
-    answers = [store.submit(push("site", n)) for n in (1, 2)]
-    assert all(a.body["status"] == "held" and a.http_status == 200 for a in answers)
+    decisions = [store.submit(push("site", n)) for n in (1, 2)]
+    assert all(answer(d)[0] == 200 and answer(d)[1]["status"] == "held" for d in decisions)
     assert store.jobs("site") == []
     job = store.release("site", node="")
     assert job is not None
@@ -156,33 +158,32 @@ def test_held_pushes_are_recorded_and_release_queues_the_newest(store: Store) ->
 
 
 def test_redelivered_push_joins_the_running_job_of_its_sha(store: Store) -> None:
-    queued = store.submit(push("site", 1)).body["job"]
+    queued = store.submit(push("site", 1)).job
+    assert queued is not None
     running = store.claim(worker="w", node="", lease_s=30)
-    assert running is not None and running.id == queued
-    same = store.submit(push("site", 1))
-    assert (same.body["job"], same.body["status"], same.body["coalesced"]) == (
-        queued,
-        "running",
-        True,
-    )
+    assert running is not None and running.id == queued.id
+    same = decision_body(store.submit(push("site", 1)))
+    assert (same["job"], same["status"], same["coalesced"]) == (queued.id, "running", True)
     newer = store.submit(push("site", 2))
-    assert newer.outcome == Outcome.QUEUED and newer.body["job"] != queued
+    assert newer.outcome == Outcome.QUEUED and newer.job is not None
+    assert newer.job.id != queued.id
 
 
 def test_text_the_database_cannot_hold_is_stored_not_refused(store: Store) -> None:
-    answer = store.submit(
-        Intake(
-            repo="bad\x00name",
-            kind="rejected",
-            received_at=time.time(),
-            reason="unknown repo \x00",
-            http_status=404,
+    error = UnknownRepo("unknown repo \x00")
+    decision = store.submit(
+        checked(
+            "bad\x00name",
+            DeliveryKind.REJECTED,
+            reason=str(error),
+            error=error,
             delivery_id="x\x00",
         )
     )
-    assert answer.http_status == 404
+    assert decision_status(decision) == 404
     [row] = store.deliveries("bad\x00name")
     assert row.outcome == Outcome.REJECTED
+    assert row.http_status == 404
 
 
 # -- one queued, one running, under concurrency --------------------------------------------
@@ -470,7 +471,7 @@ def test_backend_answers_in_json_shapes(store: Store) -> None:
     store.submit(push("site", 1, delivery="j"))
     with store.read() as tx:
         answer = tx.value("SELECT answer FROM deliveries WHERE delivery_id = 'j'")
-    assert json.loads(answer)["status"] == "queued"
+    assert json.loads(answer)["job"]["status"] == "queued"
 
 
 @pytest.mark.postgres

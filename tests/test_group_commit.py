@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 
-from deployhook.store import Intake
+from deployhook.models import DeliveryKind
+from deployhook.store import CheckedDelivery
 from deployhook.store.group import GroupCommit
 from deployhook.store.sqlite import SqliteBackend
+from deployhook.web.answers import decision_status
 
 
 class CountingBackend(SqliteBackend):
@@ -28,11 +30,12 @@ class CountingBackend(SqliteBackend):
         return super().write()
 
 
-def push(n: int, repo: str = "site") -> Intake:
-    return Intake(
+def push(n: int, repo: str = "site") -> CheckedDelivery:
+    return CheckedDelivery(
         repo=repo,
-        kind="push",
+        kind=DeliveryKind.PUSH,
         received_at=time.time(),
+        status_of=decision_status,
         delivery_id=f"d-{n}",
         event="push",
         sha=f"{n:040x}",
@@ -63,7 +66,7 @@ def test_concurrent_submits_share_transactions_and_get_their_own_answers(backend
         answers = list(pool.map(lambda n: (n, group.submit(push(n, f"repo-{n % 4}"))), range(400)))
     assert backend.transactions < 200
     for n, answer in answers:
-        assert answer.http_status == 202
+        assert decision_status(answer) == 202
         assert answer.job is not None and answer.job.repo == f"repo-{n % 4}"
     with backend.read() as tx:
         rows = tx.all("SELECT delivery_id, job_id FROM deliveries")
@@ -83,10 +86,11 @@ def test_one_failing_item_fails_alone(backend: Any) -> None:
         item = (
             push(n)
             if n != 13
-            else Intake(
-                repo=None,
-                kind="push",  # type: ignore[arg-type]
+            else CheckedDelivery(
+                repo=None,  # type: ignore[arg-type]
+                kind=DeliveryKind.PUSH,
                 received_at=time.time(),
+                status_of=decision_status,
                 delivery_id="d-13",
                 sha="1" * 40,
                 ref="refs/heads/main",

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from deployhook.deploy import compose
-from deployhook.deploy.project import current_services
-from deployhook.deploy.steps.health import ContainerState, project_name
+from deployhook.deploy.project import current_services, project_name
+from deployhook.deploy.steps.health import ContainerState
 from deployhook.registry import Repo
 
 V1 = ("docker-compose",)
@@ -290,7 +290,8 @@ def test_unreachable_engine_is_one_line_not_a_traceback(
     import threading
 
     from deployhook.deploy import process
-    from deployhook.deploy.steps.health import prune_images, wait_healthy
+    from deployhook.deploy.steps.health import wait_healthy
+    from deployhook.deploy.steps.prune import prune_images
     from deployhook.errors import StepFailed
 
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")

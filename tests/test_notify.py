@@ -177,24 +177,28 @@ def job(status: Status, trigger: Trigger = Trigger.PUSH, *, error: str | None = 
 @pytest.mark.parametrize(
     ("ended", "before", "kind"),
     [
-        (job(Status.FAILED, error="boom"), notify.State.OK, notify.Kind.FAILURE),
-        (job(Status.FAILED, error="boom"), notify.State.ROLLED_BACK, notify.Kind.FAILURE),
+        (job(Status.FAILED, error="boom"), notify.State.OK, notify.MessageKind.FAILURE),
+        (job(Status.FAILED, error="boom"), notify.State.ROLLED_BACK, notify.MessageKind.FAILURE),
         (job(Status.FAILED, error="boom"), notify.State.FAILING, None),
-        (job(Status.SUCCEEDED), notify.State.FAILING, notify.Kind.RECOVERY),
-        (job(Status.SUCCEEDED), notify.State.ROLLED_BACK, notify.Kind.RECOVERY),
+        (job(Status.SUCCEEDED), notify.State.FAILING, notify.MessageKind.RECOVERY),
+        (job(Status.SUCCEEDED), notify.State.ROLLED_BACK, notify.MessageKind.RECOVERY),
         (job(Status.SUCCEEDED), notify.State.OK, None),
-        (job(Status.SUCCEEDED, Trigger.ROLLBACK), notify.State.FAILING, notify.Kind.ROLLBACK),
+        (
+            job(Status.SUCCEEDED, Trigger.ROLLBACK),
+            notify.State.FAILING,
+            notify.MessageKind.ROLLBACK,
+        ),
         (
             job(Status.FAILED, Trigger.ROLLBACK, error="x"),
             notify.State.FAILING,
-            notify.Kind.ROLLBACK,
+            notify.MessageKind.ROLLBACK,
         ),
         (job(Status.CANCELLED), notify.State.FAILING, None),
         (job(Status.INTERRUPTED), notify.State.OK, None),
     ],
 )
 def test_decide_one_message_per_state_change(
-    ended: Job, before: notify.State, kind: notify.Kind | None
+    ended: Job, before: notify.State, kind: notify.MessageKind | None
 ) -> None:
     message = notify.decide(ended, before, public_url=None)
     assert (message.kind if message else None) == kind

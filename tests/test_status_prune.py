@@ -12,10 +12,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deployhook.config import Settings
 from deployhook.deploy.worker import Worker
-from deployhook.models import Status, StepStatus, Trigger
+from deployhook.errors import BadSignature
+from deployhook.models import DeliveryKind, Status, StepStatus, Trigger
 from deployhook.service import Service
-from deployhook.store import Intake, Store
+from deployhook.store import CheckedDelivery, Store
 from deployhook.web import create_app
+from deployhook.web.answers import decision_status
 
 
 def finished_job(store: Store, repo: str, status: Status, *, n: int) -> int:
@@ -34,12 +36,13 @@ def finished_job(store: Store, repo: str, status: Status, *, n: int) -> int:
 
 def delivery(store: Store, repo: str, *, kind: str = "ignored") -> None:
     store.submit(
-        Intake(
+        CheckedDelivery(
             repo=repo,
-            kind=kind,
+            kind=DeliveryKind(kind),
             received_at=time.time(),
+            status_of=decision_status,
             reason="test",
-            http_status=200 if kind == "ignored" else 403,
+            error=BadSignature("test") if kind == "rejected" else None,
         )
     )
 

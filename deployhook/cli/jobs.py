@@ -21,7 +21,7 @@ POLL_S = 0.3
 
 
 def _warn_without_worker(svc: Service, repo: Repo) -> None:
-    node = repo.node or ""
+    node = repo.node
     if any(w["node"] == node for w in svc.live_workers()):
         return
     where = f" for node {node!r}" if node else ""

@@ -13,6 +13,12 @@ import subprocess
 from deployhook.errors import StepFailed
 from deployhook.registry import Repo
 
+# The labels Compose puts on what it creates.
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+ONEOFF_LABEL = "com.docker.compose.oneoff"
+WORKDIR_LABEL = "com.docker.compose.project.working_dir"
+
 
 @functools.cache
 def _detect() -> tuple[str, ...]:

@@ -1,8 +1,9 @@
-"""One deploy: fetch, checkout, compose up, health, then the post-deploy steps.
+"""One deploy: the step tables and the run of a claimed job through them.
 
 Each step is recorded in the job's steps with its times; everything it prints goes to the
 job's output in the store as it is produced. A failed step becomes data on the job: the
-runner never raises.
+pipeline never raises. Where a new step goes: a module in deploy/steps/ that exports a
+StepSpec, and one line in a table below.
 """
 
 from __future__ import annotations
@@ -11,189 +12,41 @@ import contextlib
 import threading
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
 import structlog
 
-from deployhook import log
 from deployhook.config import Settings
-from deployhook.deploy import compose, process
-from deployhook.deploy.reporters import notify
-from deployhook.deploy.steps import git as gitsync
-from deployhook.deploy.steps import mirror, swarm
+from deployhook.deploy import process
+from deployhook.deploy.context import Context, JobOutput, Reporter, StepSpec
+from deployhook.deploy.reporters.commit_status import CommitStatus
+from deployhook.deploy.reporters.notify import Notifier
+from deployhook.deploy.steps import git, swarm
+from deployhook.deploy.steps.compose import COMPOSE
+from deployhook.deploy.steps.health import HEALTH
+from deployhook.deploy.steps.mirror import MIRROR
+from deployhook.deploy.steps.mirror_sync import MIRROR_SYNC
+from deployhook.deploy.steps.prune import PRUNE
 from deployhook.errors import JobCancelled, JobTimedOut, StepFailed
-from deployhook.forges import gitea as forge
 from deployhook.models import Job, Status, StepStatus
 from deployhook.registry import Repo
 from deployhook.store import Store
+from deployhook.text import one_line
 
 logger = structlog.get_logger()
 
-_FLUSH_S = 0.2
-_FLUSH_LINES = 200
-_MAX_LINE = 8192
-
-
-class JobOutput:
-    """A job's output: lines with their times, written to the store as they come.
-
-    A background flusher writes pending lines every fifth of a second, so a live log is
-    never far behind and a crash loses at most that much.
-    """
-
-    def __init__(self, store: Store, job_id: int) -> None:
-        self._store = store
-        self._job_id = job_id
-        self._pending: list[tuple[float, str]] = []
-        self._cond = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(
-            target=self._flusher, name=f"job-{job_id}-output", daemon=True
-        )
-        self._thread.start()
-
-    def __call__(self, line: str) -> None:
-        text = log.mask(line[:_MAX_LINE])
-        with self._cond:
-            self._pending.append((time.time(), text))
-            closed = self._closed
-            if len(self._pending) >= _FLUSH_LINES:
-                self._cond.notify()
-        if closed:  # late lines (a reporter after the job ended) are written at once
-            self.flush()
-
-    def flush(self) -> None:
-        with self._cond:
-            lines, self._pending = self._pending, []
-        if lines:
-            try:
-                self._store.append_log(self._job_id, lines)
-            except Exception:  # the deploy must go on; the log line says what was lost
-                logger.exception("job_output_lost", lines=len(lines))
-
-    def _flusher(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait(_FLUSH_S)
-                closed = self._closed
-            self.flush()
-            if closed:
-                return
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        self._thread.join(timeout=10)
-        self.flush()
-
-
-@dataclass
-class Context:
-    """What a step needs: the job, its repo, the clock, the cancel flag and the output."""
-
-    job: Job
-    repo: Repo
-    settings: Settings
-    store: Store
-    output: JobOutput
-    deadline: process.Deadline
-    cancel: threading.Event
-    changed: bool = False
-    previous_sha: str | None = None
-    notes: dict[str, str] = field(default_factory=dict)
-
-    def run(self, argv: list[str]) -> int:
-        """Run a child process in the checkout, in its own group, output to the job log."""
-        return process.run(
-            argv,
-            cwd=self.repo.path,
-            output=self.output,
-            deadline=self.deadline,
-            cancel=self.cancel,
-            job_id=self.job.id,
-            on_start=lambda pgid: self.store.set_job_fields(self.job.id, pgid=pgid),
-        )
-
-    def compose_base(self) -> tuple[str, ...]:
-        return compose.command(self.settings.compose)
-
-
-StepFn = Callable[[Context], None]
-
-
-class Reporter(Protocol):
-    """Told when a job starts and ends (commit status, notifications). Never fails a job."""
-
-    def started(self, ctx: Context) -> None: ...
-
-    def finished(self, ctx: Context, job: Job) -> None: ...
-
-
-def step_fetch(ctx: Context) -> None:
-    gitsync.fetch(
-        ctx.repo, ctx.job.sha, timeout=max(ctx.deadline.remaining(), 1), output=ctx.output
-    )
-
-
-def step_checkout(ctx: Context) -> None:
-    ctx.previous_sha = gitsync.checkout(ctx.repo, ctx.job.sha, output=ctx.output)
-    ctx.store.set_job_fields(ctx.job.id, previous_sha=ctx.previous_sha)
-    ctx.changed = ctx.changed or ctx.previous_sha != ctx.job.sha
-    if ctx.repo.submodules:
-        gitsync.update_submodules(
-            ctx.repo, timeout=max(ctx.deadline.remaining(), 1), output=ctx.output
-        )
-
-
-def step_compose(ctx: Context) -> None:
-    ctx.changed = True
-    argv = compose.up_argv(ctx.compose_base(), ctx.repo)
-    ctx.output("$ " + " ".join(argv))
-    code = ctx.run(argv)
-    if code != 0:
-        raise StepFailed(f"compose up exited with {code}")
-
-
-def step_health(ctx: Context) -> None:
-    from deployhook.deploy.steps import health
-
-    health.wait_healthy(
-        ctx.repo,
-        compose_base=ctx.compose_base(),
-        deadline=ctx.deadline,
-        cancel=ctx.cancel,
-        output=ctx.output,
-    )
-
-
-def step_prune(ctx: Context) -> None:
-    from deployhook.deploy.steps import health
-
-    health.prune_images(ctx.repo, compose_base=ctx.compose_base(), output=ctx.output)
-
-
-# (name, applies to the repo?, run). The deploy itself: any failure fails the job.
-DEPLOY_STEPS: list[tuple[str, Callable[[Repo], bool], StepFn]] = [
-    ("fetch", lambda repo: True, step_fetch),
-    ("checkout", lambda repo: True, step_checkout),
-    ("compose", lambda repo: repo.mode != "swarm", step_compose),
-    ("health", lambda repo: repo.mode != "swarm" and repo.health_timeout > 0, step_health),
+# The deploy itself, in order: any failure fails the job. Each step says whether it
+# applies to a repo (compose or swarm mode, health_timeout 0, ...).
+DEPLOY_STEPS: tuple[StepSpec, ...] = (
+    git.FETCH,
+    git.CHECKOUT,
+    COMPOSE,
+    HEALTH,
     *swarm.STEPS,  # mode: swarm: build, push, stack deploy, task health instead
-]
+)
 # After a good deploy: a failure is recorded on the step and does not undo the deploy.
-POST_STEPS: list[tuple[str, Callable[[Repo], bool], StepFn]] = [
-    ("mirror", lambda repo: repo.mirror is not None, mirror.step),
-    (
-        "mirror_sync",
-        lambda repo: bool(repo.gitea and repo.gitea.mirror_sync),
-        forge.step_mirror_sync,
-    ),
-    ("prune", lambda repo: repo.prune_images, step_prune),
-]
-REPORTERS: list[Reporter] = [forge.CommitStatus(), notify.Notifier()]
+POST_STEPS: tuple[StepSpec, ...] = (MIRROR, MIRROR_SYNC, PRUNE)
+REPORTERS: tuple[Reporter, ...] = (CommitStatus(), Notifier())
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,11 +54,6 @@ class Result:
     status: Status
     error: str | None
     changed: bool
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 class Deploy:
@@ -226,8 +74,8 @@ class Deploy:
             cancel=cancel,
         )
 
-    def _step(self, name: str, fn: StepFn) -> None:
-        ctx = self.ctx
+    def _step(self, step: StepSpec) -> None:
+        ctx, name = self.ctx, step.name
         idx = ctx.store.start_step(ctx.job.id, name)
         ctx.output(f"==> {name}")
         started = time.monotonic()
@@ -235,11 +83,11 @@ class Deploy:
             if ctx.cancel.is_set():
                 raise JobCancelled("cancelled")
             ctx.deadline.check()
-            fn(ctx)
+            step.run(ctx)
         except StepFailed as exc:
             ctx.output(f"==> {name} failed: {exc}")
             ctx.store.finish_step(
-                ctx.job.id, idx, status=StepStatus.FAILED, error=_one_line(str(exc))
+                ctx.job.id, idx, status=StepStatus.FAILED, error=one_line(str(exc))
             )
             logger.warning("step_failed", step=name, error=str(exc))
             raise
@@ -251,7 +99,7 @@ class Deploy:
                 ctx.job.id,
                 idx,
                 status=StepStatus.FAILED,
-                error=_one_line(f"{type(exc).__name__}: {exc}"),
+                error=one_line(f"{type(exc).__name__}: {exc}"),
             )
             logger.exception("step_crashed", step=name)
             raise StepFailed(f"{name}: internal error: {type(exc).__name__}: {exc}") from exc
@@ -268,21 +116,21 @@ class Deploy:
                 logger.exception("reporter_failed")
         status, error = Status.SUCCEEDED, None
         try:
-            for name, applies, fn in DEPLOY_STEPS:
-                if applies(ctx.repo):
-                    self._step(name, fn)
+            for step in DEPLOY_STEPS:
+                if step.applies(ctx.repo):
+                    self._step(step)
         except JobCancelled:
             status, error = Status.CANCELLED, "cancelled by an admin"
         except JobTimedOut as exc:
             status, error = Status.FAILED, str(exc)
         except StepFailed as exc:
-            status, error = Status.FAILED, _one_line(str(exc))
+            status, error = Status.FAILED, one_line(str(exc))
         if status == Status.SUCCEEDED:
-            for name, applies, fn in POST_STEPS:
-                if applies(ctx.repo):
+            for step in POST_STEPS:
+                if step.applies(ctx.repo):
                     # A failed post step is recorded on it; the deploy stands.
                     with contextlib.suppress(StepFailed):
-                        self._step(name, fn)
+                        self._step(step)
         ctx.output(f"==> job {status}" + (f": {error}" if error else ""))
         ctx.output.close()
         return Result(status, error, ctx.changed)

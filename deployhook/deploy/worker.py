@@ -57,7 +57,7 @@ class Worker:
         self.store = service.store
         self.settings: Settings = service.settings
         self.slots = slots or self.settings.workers
-        self.node = self.settings.node or ""
+        self.node = self.settings.node
         self.id = (
             self.settings.worker_id
             or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -193,7 +193,7 @@ class Worker:
             sha=target,
             ref=repo.ref,
             trigger=Trigger.ROLLBACK,
-            node=repo.node or "",
+            node=repo.node,
             repo_url=job.repo_url,
         )
         log.info(
@@ -297,7 +297,7 @@ class Worker:
 
     def reconcile(self) -> list[Job]:
         """docs/deploys.md rule 8: deploy a remote head that no webhook announced."""
-        repos = [r for r in self.service.registry if (r.node or "") == self.node]
+        repos = [r for r in self.service.registry if r.node == self.node]
         if not repos:
             return []
         with ThreadPoolExecutor(max_workers=min(8, len(repos))) as pool:
@@ -316,7 +316,7 @@ class Worker:
                     sha=head,
                     ref=repo.ref,
                     trigger=Trigger.RECONCILE,
-                    node=repo.node or "",
+                    node=repo.node,
                     remote_head=True,
                 )
                 log.info("reconcile_queued", repo=repo.name, head=head, seen=seen, job=job.id)

@@ -1,4 +1,4 @@
-"""Gitea's API: commit statuses, pull-mirror sync and push webhooks.
+"""Gitea's API client: commit statuses, pull-mirror sync and push webhooks.
 
 Every call has short timeouts and a few retries with exponential backoff for what may
 pass (connection errors, timeouts, 5xx), all within a total budget: a forge that is down
@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import requests
@@ -21,12 +21,9 @@ import structlog
 import tenacity
 
 from deployhook import log
-from deployhook.errors import ConfigError, DeployhookError, StepFailed
-from deployhook.models import Job, Status, Trigger
+from deployhook.errors import ConfigError, DeployhookError
 from deployhook.registry import Repo
-
-if TYPE_CHECKING:
-    from deployhook.deploy.pipeline import Context
+from deployhook.text import one_line
 
 logger = structlog.get_logger()
 
@@ -205,7 +202,7 @@ class Gitea:
         body = {
             "state": state,
             "context": context,
-            "description": _one_line(description, _DESCRIPTION_MAX),
+            "description": one_line(description, _DESCRIPTION_MAX),
         }
         if target_url:
             body["target_url"] = target_url
@@ -244,11 +241,6 @@ class Gitea:
             "PATCH", f"{self.repo_path(owner, name)}/hooks/{int(hook_id)}", json=body
         )
         return made if isinstance(made, dict) else {}
-
-
-def _one_line(text: str, limit: int) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,137 +320,3 @@ def explain(exc: ForgeError, target: Target, *, token_env: str | None) -> str:
             "cannot see it (404 Not Found)"
         )
     return str(exc)
-
-
-def job_url(public_url: str | None, job_id: int) -> str | None:
-    return f"{public_url.rstrip('/')}/ui/jobs/{job_id}" if public_url else None
-
-
-# -- the post step: Gitea pull-mirror sync ----------------------------------------------
-
-
-def step_mirror_sync(ctx: Context) -> None:
-    """Ask Gitea to sync its pull mirror of the repo now (`gitea.mirror_sync`)."""
-    try:
-        target = connect(ctx.repo, budget=max(min(BUDGET_S, ctx.deadline.remaining()), 1))
-        target.client.mirror_sync(target.owner, target.name)
-    except (ForgeError, ForgeNotConfigured) as exc:
-        raise StepFailed(f"gitea mirror-sync: {exc}") from None
-    ctx.output(f"gitea: mirror-sync of {target.full_name} requested")
-    logger.info("gitea_mirror_sync_requested", gitea_repo=target.full_name)
-
-
-# -- the reporter: commit status -------------------------------------------------------
-
-_STATE_OF = {
-    Status.SUCCEEDED: "success",
-    Status.FAILED: "failure",
-    Status.CANCELLED: "error",
-    Status.INTERRUPTED: "error",
-}
-
-
-class CommitStatus:
-    """Reporter: Gitea commit status `pending` when a job starts, its result when it ends.
-
-    The pending status is sent beside the deploy (a slow forge does not delay it); the
-    result waits for it, so Gitea always sees them in order.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pending: dict[int, tuple[threading.Thread, threading.Event]] = {}
-
-    def _target(self, ctx: Context) -> Target | None:
-        gitea = ctx.repo.gitea
-        if gitea is None or not gitea.commit_status:
-            return None
-        try:
-            return connect(ctx.repo)
-        except ForgeNotConfigured as exc:
-            ctx.output(f"gitea: no commit status: {exc}")
-            return None
-
-    def _send(
-        self,
-        ctx: Context,
-        target: Target,
-        *,
-        sha: str,
-        state: str,
-        description: str,
-        abort: threading.Event | None = None,
-    ) -> None:
-        context = f"deploy/{ctx.repo.name}"
-        try:
-            target.client.set_status(
-                target.owner,
-                target.name,
-                sha,
-                state=state,
-                context=context,
-                description=description,
-                target_url=job_url(ctx.settings.public_url, ctx.job.id),
-                abort=abort,
-            )
-        except ForgeError as exc:
-            ctx.output(f"gitea: commit status {state} not set on {sha[:12]}: {exc}")
-            logger.warning("gitea_status_failed", state=state, error=str(exc))
-            return
-        ctx.output(f"gitea: commit status {state} set on {sha[:12]} ({context})")
-        logger.info("gitea_status_set", state=state, gitea_repo=target.full_name)
-
-    def started(self, ctx: Context) -> None:
-        target = self._target(ctx)
-        if target is None:
-            return
-        abort = threading.Event()
-        what = (
-            "rolling back to this commit"
-            if ctx.job.trigger == Trigger.ROLLBACK
-            else f"deploying ({ctx.job.trigger})"
-        )
-        thread = threading.Thread(
-            target=self._send,
-            args=(ctx, target),
-            kwargs={"sha": ctx.job.sha, "state": "pending", "description": what, "abort": abort},
-            name=f"job-{ctx.job.id}-gitea-status",
-            daemon=True,
-        )
-        with self._lock:
-            # Jobs that never reached finished() (a worker stopping) leave their entry.
-            self._pending = {k: v for k, v in self._pending.items() if v[0].is_alive()}
-            self._pending[ctx.job.id] = (thread, abort)
-        thread.start()
-
-    def finished(self, ctx: Context, job: Job) -> None:
-        target = self._target(ctx)
-        if target is None:
-            return
-        began = time.monotonic()
-        with self._lock:
-            pending = self._pending.pop(job.id, None)
-        if pending is not None:
-            thread, abort = pending
-            abort.set()  # no new attempts: the result supersedes it
-            thread.join(TIMEOUT_S + 1)
-        budget = max(BUDGET_S - (time.monotonic() - began), TIMEOUT_S)
-        client = target.client
-        target = Target(
-            Gitea(client.url, client.token, timeout=client.timeout, budget=budget),
-            target.owner,
-            target.name,
-        )
-        if job.status == Status.SUCCEEDED:
-            description = (
-                f"deployed in {job.duration_s:g} s" if job.duration_s is not None else "deployed"
-            )
-        else:
-            description = job.error or str(job.status)
-        self._send(
-            ctx,
-            target,
-            sha=job.sha,
-            state=_STATE_OF.get(job.status, "error"),
-            description=description,
-        )

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from typing import Any
 from urllib.parse import parse_qs
 
 from deployhook.errors import BadPayload, UnsupportedContentType
+from deployhook.models import DeliveryKind
+from deployhook.text import is_sha
 
-SHA_RE = re.compile(r"(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
 _REF_BAD_RE = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//")
 _MAX_REF = 255
 
@@ -22,17 +22,11 @@ JSON_TYPES = frozenset({"application/json", "text/json"})
 FORM_TYPE = "application/x-www-form-urlencoded"
 
 
-class Kind(StrEnum):
-    PUSH = "push"
-    PING = "ping"
-    IGNORED = "ignored"
-
-
 @dataclass(frozen=True, slots=True)
 class Event:
     """What a delivery asks for. A push to a branch carries ref/sha; others a reason."""
 
-    kind: Kind
+    kind: DeliveryKind
     name: str
     ref: str | None = None
     sha: str | None = None
@@ -147,7 +141,7 @@ def _check_ref(ref: Any) -> str:
 
 
 def _check_sha(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not SHA_RE.match(value.lower()):
+    if not isinstance(value, str) or not is_sha(value.lower()):
         raise BadPayload(f"'{key}' is not a commit id (40 or 64 hex characters)")
     return value.lower()
 
@@ -158,21 +152,19 @@ def parse(body: bytes, *, media: str, event: str | None) -> Event:
     name = (event or "push").strip().lower()
     full_name = _text(doc, "repository", "full_name")
     if name == "ping":
-        return Event(Kind.PING, name, full_name=full_name)
+        return Event(DeliveryKind.PING, name, full_name=full_name)
     if name != "push":
         return Event(
-            Kind.IGNORED, name, full_name=full_name, reason=f"event {name!r} is not a push"
+            DeliveryKind.IGNORED, name, full_name=full_name, reason=f"event {name!r} is not a push"
         )
     ref = _check_ref(doc.get("ref"))
     sha = _check_sha(doc.get("after"), "after")
     before_raw = doc.get("before")
     before = (
-        before_raw.lower()
-        if isinstance(before_raw, str) and SHA_RE.match(before_raw.lower())
-        else None
+        before_raw.lower() if isinstance(before_raw, str) and is_sha(before_raw.lower()) else None
     )
     push = Event(
-        Kind.PUSH,
+        DeliveryKind.PUSH,
         name,
         ref=ref,
         sha=sha,
@@ -181,11 +173,11 @@ def parse(body: bytes, *, media: str, event: str | None) -> Event:
         repo_url=_web_url(doc),
     )
     if set(sha) == {"0"} or doc.get("deleted") is True:
-        return replace(push, kind=Kind.IGNORED, reason=f"{ref} was deleted")
+        return replace(push, kind=DeliveryKind.IGNORED, reason=f"{ref} was deleted")
     if ref.startswith("refs/tags/"):
         return replace(
-            push, kind=Kind.IGNORED, reason=f"tag push ({ref.removeprefix('refs/tags/')})"
+            push, kind=DeliveryKind.IGNORED, reason=f"tag push ({ref.removeprefix('refs/tags/')})"
         )
     if not ref.startswith("refs/heads/"):
-        return replace(push, kind=Kind.IGNORED, reason=f"{ref} is not a branch")
+        return replace(push, kind=DeliveryKind.IGNORED, reason=f"{ref} is not a branch")
     return push

@@ -1,48 +1,37 @@
-"""One webhook delivery, from raw request to answer (docs/webhooks.md, in its table's order).
+"""One webhook delivery, from raw request to decision (docs/webhooks.md, in its table's order).
 
-Framework-free: the web layer hands over headers and the body stream, and sends back
-what this returns. Everything slow happens later, in the worker.
+Framework-free: the web layer hands over headers and the body stream, and turns the
+decision this returns into its answer. Everything slow happens later, in the worker.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import IO, Any, Protocol
+from typing import IO, Protocol
 
 import structlog
 
 from deployhook import log
 from deployhook.errors import (
-    BadPayload,
-    BadSignature,
     BodyTooLarge,
     DeliveryRejected,
-    MissingSignature,
+    DeployhookError,
     SecretNotConfigured,
     SourceMismatch,
     StoreUnavailable,
-    UnsupportedContentType,
+    UnknownRepo,
 )
 from deployhook.intake import events, signature
-from deployhook.intake.events import Kind
+from deployhook.models import Decision, DeliveryKind, Outcome
 from deployhook.registry import Registry, Repo, resolve_secrets
-from deployhook.store import Intake, Store
+from deployhook.store import CheckedDelivery, Store
 
 logger = structlog.get_logger()
 
 _CHUNK = 64 * 1024
 _MAX_DELIVERY_ID = 128
-
-STATUS_OF: dict[type[Exception], int] = {
-    BodyTooLarge: 413,
-    UnsupportedContentType: 415,
-    SecretNotConfigured: 503,
-    MissingSignature: 401,
-    BadSignature: 403,
-    BadPayload: 400,
-    SourceMismatch: 403,
-}
 
 
 class Headers(Protocol):
@@ -100,45 +89,49 @@ def _check(req: Request, repo: Repo, *, max_body: int, default_secret: str | Non
 
 
 def receive(
-    req: Request, *, registry: Registry, store: Store, max_body: int, default_secret: str | None
-) -> tuple[int, dict[str, Any]]:
-    """Judge one delivery and answer it: (HTTP status, JSON body)."""
+    req: Request,
+    *,
+    registry: Registry,
+    store: Store,
+    max_body: int,
+    default_secret: str | None,
+    status_of: Callable[[Decision], int],
+) -> Decision:
+    """Judge one delivery, record it in the ledger, and return what became of it.
+
+    status_of is the web layer's rule for the answer's HTTP status; the ledger records
+    it beside the decision.
+    """
     started = time.perf_counter()
-    received_at = time.time()
     delivery_id = _delivery_id(req.headers)
     event_name = events.header(req.headers, events.EVENT_HEADERS)
     event_name = event_name[:64] if event_name else None
     structlog.contextvars.bind_contextvars(repo=req.name[:200], delivery=delivery_id)
-    base = Intake(
+    base = CheckedDelivery(
         repo=req.name,
-        kind="rejected",
-        received_at=received_at,
+        kind=DeliveryKind.REJECTED,
+        received_at=time.time(),
+        status_of=status_of,
         delivery_id=delivery_id,
         event=event_name,
     )
-    repo = registry.find(req.name)
     try:
+        repo = registry.find(req.name)
         if repo is None:
-            status, body, outcome, job_id = (
-                404,
-                {"error": f"no repo named {req.name!r}"},
-                "rejected",
-                None,
-            )
-            store.record_rejection(replace(base, http_status=404, reason=body["error"]))
+            decision = _reject(store, base, UnknownRepo(f"no repo named {req.name!r}"))
         else:
-            status, body, outcome, job_id = _admit(
+            decision = _admit(
                 req, repo, base, store=store, max_body=max_body, default_secret=default_secret
             )
         logger.info(
             "delivery_answered",
             event_name=event_name,
-            outcome=outcome,
-            status=status,
-            job=job_id,
+            outcome=str(decision.outcome),
+            status=status_of(decision),
+            job=decision.job.id if decision.job else None,
             latency_ms=round((time.perf_counter() - started) * 1000, 2),
         )
-        return status, body
+        return decision
     finally:
         structlog.contextvars.unbind_contextvars("repo", "delivery")
 
@@ -146,47 +139,38 @@ def receive(
 def _admit(
     req: Request,
     repo: Repo,
-    base: Intake,
+    base: CheckedDelivery,
     *,
     store: Store,
     max_body: int,
     default_secret: str | None,
-) -> tuple[int, dict[str, Any], str, int | None]:
-    node = repo.node or ""
+) -> Decision:
+    base = replace(base, node=repo.node)
     try:
         event = _check(req, repo, max_body=max_body, default_secret=default_secret)
-    except DeliveryRejected as exc:
-        return _reject(store, base, STATUS_OF[type(exc)], str(exc), node=node)
-    except SecretNotConfigured as exc:
-        return _reject(store, base, 503, str(exc), node=node)
-    kind = str(event.kind)
-    reason = event.reason
-    if event.kind == Kind.PUSH and event.ref != repo.ref:
-        kind, reason = "ignored", f"push to {event.branch}, not the deploy branch {repo.branch}"
+    except (DeliveryRejected, SecretNotConfigured) as exc:
+        return _reject(store, base, exc)
+    kind, reason = event.kind, event.reason
+    if event.kind == DeliveryKind.PUSH and event.ref != repo.ref:
+        kind = DeliveryKind.IGNORED
+        reason = f"push to {event.branch}, not the deploy branch {repo.branch}"
     item = replace(
         base,
         kind=kind,
         sha=event.sha,
         ref=event.ref,
         reason=reason,
-        node=node,
         repo_url=event.repo_url,
     )
     try:
-        answer = store.submit(item)
+        return store.submit(item)
     except StoreUnavailable as exc:
         logger.error("delivery_not_stored", error=str(exc))
-        return 503, {"error": str(exc)}, "unavailable", None
-    return (
-        answer.http_status,
-        answer.body,
-        str(answer.outcome),
-        answer.job.id if answer.job else answer.body.get("job"),
-    )
+        return Decision(Outcome.REJECTED, kind, reason=str(exc), error=exc)
 
 
-def _reject(
-    store: Store, base: Intake, status: int, reason: str, *, node: str
-) -> tuple[int, dict[str, Any], str, None]:
-    store.record_rejection(replace(base, http_status=status, reason=reason, node=node))
-    return status, {"error": reason}, "rejected", None
+def _reject(store: Store, base: CheckedDelivery, error: DeployhookError) -> Decision:
+    """Record a refused delivery; the refusal stands even if the ledger cannot take it."""
+    decision = Decision(Outcome.REJECTED, DeliveryKind.REJECTED, reason=str(error), error=error)
+    store.record_rejection(replace(base, reason=str(error), error=error))
+    return decision

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from deployhook.models import Mode, OnLocalChanges
+
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 
 
@@ -40,15 +42,15 @@ class Repo:
     timeout: int = 900
     health_timeout: int = 120
     rollback: bool = True
-    on_local_changes: str = "fail"
+    on_local_changes: OnLocalChanges = OnLocalChanges.FAIL
     remove_orphans: bool = False
     prune_images: bool = False
     submodules: bool = False
     mirror: Mirror | None = None
     gitea: Gitea | None = None
     notify_env: str | None = None
-    node: str | None = None
-    mode: str = "compose"
+    node: str = ""  # "" is the default node: workers without DEPLOYHOOK_NODE
+    mode: Mode = Mode.COMPOSE
     image_registry: str | None = None
 
     @property

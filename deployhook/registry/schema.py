@@ -9,12 +9,14 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from deployhook.errors import RegistryError
+from deployhook.models import Mode, OnLocalChanges
 from deployhook.registry.model import NAME_RE, Gitea, Mirror, Repo
 
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -26,7 +28,7 @@ class _Key:
 
     kind: str
     description: str
-    choices: tuple[str, ...] = ()
+    choices: type[StrEnum] | None = None
 
 
 _REPO_KEYS: dict[str, _Key] = {
@@ -42,7 +44,7 @@ _REPO_KEYS: dict[str, _Key] = {
     "timeout": _Key("positive", "a positive number of seconds"),
     "health_timeout": _Key("nonnegative", "a number of seconds (0: don't wait)"),
     "rollback": _Key("bool", "true or false"),
-    "on_local_changes": _Key("choice", "fail or reset", ("fail", "reset")),
+    "on_local_changes": _Key("choice", "fail or reset", OnLocalChanges),
     "remove_orphans": _Key("bool", "true or false"),
     "prune_images": _Key("bool", "true or false"),
     "submodules": _Key("bool", "true or false"),
@@ -50,7 +52,7 @@ _REPO_KEYS: dict[str, _Key] = {
     "gitea": _Key("gitea", "a mapping with url, token_env, commit_status, mirror_sync"),
     "notify_env": _Key("env", "an environment variable name"),
     "node": _Key("str", "a node name"),
-    "mode": _Key("choice", "compose or swarm", ("compose", "swarm")),
+    "mode": _Key("choice", "compose or swarm", Mode),
     "image_registry": _Key("str", "a registry prefix such as registry.example.com/jeff"),
 }
 _MIRROR_KEYS = {"url": "str", "token_env": "env"}
@@ -110,9 +112,9 @@ class _Checker:
                 raise self.fail(where, f"must be {description}, got {raw!r}")
             return raw.strip() if isinstance(raw, str) else raw
         if kind == "choice":
-            if spec is None or raw not in spec.choices:
+            if spec is None or spec.choices is None or raw not in set(spec.choices):
                 raise self.fail(where, f"must be {description}, got {raw!r}")
-            return raw
+            return spec.choices(raw)
         if kind in {"list", "str_or_list"}:
             items = [raw] if kind == "str_or_list" and isinstance(raw, str) else raw
             if not isinstance(items, list) or not all(_is_text(i) for i in items):

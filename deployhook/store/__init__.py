@@ -17,15 +17,15 @@ import structlog
 
 from deployhook.config import Settings
 from deployhook.errors import Conflict, StoreUnavailable, UnknownJob
-from deployhook.models import Delivery, Job, RepoState, Status, StepStatus, Trigger
+from deployhook.models import Decision, Delivery, Job, RepoState, Status, StepStatus, Trigger
 from deployhook.store import ledger, queue, totals
 from deployhook.store.backend import Backend, Row, Tx
 from deployhook.store.group import GroupCommit
-from deployhook.store.ledger import Answer, Intake
+from deployhook.store.ledger import CheckedDelivery
 
 log = structlog.get_logger()
 
-__all__ = ["Answer", "Intake", "Store", "Tx", "open_store"]
+__all__ = ["CheckedDelivery", "Store", "Tx", "open_store"]
 
 
 class Store:
@@ -85,12 +85,12 @@ class Store:
 
     # -- intake ------------------------------------------------------------------
 
-    def submit(self, item: Intake) -> Answer:
-        """Admit a delivery durably; return the answer once it is committed."""
+    def submit(self, item: CheckedDelivery) -> Decision:
+        """Admit a delivery durably; return what became of it once it is committed."""
         self._ensure_schema()
         return self._group.submit(item)
 
-    def record_rejection(self, item: Intake) -> None:
+    def record_rejection(self, item: CheckedDelivery) -> None:
         """Add a rejected delivery to the ledger; its answer stands even if that fails."""
         try:
             self._ensure_schema()

@@ -16,10 +16,10 @@ from collections.abc import Callable
 import structlog
 
 from deployhook.errors import StoreUnavailable
-from deployhook.models import Outcome
+from deployhook.models import Decision, Outcome
 from deployhook.store import ledger
 from deployhook.store.backend import Backend
-from deployhook.store.ledger import Answer, Intake
+from deployhook.store.ledger import CheckedDelivery
 
 log = structlog.get_logger()
 
@@ -33,10 +33,10 @@ class _Slot:
 
     __slots__ = ("item", "lead", "result", "wakeup")
 
-    def __init__(self, item: Intake, lock: threading.Lock) -> None:
+    def __init__(self, item: CheckedDelivery, lock: threading.Lock) -> None:
         self.item = item
         self.lead = False
-        self.result: Answer | BaseException | None = None
+        self.result: Decision | BaseException | None = None
         # Its own condition on the shared lock: a commit wakes the threads it answered
         # and the next leader, not every waiting thread (no thundering herd).
         self.wakeup = threading.Condition(lock)
@@ -52,7 +52,7 @@ class GroupCommit:
         self._pending: list[_Slot] = []
         self._leading = False
 
-    def submit(self, item: Intake) -> Answer:
+    def submit(self, item: CheckedDelivery) -> Decision:
         """Admit a delivery durably; return its answer once it is committed."""
         slot = _Slot(item, self._lock)
         deadline = time.monotonic() + SUBMIT_TIMEOUT
@@ -80,7 +80,7 @@ class GroupCommit:
         """Commit the oldest pending deliveries (the lock is held on entry and exit)."""
         batch = self._pending[:BATCH_MAX]
         del self._pending[:BATCH_MAX]
-        results: list[Answer | BaseException] = [StoreUnavailable("store write interrupted")]
+        results: list[Decision | BaseException] = [StoreUnavailable("store write interrupted")]
         results *= len(batch)
         self._lock.release()
         try:
@@ -97,8 +97,8 @@ class GroupCommit:
             else:
                 self._leading = False
 
-    def _admit_all(self, batch: list[_Slot], *, isolate: bool) -> list[Answer | BaseException]:
-        results: list[Answer | BaseException] = []
+    def _admit_all(self, batch: list[_Slot], *, isolate: bool) -> list[Decision | BaseException]:
+        results: list[Decision | BaseException] = []
         with self._backend.write() as tx:
             for slot in batch:
                 if not isolate:
@@ -112,7 +112,7 @@ class GroupCommit:
                     results.append(exc)
         return results
 
-    def _commit(self, batch: list[_Slot]) -> list[Answer | BaseException]:
+    def _commit(self, batch: list[_Slot]) -> list[Decision | BaseException]:
         try:
             try:
                 results = self._admit_all(batch, isolate=False)
@@ -129,6 +129,6 @@ class GroupCommit:
             return [exc] * len(batch)
         # Only a new job needs an idle worker woken: one that joined the queued job is
         # already known to the worker, which claims it when its repo is free.
-        if any(isinstance(r, Answer) and r.outcome == Outcome.QUEUED for r in results):
+        if any(isinstance(r, Decision) and r.outcome == Outcome.QUEUED for r in results):
             self._on_job()
         return results

@@ -4,67 +4,49 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from deployhook.models import Delivery, Job, Outcome, RepoState, Trigger
+from deployhook.models import (
+    Decision,
+    Delivery,
+    DeliveryKind,
+    JobRef,
+    Outcome,
+    RepoState,
+    Trigger,
+)
 from deployhook.store import queue, totals
-from deployhook.store.backend import Row, Tx
+from deployhook.store.backend import Tx
 
 
 @dataclass(frozen=True, slots=True)
-class Intake:
+class CheckedDelivery:
     """A delivery that passed (or failed) the checks that need no store.
 
-    kind is "push" (to the deploy branch), "ping", "ignored" or "rejected".
+    kind says what it is: a push to the deploy branch, a ping, something ignored, or a
+    rejection (with its error). status_of says which HTTP status the answer to a
+    decision carries: the web layer's rule, recorded in the ledger with each row.
     """
 
     repo: str
-    kind: str
+    kind: DeliveryKind
     received_at: float
+    status_of: Callable[[Decision], int]
     delivery_id: str | None = None
     event: str | None = None
     sha: str | None = None
     ref: str | None = None
     reason: str | None = None
-    http_status: int = 200
+    error: Exception | None = None
     node: str = ""
     repo_url: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """The HTTP answer to a delivery, and the ledger's record of it."""
-
-    http_status: int
-    body: dict[str, Any]
-    outcome: Outcome
-    job: Job | None = None
-
-
-def job_answer(job: Job, *, coalesced: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "status": str(job.status),
-        "job": job.id,
-        "repo": job.repo,
-        "sha": job.sha,
-        "status_url": f"/jobs/{job.id}",
-    }
-    if coalesced:
-        body["coalesced"] = True
-    return body
-
-
-def record(
-    tx: Tx,
-    item: Intake,
-    *,
-    outcome: Outcome,
-    http_status: int,
-    reason: str | None,
-    job_id: int | None = None,
-    answer: dict[str, Any] | None = None,
-) -> None:
+def record(tx: Tx, item: CheckedDelivery, decision: Decision) -> None:
+    """Add the ledger row of a delivery and what became of it."""
+    job = decision.job or (decision.first.job if decision.first else None)
+    kept = decision.first or decision
     tx.run(
         "INSERT INTO deliveries (repo, delivery_id, event, received_at, outcome, reason, job_id,"
         " http_status, answer, sha, ref) VALUES (:repo, :delivery_id, :event, :received_at,"
@@ -73,11 +55,11 @@ def record(
         delivery_id=item.delivery_id,
         event=item.event,
         received_at=item.received_at,
-        outcome=str(outcome),
-        reason=reason,
-        job_id=job_id,
-        http_status=http_status,
-        answer=None if answer is None else json.dumps(answer),
+        outcome=str(decision.outcome),
+        reason=decision.reason,
+        job_id=job.id if job else None,
+        http_status=item.status_of(decision),
+        answer=None if decision.outcome == Outcome.REJECTED else json.dumps(kept.to_record()),
         sha=item.sha,
         ref=item.ref,
     )
@@ -123,53 +105,47 @@ def see_head(tx: Tx, repo: str, sha: str, *, now: float, repo_url: str | None = 
     return bool(row and row["held"])
 
 
-def _first_answer(tx: Tx, item: Intake) -> Row | None:
-    return tx.one(
-        "SELECT http_status, answer, job_id, outcome FROM deliveries"
+def _first(tx: Tx, item: CheckedDelivery) -> Decision | None:
+    """What the first accepted or ignored delivery with this id became, if any."""
+    row = tx.one(
+        "SELECT answer, outcome FROM deliveries"
         " WHERE repo = :repo AND delivery_id = :delivery_id"
         " AND outcome NOT IN ('rejected', 'duplicate') ORDER BY id LIMIT 1",
         repo=item.repo,
         delivery_id=item.delivery_id,
     )
+    if row is None:
+        return None
+    kept = json.loads(row["answer"]) if row["answer"] else {}
+    return Decision.from_record(kept, outcome=Outcome(row["outcome"]))
 
 
-def admit(tx: Tx, item: Intake) -> Answer:
+def admit(tx: Tx, item: CheckedDelivery) -> Decision:
     """Decide and record what a checked delivery becomes (docs/webhooks.md, from 'duplicate' on)."""
-    if item.kind == "rejected":
-        reason = item.reason or "rejected"
-        record(tx, item, outcome=Outcome.REJECTED, http_status=item.http_status, reason=reason)
-        return Answer(item.http_status, {"error": reason}, Outcome.REJECTED)
+    decision = _decide(tx, item)
+    record(tx, item, decision)
+    return decision
+
+
+def _decide(tx: Tx, item: CheckedDelivery) -> Decision:
+    if item.kind == DeliveryKind.REJECTED:
+        return Decision(
+            Outcome.REJECTED, item.kind, reason=item.reason or "rejected", error=item.error
+        )
     if item.delivery_id:
-        first = _first_answer(tx, item)
+        first = _first(tx, item)
         if first is not None:
-            body = json.loads(first["answer"]) if first["answer"] else {}
-            body["duplicate"] = True
-            record(
-                tx,
-                item,
-                outcome=Outcome.DUPLICATE,
-                http_status=first["http_status"],
-                reason=f"delivery {item.delivery_id} was already {first['outcome']}",
-                job_id=first["job_id"],
-                answer=body,
+            return Decision(
+                Outcome.DUPLICATE,
+                item.kind,
+                reason=f"delivery {item.delivery_id} was already {first.outcome}",
+                first=first,
             )
-            return Answer(int(first["http_status"]), body, Outcome.DUPLICATE)
-    if item.kind in {"ping", "ignored"}:
-        body = (
-            {"status": "pong"}
-            if item.kind == "ping"
-            else {"status": "ignored", "reason": item.reason}
-        )
-        record(
-            tx,
-            item,
-            outcome=Outcome.IGNORED,
-            http_status=200,
-            reason="ping" if item.kind == "ping" else item.reason,
-            answer=body,
-        )
-        return Answer(200, body, Outcome.IGNORED)
-    assert item.kind == "push" and item.sha is not None
+    if item.kind == DeliveryKind.PING:
+        return Decision(Outcome.IGNORED, item.kind, reason="ping")
+    if item.kind == DeliveryKind.IGNORED:
+        return Decision(Outcome.IGNORED, item.kind, reason=item.reason)
+    assert item.kind == DeliveryKind.PUSH and item.sha is not None
     if see_head(tx, item.repo, item.sha, now=item.received_at, repo_url=item.repo_url):
         tx.run(
             "UPDATE repo_state SET held_sha = :sha, held_ref = :ref, held_delivery = :d"
@@ -180,9 +156,7 @@ def admit(tx: Tx, item: Intake) -> Answer:
             repo=item.repo,
         )
         reason = "the repo is on hold; the newest held push deploys on release"
-        body = {"status": "held", "reason": reason}
-        record(tx, item, outcome=Outcome.HELD, http_status=200, reason=reason, answer=body)
-        return Answer(200, body, Outcome.HELD)
+        return Decision(Outcome.HELD, item.kind, reason=reason)
     job, coalesced = queue.enqueue(
         tx,
         repo=item.repo,
@@ -195,11 +169,13 @@ def admit(tx: Tx, item: Intake) -> Answer:
         repo_url=item.repo_url,
         join_running=True,
     )
-    body = job_answer(job, coalesced=coalesced)
-    outcome = Outcome.COALESCED if coalesced else Outcome.QUEUED
-    reason = f"joined {job.status} job {job.id}" if coalesced else f"queued job {job.id}"
-    record(tx, item, outcome=outcome, http_status=202, reason=reason, job_id=job.id, answer=body)
-    return Answer(202, body, outcome, job)
+    return Decision(
+        Outcome.COALESCED if coalesced else Outcome.QUEUED,
+        item.kind,
+        reason=f"joined {job.status} job {job.id}" if coalesced else f"queued job {job.id}",
+        job=JobRef.of(job),
+        coalesced=coalesced,
+    )
 
 
 def deliveries(tx: Tx, repo: str, *, limit: int) -> list[Delivery]:

@@ -11,18 +11,6 @@ from deployhook import errors
 from deployhook.config import Settings
 from deployhook.service import Service
 
-# The single place where domain errors become HTTP statuses.
-STATUS_OF: dict[type[errors.DeployhookError], int] = {
-    errors.UnknownRepo: 404,
-    errors.UnknownJob: 404,
-    errors.InvalidRequest: 400,
-    errors.Unauthorized: 401,
-    errors.AdminDisabled: 403,
-    errors.Conflict: 409,
-    errors.StoreUnavailable: 503,
-    errors.ConfigError: 503,
-}
-
 
 def service() -> Service:
     """The Service of the app handling this request."""
@@ -37,7 +25,7 @@ def create_app(
 ) -> Flask:
     """Build the WSGI app. Nothing is opened at import time, only here."""
     from deployhook import log
-    from deployhook.web import admin, status, webhook
+    from deployhook.web import admin, answers, status, webhook
 
     settings = settings or Settings.load()
     if configure_logging:
@@ -53,7 +41,7 @@ def create_app(
 
     @app.errorhandler(errors.DeployhookError)
     def domain_error(exc: errors.DeployhookError) -> Any:
-        code = next((c for cls, c in STATUS_OF.items() if isinstance(exc, cls)), 500)
+        code = answers.error_status(exc)
         response = jsonify(error=str(exc))
         response.status_code = code
         if code == 401:

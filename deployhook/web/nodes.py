@@ -27,7 +27,7 @@ def workers_by_node(svc: Service, *, now: float | None = None) -> list[dict[str,
     now = time.time() if now is None else now
     pinned: dict[str, list[str]] = {}
     for repo in svc.registry:
-        pinned.setdefault(repo.node or "", []).append(repo.name)
+        pinned.setdefault(repo.node, []).append(repo.name)
     workers: dict[str, list[dict[str, Any]]] = {}
     for row in svc.store.workers(since=now - SHOWN_FOR_S):
         age = max(now - float(row["heartbeat_at"]), 0.0)

@@ -6,28 +6,24 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 
-from deployhook.intake import receive as intake
-from deployhook.web import service
+from deployhook.intake.receive import Request
+from deployhook.web import answers, service
 
 bp = Blueprint("intake", __name__)
 
 
 @bp.post("/deploy/<path:repo>")
 def deliver(repo: str) -> Any:
-    svc = service()
-    status, body = intake.receive(
-        intake.Request(
+    decision = service().receive(
+        Request(
             name=repo,
             headers=request.headers,
             body=request.stream,
             content_length=request.content_length,
             content_type=request.headers.get("Content-Type"),
         ),
-        registry=svc.registry,
-        store=svc.store,
-        max_body=svc.settings.max_body,
-        default_secret=svc.settings.secret,
+        status_of=answers.decision_status,
     )
-    response = jsonify(body)
-    response.status_code = status
+    response = jsonify(answers.decision_body(decision))
+    response.status_code = answers.decision_status(decision)
     return response

@@ -16,7 +16,7 @@ import pytest
 from docker.client import DockerClient
 
 from deployhook.deploy import compose
-from deployhook.deploy.steps.health import project_name
+from deployhook.deploy.project import project_name
 from deployhook.registry import Repo
 from tests.e2e.conftest import uid
 

@@ -11,18 +11,15 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 import tenacity
 
 from deployhook import log
-from deployhook.forges.gitea import job_url
+from deployhook.deploy.context import Context, job_url
 from deployhook.models import Job, Status, Trigger
 from deployhook.store import Store
-
-if TYPE_CHECKING:
-    from deployhook.deploy.pipeline import Context
 
 logger = structlog.get_logger()
 
@@ -39,7 +36,7 @@ class State(StrEnum):
     ROLLED_BACK = "rolled_back"
 
 
-class Kind(StrEnum):
+class MessageKind(StrEnum):
     FAILURE = "failure"
     ROLLBACK = "rollback"
     RECOVERY = "recovery"
@@ -47,7 +44,7 @@ class Kind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    kind: Kind
+    kind: MessageKind
     title: str
     body: str
 
@@ -83,24 +80,24 @@ def decide(job: Job, before: State, *, public_url: str | None) -> Message | None
     if job.trigger == Trigger.ROLLBACK and after is not None:
         if after == State.ROLLED_BACK:
             return Message(
-                Kind.ROLLBACK,
+                MessageKind.ROLLBACK,
                 f"{job.repo} rolled back to {sha}",
                 f"{job.repo}: rolled back to {sha} after a failed deploy{tail}",
             )
         return Message(
-            Kind.ROLLBACK,
+            MessageKind.ROLLBACK,
             f"{job.repo}: rollback to {sha} failed",
             f"{job.repo}: rollback to {sha} failed: {job.error}{tail}",
         )
     if after == State.FAILING and before != State.FAILING:
         return Message(
-            Kind.FAILURE,
+            MessageKind.FAILURE,
             f"{job.repo}: deploy of {sha} failed",
             f"{job.repo}: deploy of {sha} ({job.trigger}) failed: {job.error}{tail}",
         )
     if after == State.OK and before != State.OK:
         return Message(
-            Kind.RECOVERY,
+            MessageKind.RECOVERY,
             f"{job.repo} recovered: {sha} deployed",
             f"{job.repo}: {sha} deployed ({job.trigger}); the repo is healthy again{tail}",
         )
@@ -131,9 +128,9 @@ def send(urls: str, message: Message) -> tuple[int, list[str]]:
     import apprise
 
     notify_type = {
-        Kind.FAILURE: apprise.NotifyType.FAILURE,
-        Kind.ROLLBACK: apprise.NotifyType.WARNING,
-        Kind.RECOVERY: apprise.NotifyType.SUCCESS,
+        MessageKind.FAILURE: apprise.NotifyType.FAILURE,
+        MessageKind.ROLLBACK: apprise.NotifyType.WARNING,
+        MessageKind.RECOVERY: apprise.NotifyType.SUCCESS,
     }[message.kind]
     hub = apprise.Apprise(asset=apprise.AppriseAsset(storage_mode="memory"))
     valid = hub.add(urls)

@@ -1,4 +1,4 @@
-"""Git, through GitPython: read remote heads, fetch, and move a checkout to a sha.
+"""The `fetch` and `checkout` steps, and every git call deployhook makes (GitPython).
 
 Git never prompts (no terminal, SSH in batch mode) and a checkout owned by another
 user is trusted for this call only (safe.directory through git's environment config,
@@ -8,25 +8,16 @@ never written to disk). Credentials are the host's own: deployhook adds none.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 
 import git
 
 from deployhook.deploy import process
-from deployhook.errors import InvalidRequest, StepFailed
+from deployhook.deploy.context import Context, StepSpec
+from deployhook.errors import StepFailed
+from deployhook.models import OnLocalChanges
 from deployhook.registry import Repo
-
-SHA_RE = re.compile(r"(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
-
-
-def check_sha(sha: str) -> str:
-    """Return sha lower-cased, or raise InvalidRequest unless it is a full commit id."""
-    lowered = sha.strip().lower()
-    if not SHA_RE.match(lowered):
-        raise InvalidRequest(f"{sha!r} is not a full commit id (40 or 64 hex characters)")
-    return lowered
 
 
 def _ssh_command(path: Path) -> str:
@@ -186,7 +177,7 @@ def checkout(repo: Repo, sha: str, *, output: Callable[[str], None]) -> str | No
         shown = ", ".join(changed[:10]) + (
             f" and {len(changed) - 10} more" if len(changed) > 10 else ""
         )
-        if repo.on_local_changes != "reset":
+        if repo.on_local_changes != OnLocalChanges.RESET:
             raise StepFailed(
                 f"local changes to tracked files: {shown} "
                 "(on_local_changes: fail; commit, stash or discard them)"
@@ -213,3 +204,19 @@ def update_submodules(repo: Repo, *, timeout: float, output: Callable[[str], Non
     out = _git(handle, "submodule", "update", "--init", "--recursive", timeout=timeout)
     for line in out.splitlines():
         output(line)
+
+
+def step_fetch(ctx: Context) -> None:
+    fetch(ctx.repo, ctx.job.sha, timeout=max(ctx.deadline.remaining(), 1), output=ctx.output)
+
+
+def step_checkout(ctx: Context) -> None:
+    ctx.previous_sha = checkout(ctx.repo, ctx.job.sha, output=ctx.output)
+    ctx.store.set_job_fields(ctx.job.id, previous_sha=ctx.previous_sha)
+    ctx.changed = ctx.changed or ctx.previous_sha != ctx.job.sha
+    if ctx.repo.submodules:
+        update_submodules(ctx.repo, timeout=max(ctx.deadline.remaining(), 1), output=ctx.output)
+
+
+FETCH = StepSpec("fetch", step_fetch)
+CHECKOUT = StepSpec("checkout", step_checkout)

@@ -1,92 +1,38 @@
-"""The project's containers after `compose up`: are they healthy; its dangling images.
+"""The `health` step: wait until the project's containers run, healthy where checked.
 
-Containers are found by the labels Compose sets (the project name as `project` computes
-it), through the Docker Engine API (the Docker SDK; DOCKER_HOST is honoured).
+Containers are found by the labels Compose sets (the project name as Compose resolves
+it, deploy/project.py), through the Docker Engine API (deploy/engine.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 from typing import Any
 
-import requests
-import structlog
-from docker.client import DockerClient
-from docker.constants import MINIMUM_DOCKER_API_VERSION
-from docker.errors import APIError, DockerException, NotFound
-
-from deployhook.deploy import compose, process
+from deployhook.deploy import process
+from deployhook.deploy.compose import ONEOFF_LABEL, PROJECT_LABEL, SERVICE_LABEL, WORKDIR_LABEL
+from deployhook.deploy.context import Context, StepSpec
+from deployhook.deploy.engine import DockerClient, NotFound, engine
 from deployhook.deploy.project import current_services, project_name
 from deployhook.errors import JobCancelled, StepFailed
+from deployhook.models import Mode
 from deployhook.registry import Repo
+from deployhook.text import one_line
 
-__all__ = ["ContainerState", "project_name", "prune_images", "wait_healthy"]
+__all__ = ["HEALTH", "ContainerState", "project_name", "wait_healthy"]
 
-log = structlog.get_logger()
-
-PROJECT_LABEL = "com.docker.compose.project"
-SERVICE_LABEL = "com.docker.compose.service"
-ONEOFF_LABEL = "com.docker.compose.oneoff"
-WORKDIR_LABEL = "com.docker.compose.project.working_dir"
 POLL_S = 0.5
 REMIND_S = 5.0
 # A container without a healthcheck counts once it has run this long: one that crashes
 # on start is seen "running" for an instant first.
 SETTLE_S = 2.0
-API_TIMEOUT_S = 30
-
-# -- the engine ----------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _engine() -> Iterator[DockerClient]:
-    """A Docker client from the environment (DOCKER_HOST); engine errors become StepFailed."""
-    client = None
-    try:
-        client = _connect()
-        yield client
-    except APIError as exc:
-        raise StepFailed(f"docker engine error: {_one_line(str(exc.explanation or exc))}") from None
-    except (DockerException, requests.exceptions.RequestException) as exc:
-        raise StepFailed(f"docker engine unreachable: {_one_line(str(exc))}") from None
-    finally:
-        if client is not None:
-            client.close()
-
-
-def _connect() -> DockerClient:
-    """A client that negotiates the API version like version="auto", without leaking.
-
-    docker-py's own "auto" asks the engine inside the constructor and leaves the socket
-    open when that fails; here the client exists first, so it can always be closed.
-    """
-    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-    if host.startswith("unix://"):
-        # docker-py leaks its socket when the connect fails: try one of our own first.
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            probe.settimeout(API_TIMEOUT_S)
-            try:
-                probe.connect(host.removeprefix("unix://"))
-            except OSError as exc:
-                raise StepFailed(
-                    f"docker engine unreachable: {host}: {exc.strerror or exc}"
-                ) from None
-    client = DockerClient.from_env(version=MINIMUM_DOCKER_API_VERSION, timeout=API_TIMEOUT_S)
-    try:
-        client.api._version = client.api._retrieve_server_version()
-    except BaseException:
-        client.close()
-        raise
-    return client
 
 
 def _epoch(stamp: str | None) -> float | None:
@@ -97,11 +43,6 @@ def _epoch(stamp: str | None) -> float | None:
         return datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", stamp)).timestamp()
     except ValueError:
         return None
-
-
-def _one_line(text: str, limit: int = 200) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 class Verdict(Enum):
@@ -139,8 +80,8 @@ class ContainerState:
             health=health.get("Status") or None,
             exit_code=int(state.get("ExitCode") or 0),
             oom_killed=bool(state.get("OOMKilled")),
-            last_output=_one_line(logs[-1].get("Output", "")) if logs else "",
-            error=_one_line(state.get("Error") or ""),
+            last_output=one_line(logs[-1].get("Output", "")) if logs else "",
+            error=one_line(state.get("Error") or ""),
             started_at=_epoch(state.get("StartedAt")),
         )
 
@@ -224,7 +165,7 @@ def wait_healthy(
     shown: tuple[tuple[str, str, str | None], ...] = ()
     reminded = started
     first_seen: dict[tuple[str, float | None], float] = {}
-    with _engine() as client:
+    with engine() as client:
         while True:
             if cancel.is_set():
                 raise JobCancelled("cancelled")
@@ -283,32 +224,18 @@ def _ready(state: ContainerState) -> str:
     return f"{state.name} {state.health}" if state.health else f"{state.name} running"
 
 
-def prune_images(
-    repo: Repo, *, compose_base: tuple[str, ...], output: Callable[[str], None]
-) -> None:
-    """Remove this project's dangling images, never another project's.
-
-    Compose v2 labels the images it builds with the project; v1 labels nothing, and a
-    dangling image has lost its `<project>_<service>` name, so v1 images are left alone.
-    """
-    project = project_name(repo, compose_base)
-    if compose.is_v1(compose_base):
-        output(
-            "prune skipped: docker-compose v1 does not label the images it builds, so a "
-            f"dangling image of project {project} cannot be told from another project's"
-        )
-        return
-    with _engine() as client:
-        result = client.images.prune(
-            filters={"dangling": True, "label": [f"{PROJECT_LABEL}={project}"]}
-        )
-    deleted = [d["Deleted"] for d in result.get("ImagesDeleted") or [] if d.get("Deleted")]
-    if not deleted:
-        output(f"no dangling images of project {project}")
-        return
-    mib = (result.get("SpaceReclaimed") or 0) / 2**20
-    output(
-        f"removed {len(deleted)} dangling image(s) of project {project} ({mib:.1f} MiB): "
-        + ", ".join(d.removeprefix("sha256:")[:12] for d in deleted)
+def step_health(ctx: Context) -> None:
+    wait_healthy(
+        ctx.repo,
+        compose_base=ctx.compose_base(),
+        deadline=ctx.deadline,
+        cancel=ctx.cancel,
+        output=ctx.output,
     )
-    log.info("images_pruned", project=project, images=len(deleted))
+
+
+HEALTH = StepSpec(
+    "health",
+    step_health,
+    applies=lambda repo: repo.mode == Mode.COMPOSE and repo.health_timeout > 0,
+)

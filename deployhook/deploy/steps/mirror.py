@@ -17,19 +17,16 @@ import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import git
 import structlog
 
 from deployhook import log
+from deployhook.deploy.context import Context, StepSpec
 from deployhook.deploy.steps import git as gitsync
 from deployhook.errors import StepFailed
 from deployhook.registry import Repo
-
-if TYPE_CHECKING:
-    from deployhook.deploy.pipeline import Context
 
 logger = structlog.get_logger()
 
@@ -179,3 +176,6 @@ def step(ctx: Context) -> None:
     push(
         ctx.repo, data_dir=ctx.settings.data_dir, timeout=ctx.deadline.remaining, output=ctx.output
     )
+
+
+MIRROR = StepSpec("mirror", step, applies=lambda repo: repo.mirror is not None)

@@ -20,19 +20,17 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 import yaml
 
 from deployhook.deploy import compose, process
+from deployhook.deploy.context import Context, StepSpec
+from deployhook.deploy.engine import DockerClient, engine
 from deployhook.errors import JobCancelled, StepFailed
+from deployhook.models import Mode
 from deployhook.registry import Repo
-
-if TYPE_CHECKING:
-    from docker.client import DockerClient
-
-    from deployhook.deploy.pipeline import Context
 
 log = structlog.get_logger()
 
@@ -52,7 +50,7 @@ _STOPPED_UPDATES = {"paused", "rollback_started", "rollback_paused", "rollback_c
 
 
 def is_swarm(repo: Repo) -> bool:
-    return repo.mode == "swarm"
+    return repo.mode == Mode.SWARM
 
 
 def image_tag(sha: str) -> str:
@@ -199,11 +197,8 @@ def step_deploy(ctx: Context) -> None:
 
 def step_health(ctx: Context) -> None:
     """Wait until every service of the stack runs its new spec's tasks (healthy ones)."""
-    from docker.client import DockerClient
-
     timeout = min(float(ctx.repo.health_timeout), max(ctx.deadline.remaining(), 0))
-    client = DockerClient.from_env(timeout=30)
-    try:
+    with engine() as client:
         wait_converged(
             client,
             stack_name(ctx.repo),
@@ -213,8 +208,6 @@ def step_health(ctx: Context) -> None:
             output=ctx.output,
             since=float(ctx.notes.get("stack_deploy_at", 0)),
         )
-    finally:
-        client.close()
 
 
 def wait_converged(
@@ -322,11 +315,21 @@ def _when(stamp: str | None) -> float:
         return 0.0
 
 
-# The swarm deploy steps, in order (name, applies to the repo?, run); runner.DEPLOY_STEPS
-# takes them for repos in `mode: swarm` instead of compose up and the compose health wait.
-STEPS: list[tuple[str, Callable[[Repo], bool], Callable[[Context], None]]] = [
-    ("build", is_swarm, step_build),
-    ("push", lambda repo: is_swarm(repo) and bool(repo.image_registry), step_push),
-    ("stack_deploy", is_swarm, step_deploy),
-    ("health", lambda repo: is_swarm(repo) and repo.health_timeout > 0, step_health),
-]
+def _pushes(repo: Repo) -> bool:
+    return is_swarm(repo) and bool(repo.image_registry)
+
+
+def _waits(repo: Repo) -> bool:
+    return is_swarm(repo) and repo.health_timeout > 0
+
+
+# The swarm deploy steps, in order: the pipeline takes them for repos in `mode: swarm`
+# instead of compose up and the compose health wait.
+STEPS: tuple[StepSpec, ...] = (
+    StepSpec("build", step_build, applies=is_swarm),
+    StepSpec("push", step_push, applies=lambda repo: is_swarm(repo) and bool(repo.image_registry)),
+    StepSpec("stack_deploy", step_deploy, applies=is_swarm),
+    StepSpec(
+        "health", step_health, applies=lambda repo: is_swarm(repo) and repo.health_timeout > 0
+    ),
+)

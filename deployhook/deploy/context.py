@@ -1,0 +1,146 @@
+"""What a deploy step sees: the job, its repo, its clock and cancel flag, its output.
+
+Steps (deploy/steps/) and reporters (deploy/reporters/) import this module, never the
+pipeline that runs them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+
+from deployhook import log
+from deployhook.config import Settings
+from deployhook.deploy import compose, process
+from deployhook.models import Job
+from deployhook.registry import Repo
+from deployhook.store import Store
+
+logger = structlog.get_logger()
+
+_FLUSH_S = 0.2
+_FLUSH_LINES = 200
+_MAX_LINE = 8192
+
+
+class JobOutput:
+    """A job's output: lines with their times, written to the store as they come.
+
+    A background flusher writes pending lines every fifth of a second, so a live log is
+    never far behind and a crash loses at most that much.
+    """
+
+    def __init__(self, store: Store, job_id: int) -> None:
+        self._store = store
+        self._job_id = job_id
+        self._pending: list[tuple[float, str]] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._flusher, name=f"job-{job_id}-output", daemon=True
+        )
+        self._thread.start()
+
+    def __call__(self, line: str) -> None:
+        text = log.mask(line[:_MAX_LINE])
+        with self._cond:
+            self._pending.append((time.time(), text))
+            closed = self._closed
+            if len(self._pending) >= _FLUSH_LINES:
+                self._cond.notify()
+        if closed:  # late lines (a reporter after the job ended) are written at once
+            self.flush()
+
+    def flush(self) -> None:
+        with self._cond:
+            lines, self._pending = self._pending, []
+        if lines:
+            try:
+                self._store.append_log(self._job_id, lines)
+            except Exception:  # the deploy must go on; the log line says what was lost
+                logger.exception("job_output_lost", lines=len(lines))
+
+    def _flusher(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait(_FLUSH_S)
+                closed = self._closed
+            self.flush()
+            if closed:
+                return
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+        self.flush()
+
+
+@dataclass
+class Context:
+    """What a step needs: the job, its repo, the clock, the cancel flag and the output."""
+
+    job: Job
+    repo: Repo
+    settings: Settings
+    store: Store
+    output: JobOutput
+    deadline: process.Deadline
+    cancel: threading.Event
+    changed: bool = False
+    previous_sha: str | None = None
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def run(self, argv: list[str]) -> int:
+        """Run a child process in the checkout, in its own group, output to the job log."""
+        return process.run(
+            argv,
+            cwd=self.repo.path,
+            output=self.output,
+            deadline=self.deadline,
+            cancel=self.cancel,
+            job_id=self.job.id,
+            on_start=lambda pgid: self.store.set_job_fields(self.job.id, pgid=pgid),
+        )
+
+    def compose_base(self) -> tuple[str, ...]:
+        return compose.command(self.settings.compose)
+
+
+StepFn = Callable[[Context], None]
+
+
+def always(_repo: Repo) -> bool:
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class StepSpec:
+    """One row of a step table: the step's name in JOB.steps, when it applies, its work.
+
+    run raises StepFailed (or a subclass) to fail the step; its message becomes the
+    job's one-line error.
+    """
+
+    name: str
+    run: StepFn
+    applies: Callable[[Repo], bool] = always
+
+
+class Reporter(Protocol):
+    """Told when a job starts and ends (commit status, notifications). Never fails a job."""
+
+    def started(self, ctx: Context) -> None: ...
+
+    def finished(self, ctx: Context, job: Job) -> None: ...
+
+
+def job_url(public_url: str | None, job_id: int) -> str | None:
+    """The link to a job's page sent out (commit status, notifications), if a base is set."""
+    return f"{public_url.rstrip('/')}/ui/jobs/{job_id}" if public_url else None

@@ -1,0 +1,72 @@
+"""The one place where decisions and domain errors become HTTP answers.
+
+Statuses of the webhook's table (docs/webhooks.md) and of the API (docs/status.md): the
+intake and the ledger return decisions, domain code raises DeployhookError subclasses,
+and only this module knows the status codes and bodies they turn into.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deployhook import errors
+from deployhook.models import Decision, DeliveryKind, Outcome
+
+# Most specific first: the first class an error is an instance of gives its status.
+STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
+    (errors.UnknownRepo, 404),
+    (errors.UnknownJob, 404),
+    (errors.BodyTooLarge, 413),
+    (errors.UnsupportedContentType, 415),
+    (errors.MissingSignature, 401),
+    (errors.BadSignature, 403),
+    (errors.SourceMismatch, 403),
+    (errors.BadPayload, 400),
+    (errors.InvalidRequest, 400),
+    (errors.Unauthorized, 401),
+    (errors.AdminDisabled, 403),
+    (errors.Conflict, 409),
+    (errors.SecretNotConfigured, 503),
+    (errors.StoreUnavailable, 503),
+    (errors.ConfigError, 503),
+)
+
+
+def error_status(exc: BaseException) -> int:
+    """The HTTP status of a domain error (500 for anything not known here: a bug)."""
+    return next((code for cls, code in STATUS_OF if isinstance(exc, cls)), 500)
+
+
+def decision_status(decision: Decision) -> int:
+    """The HTTP status of the answer to a delivery."""
+    if decision.outcome == Outcome.REJECTED:
+        return error_status(decision.error) if decision.error is not None else 400
+    if decision.first is not None:  # a duplicate: the first answer's status
+        return decision_status(decision.first)
+    if decision.outcome in {Outcome.QUEUED, Outcome.COALESCED}:
+        return 202
+    return 200
+
+
+def decision_body(decision: Decision) -> dict[str, Any]:
+    """The JSON body of the answer to a delivery."""
+    if decision.first is not None:
+        return {**decision_body(decision.first), "duplicate": True}
+    if decision.outcome == Outcome.REJECTED:
+        return {"error": decision.reason}
+    if decision.kind == DeliveryKind.PING:
+        return {"status": "pong"}
+    if decision.outcome in {Outcome.IGNORED, Outcome.HELD}:
+        return {"status": str(decision.outcome), "reason": decision.reason}
+    job = decision.job
+    assert job is not None, decision
+    body: dict[str, Any] = {
+        "status": str(job.status),
+        "job": job.id,
+        "repo": job.repo,
+        "sha": job.sha,
+        "status_url": f"/jobs/{job.id}",
+    }
+    if decision.coalesced:
+        body["coalesced"] = True
+    return body
