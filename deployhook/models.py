@@ -115,6 +115,9 @@ class Job:
     repo_url: str | None = None
     cancel_requested: bool = False
     steps: tuple[Step, ...] = field(default=())
+    # Where it runs: the worker's host, and its process group there (while running).
+    host: str | None = None
+    pgid: int | None = None
 
     @property
     def duration_s(self) -> float | None:
@@ -191,6 +194,40 @@ class RepoState:
     seen_at: float | None = None
     repo_url: str | None = None
     problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """One line of a job's output, with its time and its number in the store."""
+
+    id: int
+    ts: float
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A deploy worker as the store knows it: where it runs and when it last beat."""
+
+    id: str
+    node: str
+    host: str
+    pid: int
+    slots: int
+    started_at: float
+    heartbeat_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RepoView:
+    """What the store knows of one repo, read in one snapshot: state, jobs, queue."""
+
+    state: RepoState
+    deployed_sha: str | None
+    good_job: Job | None
+    last_job: Job | None
+    queued: bool
+    running: Job | None
 
 
 @dataclass(frozen=True, slots=True)

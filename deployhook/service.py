@@ -13,7 +13,7 @@ from deployhook.deploy.steps import git as gitsync
 from deployhook.errors import Conflict, StepFailed
 from deployhook.intake import receive as intake
 from deployhook.intake.receive import Request
-from deployhook.models import Decision, Job, Trigger
+from deployhook.models import Decision, Job, Trigger, WorkerInfo
 from deployhook.registry import Registry, Repo, secret_values
 from deployhook.store import Store, open_store
 from deployhook.text import check_sha
@@ -102,29 +102,24 @@ class Service:
     def repo_status(self, repo: Repo) -> dict[str, Any]:
         """The body of GET /deploy/<repo>."""
         view = self.store.overview(repo.name)
-        state = view["state"]
-        last: Job | None = view["last_job"]
         return {
             "repo": repo.name,
             "branch": repo.branch,
-            "deployed_sha": view["deployed_sha"],
-            "held": state.held,
-            "last_job": last.to_dict() if last else None,
-            "queued": 1 if view["queued"] else 0,
-            "problem": state.problem,
+            "deployed_sha": view.deployed_sha,
+            "held": view.state.held,
+            "last_job": view.last_job.to_dict() if view.last_job else None,
+            "queued": 1 if view.queued else 0,
+            "problem": view.state.problem,
         }
 
-    def live_workers(self) -> list[dict[str, Any]]:
+    def live_workers(self) -> list[WorkerInfo]:
         """Workers that beat recently, less those whose liveness lock says they died."""
-        rows = self.store.workers(since=time.time() - WORKER_STALE_S)
+        beating = self.store.workers(since=time.time() - WORKER_STALE_S)
         # A killed worker's last beat stays fresh for a while; its lock goes at once.
         return [
             w
-            for w in rows
-            if not (
-                (w["host"] == self.store.host or self.store.liveness_across_hosts)
-                and self.store.worker_alive(w["id"]) is False
-            )
+            for w in beating
+            if not (self.store.can_tell_liveness(w.host) and self.store.worker_alive(w.id) is False)
         ]
 
     def problems(self) -> list[str]:
@@ -139,7 +134,7 @@ class Service:
         if self.registry.error:
             found.append(f"registry invalid, last good one in use: {self.registry.error}")
         workers = self.live_workers()
-        nodes = {w["node"] for w in workers}
+        nodes = {w.node for w in workers}
         needed = {repo.node for repo in self.registry}
         if not workers:
             found.append("no deploy worker is alive: pushes are queued but not deployed")

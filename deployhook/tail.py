@@ -11,9 +11,8 @@ from collections.abc import Callable, Iterator
 
 from deployhook import log
 from deployhook.errors import UnknownJob
-from deployhook.models import Status, iso
+from deployhook.models import LogLine, Status, iso
 from deployhook.store import Store
-from deployhook.store.backend import Row
 
 POLL_S = 0.25
 PAGE = 5000
@@ -64,7 +63,7 @@ def _follow(
     store: Store,
     job_id: int,
     status: Status | None,
-    rows: list[Row],
+    rows: list[LogLine],
     *,
     follow: bool,
     poll_s: float,
@@ -77,8 +76,8 @@ def _follow(
     ended_at: float | None = None
     while True:
         for row in rows:
-            yield format_line(float(row["ts"]), str(row["line"]))
-            after = int(row["id"])
+            yield format_line(row.ts, row.line)
+            after = row.id
         if len(rows) == PAGE:  # more is waiting: no pause
             status, rows = store.tail(job_id, after=after, limit=PAGE)
             continue

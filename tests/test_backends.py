@@ -378,7 +378,7 @@ def test_prune_keeps_the_newest_jobs_and_the_last_good_one(store: Store) -> None
 
 
 def test_a_wake_from_another_process_reaches_a_waiting_worker(make_store: MakeStore) -> None:
-    waiter = make_store().backend.waiter()
+    waiter = make_store().waiter()
     try:
         assert waiter.wait(0.05) is False
         make_store().enqueue(repo="a", sha=sha(1), ref=None, trigger=Trigger.PUSH, node="")
@@ -535,7 +535,7 @@ def test_sessions_the_server_ended_are_replaced_without_a_failed_delivery(tmp_pa
 
     with fresh_schema() as url:
         store = open_store(Settings.load({}, data_dir=tmp_path, database_url=url))
-        waiter = store.backend.waiter()
+        waiter = store.waiter()
         try:
             store.submit(push("a", 1))
             with psycopg.connect(url, autocommit=True) as admin:

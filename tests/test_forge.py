@@ -89,7 +89,7 @@ def _fields(settings: Settings) -> dict[str, Any]:
 
 
 def output(service: Service, job: Job) -> str:
-    return "\n".join(r["line"] for r in service.store.log_lines(job.id))
+    return "\n".join(r.line for r in service.store.log_lines(job.id))
 
 
 def test_commit_status_pending_then_success(

@@ -290,7 +290,7 @@ def test_token_travels_to_http_mirror_and_leaks_nowhere(
                 assert secret.encode() not in path.read_bytes(), path
         assert secret not in repr(events)
         assert secret not in caplog.text
-        output = "\n".join(r["line"] for r in service.store.log_lines(job.id))
+        output = "\n".join(r.line for r in service.store.log_lines(job.id))
         assert secret not in output
     assert "mirror: " in output
 

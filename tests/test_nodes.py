@@ -268,7 +268,7 @@ def test_two_nodes_and_two_receivers_share_one_postgres(tmp_path: Path, pg_url: 
         for node in nodes.values():
             node.start()
         wait_for(
-            "both workers", lambda: {w["node"] for w in store.workers(since=0)} == {"alpha", "beta"}
+            "both workers", lambda: {w.node for w in store.workers(since=0)} == {"alpha", "beta"}
         )
 
         # 100 pushes across 6 repos, alternating receivers.

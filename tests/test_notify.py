@@ -82,7 +82,7 @@ def test_fail_fail_succeed_sends_two_messages(
     assert recovered["type"] == "success"
     assert third.sha[:12] in recovered["title"] and "recovered" in recovered["title"]
     assert all(r.path == "/in" for r in receiver.requests)
-    log = "\n".join(r["line"] for r in service.store.log_lines(second.id))
+    log = "\n".join(r.line for r in service.store.log_lines(second.id))
     assert "notify:" not in log  # the second failure said nothing new
 
 
@@ -136,7 +136,7 @@ def test_unreachable_destination_never_changes_the_deploy(
     job = deploy(service, remote.deployed())
     assert job.status == Status.FAILED
     assert job.error and "compose up exited with 1" in job.error
-    log = "\n".join(r["line"] for r in service.store.log_lines(job.id))
+    log = "\n".join(r.line for r in service.store.log_lines(job.id))
     assert "notify: failure message not delivered to json://jeff:****@127.0.0.1:" in log
     assert password not in log
 
@@ -153,7 +153,7 @@ def test_unset_variable_is_said_in_the_output(
     service = open_with_notify(settings, open_service, remote, rollback=False)
     fake_docker.set(fail=True)
     job = deploy(service, remote.deployed())
-    log = "\n".join(r["line"] for r in service.store.log_lines(job.id))
+    log = "\n".join(r.line for r in service.store.log_lines(job.id))
     assert "notify: DEPLOY_NOTIFY is unset or empty; no failure message sent" in log
 
 

@@ -45,7 +45,7 @@ def test_push_deploys_exact_sha_and_stays_on_branch(
     [call] = fake_docker.ups()
     assert call["argv"] == ["compose", "up", "-d", "--build"]
     assert call["head"] == sha
-    log = "\n".join(r["line"] for r in service.store.log_lines(job_id))
+    log = "\n".join(r.line for r in service.store.log_lines(job_id))
     assert "fake compose: compose up -d --build" in log
 
 
@@ -439,7 +439,7 @@ def test_job_output_is_stored_with_secrets_masked(
     svc = open_service(settings)
     job, _ = svc.run(svc.registry.get("site"))
     burst(svc)
-    stored = "\n".join(r["line"] for r in svc.store.log_lines(job.id))
+    stored = "\n".join(r.line for r in svc.store.log_lines(job.id))
     assert "leak: [redacted] [redacted]" in stored
     assert "other-repo-webhook-secret" not in stored
 
@@ -460,7 +460,7 @@ def test_on_local_changes_reset_discards_tracked_edits_and_keeps_untracked(
     assert svc.store.job(job.id).status == Status.SUCCEEDED
     assert (remote.checkout / "index.html").read_text() == "v2\n"
     assert (remote.checkout / ".env").read_text() == "KEEP=me\n"
-    log = "\n".join(r["line"] for r in svc.store.log_lines(job.id))
+    log = "\n".join(r.line for r in svc.store.log_lines(job.id))
     assert "discarding local changes to tracked files: index.html" in log
 
 

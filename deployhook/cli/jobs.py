@@ -22,7 +22,7 @@ POLL_S = 0.3
 
 def _warn_without_worker(svc: Service, repo: Repo) -> None:
     node = repo.node
-    if any(w["node"] == node for w in svc.live_workers()):
+    if any(w.node == node for w in svc.live_workers()):
         return
     where = f" for node {node!r}" if node else ""
     click.echo(
@@ -121,9 +121,9 @@ def follow(svc: Service, job_id: int, *, timeout: float | None = None) -> int:
     after = 0
     while True:
         job = svc.store.job(job_id)  # before the lines: none is missed at the end
-        for row in svc.store.log_lines(job_id, after=after):
-            after = int(row["id"])
-            click.echo(row["line"])
+        for line in svc.store.log_lines(job_id, after=after):
+            after = line.id
+            click.echo(line.line)
         if job.status.ended:
             return _ended(job)
         if deadline is not None and time.monotonic() >= deadline:

@@ -55,14 +55,14 @@ def list_repos() -> None:
 
 def _last_status(store: Any, repo: Repo) -> str:
     view = store.overview(repo.name)
-    last = view["last_job"]
+    last = view.last_job
     parts = [f"{last.status} {last.sha[:12]} (job {last.id})" if last else "never deployed"]
-    if view["queued"] and (last is None or str(last.status) != "queued"):
+    if view.queued and (last is None or str(last.status) != "queued"):
         parts.append("a job queued")
-    if view["state"].held:
+    if view.state.held:
         parts.append("held")
-    if view["state"].problem:
-        parts.append(view["state"].problem)
+    if view.state.problem:
+        parts.append(view.state.problem)
     return ", ".join(parts)
 
 

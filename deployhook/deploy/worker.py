@@ -85,7 +85,7 @@ class Worker:
                 self._execute(job, _Active(job))
             self.store.stop_worker(self.id)
             return
-        waiter = self.store.backend.waiter()
+        waiter = self.store.waiter()
         beat = threading.Thread(target=self._beat_loop, name="worker-beat", daemon=True)
         beat.start()
         duties = threading.Thread(target=self._duties_loop, name="worker-duties", daemon=True)
@@ -102,7 +102,7 @@ class Worker:
 
     def stop(self) -> None:
         self._stop.set()
-        self.store.backend.wake()
+        self.store.wake()
 
     def _fill_slots(self) -> None:
         while len(self.active) < self.slots and not self._stop.is_set():
@@ -144,7 +144,7 @@ class Worker:
                 self.active.pop(job.id, None)
             log.info("job_ended", duration_s=round(time.monotonic() - started, 3))
             structlog.contextvars.unbind_contextvars("repo", "job", "delivery")
-            self.store.backend.wake()  # a slot is free
+            self.store.wake()  # a slot is free
 
     def _run_job(self, job: Job, entry: _Active) -> None:
         repo = self.service.registry.find(job.repo)
@@ -229,30 +229,31 @@ class Worker:
 
     def recover(self) -> None:
         """Interrupt running jobs whose worker is gone (lock released, or lease expired)."""
-        for row in self.store.running_jobs():
-            if row["worker"] == self.id:
+        for running in self.store.running_jobs():
+            if running.worker == self.id or running.worker is None:
                 continue
-            here = row["host"] == self.store.host
+            host = running.host or ""
             alive = (
-                self.store.worker_alive(row["worker"])
-                if here or self.store.liveness_across_hosts
+                self.store.worker_alive(running.worker)
+                if self.store.can_tell_liveness(host)
                 else None
             )
             if alive is not False:
                 continue
             # Its processes can only be stopped from its own host.
-            self._interrupt(int(row["id"]), row if here else None, "interrupted: its worker died")
+            here = host == self.store.host
+            self._interrupt(running.id, "interrupted: its worker died", stop_processes=here)
         for job in self.store.expired_jobs():
             if job.worker != self.id:
-                self._interrupt(job.id, None, "interrupted: its worker stopped renewing its lease")
+                self._interrupt(job.id, "interrupted: its worker stopped renewing its lease")
 
-    def _interrupt(self, job_id: int, row: dict[str, Any] | None, reason: str) -> None:
+    def _interrupt(self, job_id: int, reason: str, *, stop_processes: bool = False) -> None:
         job = self.store.job(job_id)
         if job.status != Status.RUNNING:
             return
-        if row is not None and row["pgid"] and process.group_of_job(int(row["pgid"]), job_id):
+        if stop_processes and job.pgid and process.group_of_job(job.pgid, job_id):
             # The dead worker's compose may still run: it must not overlap the retry.
-            process.stop_group(int(row["pgid"]), grace=2)
+            process.stop_group(job.pgid, grace=2)
         retry = self.store.interrupt(job, reason=reason)
         log.warning(
             "job_interrupted",

@@ -8,7 +8,6 @@ docs/deploys.md (rules 1-2) hold across processes.
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import time
 from typing import Any
@@ -17,9 +16,20 @@ import structlog
 
 from deployhook.config import Settings
 from deployhook.errors import Conflict, StoreUnavailable, UnknownJob
-from deployhook.models import Decision, Delivery, Job, RepoState, Status, StepStatus, Trigger
-from deployhook.store import ledger, queue, totals
-from deployhook.store.backend import Backend, Row, Tx
+from deployhook.models import (
+    Decision,
+    Delivery,
+    Job,
+    LogLine,
+    RepoState,
+    RepoView,
+    Status,
+    StepStatus,
+    Trigger,
+    WorkerInfo,
+)
+from deployhook.store import ledger, queue, totals, workers
+from deployhook.store.backend import Backend, Tx, Waiter
 from deployhook.store.group import GroupCommit
 from deployhook.store.ledger import CheckedDelivery
 
@@ -39,14 +49,27 @@ class Store:
         self._schema_error: str | None = None
         self.host = socket.gethostname()
 
-    @property
-    def skip_locked(self) -> str:
-        return "FOR UPDATE SKIP LOCKED" if self.backend.name == "postgres" else ""
-
     def migrate(self) -> int:
         version = self.backend.migrate()
         self._schema_ready = True
         return version
+
+    def migrate_or_defer(self) -> None:
+        """Migrate now; a store that cannot be written yet is retried on first use."""
+        try:
+            self.migrate()
+        except StoreUnavailable as exc:
+            log.error("store_unavailable", error=str(exc))
+            self._schema_error = str(exc)
+            self._schema_tried_at = time.monotonic()
+
+    def wake(self) -> None:
+        """Tell idle workers a job may be claimable (best effort, never blocks)."""
+        self.backend.wake()
+
+    def waiter(self) -> Waiter:
+        """A handle a worker blocks on between claims, woken by wake()."""
+        return self.backend.waiter()
 
     def _ensure_schema(self) -> None:
         """Migrate now if that failed at start (a read-only or full disk): retry, at most
@@ -150,41 +173,33 @@ class Store:
         with self._read() as tx:
             return ledger.deliveries(tx, repo, limit=limit)
 
-    def overview(self, repo: str) -> dict[str, Any]:
-        """What GET /deploy/<repo> shows: state, deployed sha, last job, queue."""
-        with self._read() as tx:
-            last = queue.history(tx, repo, limit=1)
-            return {
-                "state": ledger.state(tx, repo),
-                "deployed_sha": queue.newest_good_sha(tx, repo),
-                "last_job": last[0] if last else None,
-                "queued": queue.in_state(tx, repo, Status.QUEUED) is not None,
-                "running": queue.in_state(tx, repo, Status.RUNNING),
-            }
+    def overview(self, repo: str) -> RepoView:
+        """What the store knows of one repo: state, deployed sha, last job, queue."""
+        [view] = self.overviews([repo])
+        return view
 
-    def overviews(self, repos: list[str]) -> list[dict[str, Any]]:
-        """overview() of each repo, plus its newest good job, in one snapshot."""
+    def overviews(self, repos: list[str]) -> list[RepoView]:
+        """Each repo's view, all in one snapshot."""
         with self._read() as tx:
-            views = []
-            for repo in repos:
-                last = queue.history(tx, repo, limit=1)
-                running = queue.in_state(tx, repo, Status.RUNNING)
-                good = queue.newest_good(tx, repo)
-                views.append(
-                    {
-                        "state": ledger.state(tx, repo),
-                        "deployed_sha": good.sha if good else None,
-                        "good_job": good,
-                        "last_job": last[0] if last else None,
-                        "queued": queue.in_state(tx, repo, Status.QUEUED) is not None,
-                        "running": queue.get(tx, running.id) if running else None,
-                    }
-                )
-            return views
+            return [self._view(tx, repo) for repo in repos]
+
+    @staticmethod
+    def _view(tx: Tx, repo: str) -> RepoView:
+        last = queue.history(tx, repo, limit=1)
+        running = queue.in_state(tx, repo, Status.RUNNING)
+        good = queue.newest_good(tx, repo)
+        return RepoView(
+            state=ledger.state(tx, repo),
+            deployed_sha=good.sha if good else None,
+            good_job=good,
+            last_job=last[0] if last else None,
+            queued=queue.in_state(tx, repo, Status.QUEUED) is not None,
+            running=queue.get(tx, running.id) if running else None,
+        )
 
     def tail(
         self, job_id: int, *, after: int = 0, limit: int = 5000
-    ) -> tuple[Status | None, list[Row]]:
+    ) -> tuple[Status | None, list[LogLine]]:
         """The job's status, then its output lines past `after`, in one snapshot.
 
         Status is read first: once it says ended, every line written before the end
@@ -271,7 +286,7 @@ class Store:
                 host=self.host,
                 lease_s=lease_s,
                 now=time.time(),
-                skip_locked=self.skip_locked,
+                skip_locked=self.backend.skip_locked,
                 exclude=exclude,
             )
 
@@ -298,7 +313,7 @@ class Store:
             with self._write() as tx:
                 queue.append_log(tx, job_id, lines)
 
-    def log_lines(self, job_id: int, *, after: int = 0, limit: int = 5000) -> list[Row]:
+    def log_lines(self, job_id: int, *, after: int = 0, limit: int = 5000) -> list[LogLine]:
         with self._read() as tx:
             return queue.log_lines(tx, job_id, after=after, limit=limit)
 
@@ -342,7 +357,7 @@ class Store:
             self.backend.wake()
         return retry
 
-    def running_jobs(self) -> list[Row]:
+    def running_jobs(self) -> list[Job]:
         with self._read() as tx:
             return queue.running(tx)
 
@@ -362,49 +377,32 @@ class Store:
     # -- workers ---------------------------------------------------------------------
 
     def register_worker(self, *, worker: str, node: str, slots: int) -> None:
-        now = time.time()
         self.backend.hold_worker_lock(worker)
         with self._write() as tx:
-            tx.run(
-                "INSERT INTO workers (id, node, host, pid, slots, started_at, heartbeat_at)"
-                " VALUES (:id, :node, :host, :pid, :slots, :now, :now)"
-                " ON CONFLICT (id) DO UPDATE SET heartbeat_at = :now, stopped_at = NULL",
-                id=worker,
-                node=node,
-                host=self.host,
-                pid=os.getpid(),
-                slots=slots,
-                now=now,
+            workers.register(
+                tx, worker=worker, node=node, host=self.host, slots=slots, now=time.time()
             )
 
     def heartbeat(self, worker: str) -> None:
         with self._write() as tx:
-            tx.run(
-                "UPDATE workers SET heartbeat_at = :now WHERE id = :id", now=time.time(), id=worker
-            )
+            workers.heartbeat(tx, worker, now=time.time())
 
     def stop_worker(self, worker: str) -> None:
         with self._write() as tx:
-            tx.run(
-                "UPDATE workers SET stopped_at = :now WHERE id = :id", now=time.time(), id=worker
-            )
+            workers.stop(tx, worker, now=time.time())
 
-    def workers(self, *, since: float) -> list[Row]:
+    def workers(self, *, since: float) -> list[WorkerInfo]:
         """Workers that have not stopped and beat since `since`."""
         with self._read() as tx:
-            return tx.all(
-                "SELECT * FROM workers WHERE stopped_at IS NULL AND"
-                " heartbeat_at >= :since ORDER BY node, started_at",
-                since=since,
-            )
+            return workers.beating_since(tx, since)
 
     def worker_alive(self, worker: str) -> bool | None:
+        """True/False if the backend can tell whether a worker lives; None if it can't."""
         return self.backend.worker_alive(worker)
 
-    @property
-    def liveness_across_hosts(self) -> bool:
-        """Whether worker_alive can tell for workers on other hosts (a database lock)."""
-        return bool(getattr(self.backend, "liveness_across_hosts", False))
+    def can_tell_liveness(self, host: str) -> bool:
+        """Whether worker_alive can tell for a worker on `host` (a flock: only this host)."""
+        return host == self.host or self.backend.liveness_across_hosts
 
     def writable(self) -> str | None:
         try:
@@ -432,10 +430,5 @@ def open_store(settings: Settings, *, migrate: bool = True) -> Store:
         backend = SqliteBackend(settings.database_path)
     store = Store(backend)
     if migrate:
-        try:
-            store.migrate()
-        except StoreUnavailable as exc:
-            log.error("store_unavailable", error=str(exc))
-            store._schema_error = str(exc)
-            store._schema_tried_at = time.monotonic()
+        store.migrate_or_defer()
     return store

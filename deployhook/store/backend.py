@@ -74,6 +74,11 @@ class Backend(Protocol):
     """A database that holds the ledger and the queue."""
 
     name: str
+    # Capabilities: whether a claim may skip rows locked by another transaction
+    # (`FOR UPDATE SKIP LOCKED`), and whether worker_alive can tell for workers on other
+    # hosts (a database lock) or only for this host's (a file lock).
+    skip_locked: bool
+    liveness_across_hosts: bool
 
     def migrate(self) -> int:
         """Bring the schema up to date; return the version."""

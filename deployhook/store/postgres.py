@@ -171,6 +171,7 @@ class PostgresBackend:
     """PostgreSQL through a small connection pool per process (re-opened after a fork)."""
 
     name = "postgres"
+    skip_locked = True
     # A session lock is visible from every host, unlike a flock.
     liveness_across_hosts = True
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deployhook.models import Job, Status, Step, StepStatus, Trigger
+from deployhook.models import Job, LogLine, Status, Step, StepStatus, Trigger
 from deployhook.store import totals
 from deployhook.store.backend import Row, Tx
 
@@ -32,6 +32,8 @@ def job_from_row(row: Row, steps: tuple[Step, ...] = ()) -> Job:
         repo_url=row["repo_url"],
         cancel_requested=bool(row["cancel_requested"]),
         steps=steps,
+        host=row.get("host"),
+        pgid=row.get("pgid"),
     )
 
 
@@ -145,7 +147,7 @@ def claim(
     host: str,
     lease_s: float,
     now: float,
-    skip_locked: str = "",
+    skip_locked: bool = False,
     exclude: tuple[str, ...] = (),
 ) -> Job | None:
     """Atomically take the oldest queued job whose repo has no running job."""
@@ -159,7 +161,7 @@ def claim(
         "SELECT j.id FROM jobs j WHERE j.status = 'queued' AND j.node = :node"
         + not_in
         + " AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.repo = j.repo AND r.status = 'running')"
-        " ORDER BY j.id LIMIT 1 " + skip_locked,
+        " ORDER BY j.id LIMIT 1" + (" FOR UPDATE SKIP LOCKED" if skip_locked else ""),
         **params,
     )
     if row is None:
@@ -306,8 +308,8 @@ def orphaned(tx: Tx, *, now: float) -> list[Job]:
     return [job_from_row(r) for r in rows]
 
 
-def running(tx: Tx) -> list[Row]:
-    return tx.all("SELECT id, repo, worker, host, pgid, sha FROM jobs WHERE status = 'running'")
+def running(tx: Tx) -> list[Job]:
+    return [job_from_row(r) for r in tx.all("SELECT * FROM jobs WHERE status = 'running'")]
 
 
 def newest_good_sha(tx: Tx, repo: str, *, other_than: str | None = None) -> str | None:
@@ -330,14 +332,15 @@ def history(tx: Tx, repo: str, *, limit: int) -> list[Job]:
     return [job_from_row(r, steps_of(tx, int(r["id"]))) for r in rows]
 
 
-def log_lines(tx: Tx, job_id: int, *, after: int = 0, limit: int = 5000) -> list[Row]:
-    return tx.all(
+def log_lines(tx: Tx, job_id: int, *, after: int = 0, limit: int = 5000) -> list[LogLine]:
+    rows = tx.all(
         "SELECT id, ts, line FROM job_log WHERE job_id = :job AND id > :after"
         " ORDER BY id LIMIT :limit",
         job=job_id,
         after=after,
         limit=limit,
     )
+    return [LogLine(int(r["id"]), float(r["ts"]), str(r["line"])) for r in rows]
 
 
 def prune(tx: Tx, repo: str, *, keep: int) -> int:

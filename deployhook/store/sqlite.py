@@ -79,6 +79,8 @@ class SqliteBackend:
     """SQLite in WAL mode; connections are per thread and per process."""
 
     name = "sqlite"
+    skip_locked = False  # one writer at a time: nothing to skip
+    liveness_across_hosts = False  # a flock is seen on this host only
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -69,31 +69,67 @@ def count_jobs(rows: list[Row]) -> Totals:
 
 
 @dataclass(frozen=True, slots=True)
+class Count:
+    """How many rows of a repo carry one label (an outcome, a status)."""
+
+    repo: str
+    label: str
+    n: float
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What pruning removed: an amount of one metric for a repo and label."""
+
+    metric: str
+    repo: str
+    label: str
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything /metrics shows, read in one transaction."""
 
-    deliveries: list[Row] = field(default_factory=list)  # repo, outcome, n
-    jobs: list[Row] = field(default_factory=list)  # repo, status, n
-    durations: list[Row] = field(default_factory=list)  # repo, d
-    last_good: list[Row] = field(default_factory=list)  # repo, at
-    pruned: list[Row] = field(default_factory=list)  # metric, repo, label, value
+    deliveries: list[Count] = field(default_factory=list)  # by outcome
+    jobs: list[Count] = field(default_factory=list)  # by status
+    durations: list[tuple[str, float]] = field(default_factory=list)  # repo, seconds
+    last_good: dict[str, float] = field(default_factory=dict)  # repo -> finished at
+    pruned: list[Pruned] = field(default_factory=list)
     held: list[str] = field(default_factory=list)
 
 
 def snapshot(tx: Tx) -> Snapshot:
     return Snapshot(
-        deliveries=tx.all(
-            "SELECT repo, outcome, COUNT(*) AS n FROM deliveries GROUP BY repo, outcome"
-        ),
-        jobs=tx.all("SELECT repo, status, COUNT(*) AS n FROM jobs GROUP BY repo, status"),
-        durations=tx.all(
-            "SELECT repo, finished_at - started_at AS d FROM jobs"
-            " WHERE status IN ('succeeded', 'failed') AND started_at IS NOT NULL"
-            " AND finished_at IS NOT NULL"
-        ),
-        last_good=tx.all(
-            "SELECT repo, MAX(finished_at) AS at FROM jobs WHERE status = 'succeeded' GROUP BY repo"
-        ),
-        pruned=tx.all("SELECT metric, repo, label, value FROM pruned_totals"),
+        deliveries=[
+            Count(r["repo"], r["outcome"], float(r["n"]))
+            for r in tx.all(
+                "SELECT repo, outcome, COUNT(*) AS n FROM deliveries GROUP BY repo, outcome"
+            )
+        ],
+        jobs=[
+            Count(r["repo"], r["status"], float(r["n"]))
+            for r in tx.all("SELECT repo, status, COUNT(*) AS n FROM jobs GROUP BY repo, status")
+        ],
+        durations=[
+            (r["repo"], max(0.0, float(r["d"])))
+            for r in tx.all(
+                "SELECT repo, finished_at - started_at AS d FROM jobs"
+                " WHERE status IN ('succeeded', 'failed') AND started_at IS NOT NULL"
+                " AND finished_at IS NOT NULL"
+            )
+        ],
+        last_good={
+            r["repo"]: float(r["at"])
+            for r in tx.all(
+                "SELECT repo, MAX(finished_at) AS at FROM jobs WHERE status = 'succeeded'"
+                " GROUP BY repo"
+            )
+            if r["at"] is not None
+        },
+        pruned=[
+            Pruned(r["metric"], r["repo"], r["label"], float(r["value"]))
+            for r in tx.all("SELECT metric, repo, label, value FROM pruned_totals")
+        ],
         held=[r["repo"] for r in tx.all("SELECT repo FROM repo_state WHERE held = 1")],
     )

@@ -47,7 +47,7 @@ class StoreCollector(Collector):
         snap = svc.store.metrics_snapshot()
         pruned: Pruned = defaultdict(float)
         for row in snap.pruned:
-            pruned[(row["metric"], row["repo"], row["label"])] += float(row["value"])
+            pruned[(row.metric, row.repo, row.label)] += row.value
         yield self._deliveries(snap, pruned, known)
         yield from self._jobs(snap, pruned, known)
         yield self._durations(snap, pruned, known)
@@ -62,8 +62,8 @@ class StoreCollector(Collector):
             (repo, str(outcome)): 0.0 for repo in known for outcome in Outcome
         }
         for row in snap.deliveries:
-            key = (label(row["repo"]), row["outcome"])
-            counts[key] = counts.get(key, 0.0) + row["n"]
+            key = (label(row.repo), row.label)
+            counts[key] = counts.get(key, 0.0) + row.n
         for (metric, repo, outcome), value in pruned.items():
             if metric == totals.DELIVERIES:
                 key = (label(repo), outcome)
@@ -81,7 +81,7 @@ class StoreCollector(Collector):
         waiting = dict.fromkeys(known, 0.0)
         running = dict.fromkeys(known, 0.0)
         for row in snap.jobs:
-            repo, status, n = row["repo"], row["status"], float(row["n"])
+            repo, status, n = row.repo, row.label, row.n
             if status == Status.QUEUED:
                 waiting[repo] = waiting.get(repo, 0.0) + n
             elif status == Status.RUNNING:
@@ -112,9 +112,8 @@ class StoreCollector(Collector):
             "When the repo's newest good deploy finished (Unix time).",
             labels=["repo"],
         )
-        for row in sorted(snap.last_good, key=lambda r: r["repo"]):
-            if row["at"] is not None:
-                family.add_metric([row["repo"]], float(row["at"]))
+        for repo, at in sorted(snap.last_good.items()):
+            family.add_metric([repo], at)
         yield family
         family = GaugeMetricFamily(
             "deployhook_repo_held", "1 if the repo is on hold.", labels=["repo"]
@@ -138,9 +137,7 @@ class StoreCollector(Collector):
         labels = [f"{b:g}" for b in totals.DURATION_BUCKETS] + ["inf"]
         counts: dict[str, dict[str, float]] = {r: dict.fromkeys(labels, 0.0) for r in known}
         sums: dict[str, float] = dict.fromkeys(known, 0.0)
-        for row in snap.durations:
-            repo = row["repo"]
-            duration = max(0.0, float(row["d"]))
+        for repo, duration in snap.durations:
             counts.setdefault(repo, dict.fromkeys(labels, 0.0))[totals.bucket_label(duration)] += 1
             sums[repo] = sums.get(repo, 0.0) + duration
         for (metric, repo, label), value in pruned.items():

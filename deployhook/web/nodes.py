@@ -29,16 +29,16 @@ def workers_by_node(svc: Service, *, now: float | None = None) -> list[dict[str,
     for repo in svc.registry:
         pinned.setdefault(repo.node, []).append(repo.name)
     workers: dict[str, list[dict[str, Any]]] = {}
-    for row in svc.store.workers(since=now - SHOWN_FOR_S):
-        age = max(now - float(row["heartbeat_at"]), 0.0)
-        workers.setdefault(row["node"] or "", []).append(
+    for worker in svc.store.workers(since=now - SHOWN_FOR_S):
+        age = max(now - worker.heartbeat_at, 0.0)
+        workers.setdefault(worker.node, []).append(
             {
-                "id": row["id"],
-                "host": row["host"],
-                "pid": row["pid"],
-                "slots": row["slots"],
-                "started_at": iso(row["started_at"]),
-                "heartbeat_at": iso(row["heartbeat_at"]),
+                "id": worker.id,
+                "host": worker.host,
+                "pid": worker.pid,
+                "slots": worker.slots,
+                "started_at": iso(worker.started_at),
+                "heartbeat_at": iso(worker.heartbeat_at),
                 "heartbeat_age_s": round(age, 1),
                 "alive": age <= WORKER_STALE_S,
             }

@@ -51,7 +51,7 @@ class Deployer:
         return self.service.store.job(job_id)
 
     def log(self, job: Job) -> str:
-        return "\n".join(r["line"] for r in self.service.store.log_lines(job.id))
+        return "\n".join(r.line for r in self.service.store.log_lines(job.id))
 
 
 @pytest.fixture(params=sorted(COMPOSE_ENVIRON))
