@@ -1,49 +1,103 @@
-"""The operations the HTTP API and the CLI share, over one store and one registry."""
+"""The use cases the HTTP API and the CLI share, over one store and one registry.
+
+Both edges call only this: they translate requests and commands to these calls, and the
+answers and errors back. The store is opened on first use, so commands that need only
+the registry (`repos check`, `deliver`, `hook create`) never open or create one.
+"""
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
-from deployhook import log
+from deployhook import log, preflight, summary, tail
 from deployhook.config import Settings
-from deployhook.deploy.steps import git as gitsync
-from deployhook.errors import Conflict, StepFailed
+from deployhook.errors import ConfigError, Conflict, StepFailed
 from deployhook.intake import receive as intake
 from deployhook.intake.receive import Request
-from deployhook.models import Decision, Job, Trigger, WorkerInfo
-from deployhook.registry import Registry, Repo, secret_values
-from deployhook.store import Store, open_store
+from deployhook.models import (
+    Decision,
+    Delivery,
+    Job,
+    LogLine,
+    RepoState,
+    Trigger,
+    WorkerInfo,
+    iso,
+)
+from deployhook.registry import Registry, Repo, resolve_secrets, secret_values
+from deployhook.registry import edit as registry_edit
+from deployhook.store import Store, open_store, totals
 from deployhook.text import check_sha
 
 # A worker beats every few seconds; one silent for this long is taken for dead.
 WORKER_STALE_S = 30.0
+# Workers silent for longer than this (and never stopped) are not shown: a host that was
+# retired long ago should not clutter the page forever.
+WORKERS_SHOWN_FOR_S = 24 * 3600.0
+REMOTE_TIMEOUT_S = 20
 
 
-@dataclass
 class Service:
-    """Settings, store and registry, opened once per process."""
+    """Settings, registry and (opened on first use) store, once per process."""
 
-    settings: Settings
-    store: Store
-    registry: Registry
+    def __init__(self, settings: Settings, registry: Registry, store: Store | None = None):
+        self.settings = settings
+        self.registry = registry
+        self._store = store
 
     @classmethod
     def open(cls, settings: Settings) -> Service:
         registry = Registry(settings.registry)
         registry.refresh(force=True)
-        return cls(settings=settings, store=open_store(settings), registry=registry)
+        return cls(settings, registry)
+
+    @functools.cached_property
+    def store(self) -> Store:
+        return self._store or open_store(self.settings)
 
     def close(self) -> None:
-        self.store.close()
+        if "store" in self.__dict__:
+            self.store.close()
+
+    # -- the registry ------------------------------------------------------------------
+
+    def repo(self, name: str) -> Repo:
+        """One repo by name, or UnknownRepo."""
+        return self.registry.get(name)
+
+    def repos(self) -> list[Repo]:
+        """Every repo, in the registry file's order."""
+        return list(self.registry)
+
+    @property
+    def registry_error(self) -> str | None:
+        """Why the registry file is refused (the last good one serves), or None."""
+        return self.registry.error
 
     def mask_secrets(self) -> None:
         """Register every secret and token we know of, so no log or shown output holds one."""
         log.redact(
             [self.settings.admin_token, *secret_values(self.registry, default=self.settings.secret)]
         )
+
+    def add_repo(self, name: str, entry: dict[str, Any]) -> Repo:
+        """Add an entry to repos.yml, keeping the file's comments and layout."""
+        return registry_edit.add_repo(self.settings.registry, name, entry)
+
+    def remove_repo(self, name: str) -> None:
+        registry_edit.remove_repo(self.settings.registry, name)
+
+    def check_repos(self) -> dict[str, list[str]]:
+        """Each repo's problems, as `repos check` shows them (empty lists: all is well)."""
+        return preflight.check_all(self.repos(), self.settings)
+
+    def secret(self, repo: Repo) -> str:
+        """The repo's current webhook secret (the first, when several rotate)."""
+        return resolve_secrets(repo, default=self.settings.secret)[0]
 
     # -- deliveries ------------------------------------------------------------------
 
@@ -60,12 +114,19 @@ class Service:
 
     # -- deploys ---------------------------------------------------------------------
 
-    def run(self, repo: Repo, *, sha: str | None = None) -> tuple[Job, bool]:
+    def remote_head(self, repo: Repo) -> str:
+        """The sha at the tip of the repo's branch on its remote."""
+        from deployhook.deploy.steps import git
+
+        return git.remote_head(repo, timeout=REMOTE_TIMEOUT_S)
+
+    def run(self, name: str, *, sha: str | None = None) -> tuple[Job, bool]:
         """Queue a manual deploy of sha, by default the remote branch head."""
+        repo = self.repo(name)
         remote_head = sha is None
         if sha is None:
             try:
-                sha = gitsync.remote_head(repo, timeout=20)
+                sha = self.remote_head(repo)
             except StepFailed as exc:
                 raise Conflict(
                     f"cannot read the head of {repo.branch} on {repo.remote}: {exc}"
@@ -79,8 +140,9 @@ class Service:
             remote_head=remote_head,
         )
 
-    def rollback(self, repo: Repo, *, to: str | None = None) -> tuple[Job, bool]:
+    def rollback(self, name: str, *, to: str | None = None) -> tuple[Job, bool]:
         """Queue a rollback to `to`, by default the newest good sha other than the deployed one."""
+        repo = self.repo(name)
         if to is None:
             deployed = self.store.newest_good_sha(repo.name)
             to = self.store.newest_good_sha(repo.name, other_than=deployed)
@@ -94,13 +156,39 @@ class Service:
             node=repo.node,
         )
 
-    def release(self, repo: Repo) -> Job | None:
+    def cancel(self, job_id: int) -> Job:
+        """Cancel a queued job now, or ask a running one's worker to stop it."""
+        return self.store.cancel(job_id)
+
+    def hold(self, name: str) -> RepoState:
+        return self.store.hold(self.repo(name).name)
+
+    def release(self, name: str) -> Job | None:
+        """Lift a hold; the newest push that arrived while held is queued (and returned)."""
+        repo = self.repo(name)
         return self.store.release(repo.name, node=repo.node)
 
     # -- status ----------------------------------------------------------------------
 
-    def repo_status(self, repo: Repo) -> dict[str, Any]:
+    def job(self, job_id: int) -> Job:
+        return self.store.job(job_id)
+
+    def jobs(self, name: str, *, limit: int = 20) -> list[Job]:
+        return self.store.jobs(self.repo(name).name, limit=limit)
+
+    def deliveries(self, name: str, *, limit: int = 50) -> list[Delivery]:
+        return self.store.deliveries(self.repo(name).name, limit=limit)
+
+    def summaries(self, names: list[str] | None = None) -> list[summary.RepoSummary]:
+        """One line per repo (default: every repo), in name order."""
+        repos = {r.name: r for r in self.registry}
+        wanted = sorted(repos) if names is None else [self.repo(n).name for n in names]
+        views = self.store.overviews(wanted)
+        return [summary.summarize(repos[n], v) for n, v in zip(wanted, views, strict=True)]
+
+    def repo_status(self, name: str) -> dict[str, Any]:
         """The body of GET /deploy/<repo>."""
+        repo = self.repo(name)
         view = self.store.overview(repo.name)
         return {
             "repo": repo.name,
@@ -112,6 +200,20 @@ class Service:
             "problem": view.state.problem,
         }
 
+    def output(
+        self, job_id: int, *, follow: bool = False, gone: Callable[[], bool] = lambda: False
+    ) -> Iterator[str]:
+        """A job's output lines, secrets masked; raises UnknownJob at once if there is none."""
+        self.mask_secrets()
+        return tail.lines(self.store, job_id, follow=follow, gone=gone)
+
+    def new_output(self, job_id: int, *, after: int = 0) -> list[LogLine]:
+        """A job's output lines past line number `after`, as stored (masked when written)."""
+        return self.store.log_lines(job_id, after=after)
+
+    def metrics_snapshot(self) -> totals.Snapshot:
+        return self.store.metrics_snapshot()
+
     def live_workers(self) -> list[WorkerInfo]:
         """Workers that beat recently, less those whose liveness lock says they died."""
         beating = self.store.workers(since=time.time() - WORKER_STALE_S)
@@ -121,6 +223,44 @@ class Service:
             for w in beating
             if not (self.store.can_tell_liveness(w.host) and self.store.worker_alive(w.id) is False)
         ]
+
+    def workers_by_node(self, *, now: float | None = None) -> list[dict[str, Any]]:
+        """Every node that has repos or workers: its repos, workers, and whether one is alive.
+
+        The default node (repos without `node:`, workers without DEPLOYHOOK_NODE) is `None`.
+        """
+        now = time.time() if now is None else now
+        pinned: dict[str, list[str]] = {}
+        for repo in self.registry:
+            pinned.setdefault(repo.node, []).append(repo.name)
+        workers: dict[str, list[dict[str, Any]]] = {}
+        for worker in self.store.workers(since=now - WORKERS_SHOWN_FOR_S):
+            age = max(now - worker.heartbeat_at, 0.0)
+            workers.setdefault(worker.node, []).append(
+                {
+                    "id": worker.id,
+                    "host": worker.host,
+                    "pid": worker.pid,
+                    "slots": worker.slots,
+                    "started_at": iso(worker.started_at),
+                    "heartbeat_at": iso(worker.heartbeat_at),
+                    "heartbeat_age_s": round(age, 1),
+                    "alive": age <= WORKER_STALE_S,
+                }
+            )
+        return [
+            {
+                "node": node or None,
+                "repos": sorted(pinned.get(node, [])),
+                "workers": workers.get(node, []),
+                "alive": any(w["alive"] for w in workers.get(node, [])),
+            }
+            for node in sorted(set(pinned) | set(workers))
+        ]
+
+    def unwritable(self) -> str | None:
+        """Why deliveries cannot be stored now, or None when they can."""
+        return self.store.writable()
 
     def problems(self) -> list[str]:
         """What /healthz reports as degraded (deliveries are still accepted)."""
@@ -143,3 +283,30 @@ class Service:
                 label = f"node {node!r}" if node else "the default node"
                 found.append(f"no live worker for {label}: its repos' jobs wait")
         return found
+
+    # -- the forge ---------------------------------------------------------------------
+
+    def create_hook(self, name: str) -> str:
+        """Create (or update) the Gitea push webhook that deploys NAME; say what was done."""
+        from deployhook.forges import gitea
+
+        repo = self.repo(name)
+        registry_file: Path = self.settings.registry
+        if not self.settings.public_url:
+            raise ConfigError("DEPLOYHOOK_PUBLIC_URL is not set: Gitea needs the URL to deliver to")
+        try:
+            target = gitea.connect(repo)
+        except gitea.ForgeNotConfigured as exc:
+            raise ConfigError(f"{registry_file}: {exc}") from None
+        url = f"{self.settings.public_url}/deploy/{repo.name}"
+        try:
+            action, hook_id = gitea.ensure_hook(
+                target, url=url, secret=self.secret(repo), branch=repo.branch
+            )
+        except gitea.ForgeError as exc:
+            token_env = repo.gitea.token_env if repo.gitea else None
+            raise gitea.ForgeError(gitea.explain(exc, target, token_env=token_env)) from None
+        return (
+            f"{action} hook {hook_id} on {target.full_name} ({target.client.url}) "
+            f"delivering pushes to {repo.branch} to {url}"
+        )

@@ -6,8 +6,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from deployhook.models import Job, Step, StepStatus, iso
-from deployhook.service import Service
+from deployhook.models import Job, RepoView, Step, StepStatus, iso
+from deployhook.registry import Repo
 
 NEVER = "never"
 
@@ -74,35 +74,25 @@ class RepoSummary:
         }
 
 
-def summarize(service: Service, names: list[str] | None = None) -> list[RepoSummary]:
-    """Summaries of the named repos (default: every repo in the registry), in name order."""
-    repos = {r.name: r for r in service.registry}
-    wanted = sorted(repos) if names is None else names
-    views = service.store.overviews(wanted)
-    out = []
-    for name, view in zip(wanted, views, strict=True):
-        state, last, good = view.state, view.last_job, view.good_job
-        url = None
-        if good is not None:
-            url = good.commit_url or (
-                f"{state.repo_url}/commit/{good.sha}" if state.repo_url else None
-            )
-        out.append(
-            RepoSummary(
-                repo=name,
-                branch=repos[name].branch,
-                status=str(last.status) if last else NEVER,
-                held=state.held,
-                queued=view.queued,
-                last_job=last,
-                running=view.running,
-                deployed_sha=view.deployed_sha,
-                deployed_url=url,
-                deployed_at=good.finished_at if good else None,
-                problem=state.problem,
-            )
-        )
-    return out
+def summarize(repo: Repo, view: RepoView) -> RepoSummary:
+    """A repo's line, from what the store knows of it."""
+    state, last, good = view.state, view.last_job, view.good_job
+    url = None
+    if good is not None:
+        url = good.commit_url or (f"{state.repo_url}/commit/{good.sha}" if state.repo_url else None)
+    return RepoSummary(
+        repo=repo.name,
+        branch=repo.branch,
+        status=str(last.status) if last else NEVER,
+        held=state.held,
+        queued=view.queued,
+        last_job=last,
+        running=view.running,
+        deployed_sha=view.deployed_sha,
+        deployed_url=url,
+        deployed_at=good.finished_at if good else None,
+        problem=state.problem,
+    )
 
 
 def ago(ts: float | None, *, now: float | None = None) -> str:

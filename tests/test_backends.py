@@ -490,7 +490,7 @@ def test_a_read_only_database_answers_503_not_a_traceback(tmp_path: Path) -> Non
             data_dir=tmp_path / "data",
             database_url=read_only,
         )
-        svc = Service(settings=settings, store=Store(PostgresBackend(read_only)), registry=registry)
+        svc = Service(settings, registry, Store(PostgresBackend(read_only)))
         try:
             client = create_app(settings, service_=svc, configure_logging=False).test_client()
             body = gitea_push_body(sha=sha(1))

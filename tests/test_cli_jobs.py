@@ -91,7 +91,7 @@ def test_deploy_joins_the_queued_job_and_follows_it(
     settings: Settings, remote: Remote, service: Service, fake_docker: FakeDocker
 ) -> None:
     first = remote.deployed()
-    queued, _ = service.run(service.registry.get("site"), sha=first)
+    queued, _ = service.run("site", sha=first)
     newer = remote.commit_and_push({"index.html": "v3\n"})
     result = run(settings, "deploy", "site")
     assert result.exit_code == 0

@@ -383,7 +383,7 @@ def test_list_shows_each_repo_with_its_last_status(
         },
     )
     sha = remote.commit_and_push({"index.html": "v2\n"})
-    service.run(service.registry.get("site"))
+    service.run("site")
     Worker(service).work(burst=True)
     result = run(settings, "repos", "list")
     assert result.exit_code == 0, result.output

@@ -79,7 +79,7 @@ def deploy(
     if public_url:
         settings = Settings.load({}, **{**_fields(settings), "public_url": public_url})
     service: Service = open_service(settings)
-    job, _ = service.run(service.registry.get("site"), sha=remote.deployed())
+    job, _ = service.run("site", sha=remote.deployed())
     Worker(service).work(burst=True)
     return service, service.store.job(job.id)
 
@@ -340,7 +340,7 @@ def test_cancelled_job_reports_error(
     )
     service: Service = open_service(settings)
     fake_docker.set(sleep=30)
-    job, _ = service.run(service.registry.get("site"), sha=remote.deployed())
+    job, _ = service.run("site", sha=remote.deployed())
     worker = Worker(service)
     thread = threading.Thread(target=worker.work, daemon=True)
     thread.start()

@@ -126,7 +126,7 @@ def test_mirror_failure_fails_the_step_not_the_deploy(
         },
     )
     service = open_service(settings)
-    job, _ = service.run(service.registry.get("site"), sha=remote.deployed())
+    job, _ = service.run("site", sha=remote.deployed())
     Worker(service).work(burst=True)
     ended = service.store.job(job.id)
     assert ended.status == Status.SUCCEEDED
@@ -266,7 +266,7 @@ def test_token_travels_to_http_mirror_and_leaks_nowhere(
         },
     )
     service: Service = open_service(settings)
-    job, _ = service.run(service.registry.get("site"), sha=remote.deployed())
+    job, _ = service.run("site", sha=remote.deployed())
 
     caplog.set_level(logging.DEBUG)
     with structlog.testing.capture_logs() as events, CmdlineSampler() as sampler:
@@ -318,7 +318,7 @@ def test_wrong_token_is_refused_and_fails_only_the_step(
         },
     )
     service: Service = open_service(settings)
-    job, _ = service.run(service.registry.get("site"), sha=remote.deployed())
+    job, _ = service.run("site", sha=remote.deployed())
     Worker(service).work(burst=True)
     ended = service.store.job(job.id)
     assert ended.status == Status.SUCCEEDED

@@ -47,7 +47,7 @@ def open_with_notify(
 
 
 def deploy(service: Service, sha: str) -> Job:
-    job, _ = service.run(service.registry.get("site"), sha=sha)
+    job, _ = service.run("site", sha=sha)
     Worker(service).work(burst=True)
     return service.store.job(job.id)
 

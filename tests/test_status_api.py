@@ -252,7 +252,7 @@ BAD_AUTH = {
 def test_admin_endpoints_refuse_without_valid_token(
     client: Any, service: Service, method: str, url: str
 ) -> None:
-    job, _ = service.run(service.registry.get("site"))
+    job, _ = service.run("site")
     for name, headers in BAD_AUTH.items():
         resp = getattr(client, method)(url.format(job=job.id), headers=headers)
         assert resp.status_code == 401, name
@@ -404,7 +404,7 @@ def test_log_of_unknown_job_is_404(client: Any) -> None:
 def test_follow_stops_at_its_time_limit_or_when_the_reader_left(service: Service) -> None:
     from deployhook import tail
 
-    job, _ = service.run(service.registry.get("site"))  # queued: no line will come
+    job, _ = service.run("site")  # queued: no line will come
     naps: list[float] = []
     assert list(tail.lines(service.store, job.id, follow=True, max_s=0.0, sleep=naps.append)) == []
     assert naps == []
@@ -423,13 +423,13 @@ def test_follow_stops_at_its_time_limit_or_when_the_reader_left(service: Service
 def test_live_followers_are_limited_per_process_and_released(
     client: Any, service: Service, settings: Settings
 ) -> None:
-    job, _ = service.run(service.registry.get("site"))  # queued: its followers wait
+    job, _ = service.run("site")  # queued: its followers wait
     service.store.finish(job.id, status=Status.CANCELLED, error=None)
     for _ in range(10):  # each finished follower frees its place
         resp = client.get(f"/jobs/{job.id}/log?follow=1", headers=bearer())
         assert resp.status_code == 200
         resp.close()
-    waiting, _ = service.run(service.registry.get("site"))
+    waiting, _ = service.run("site")
     limit = max(2, settings.web_threads // 4)
     held = [client.get(f"/jobs/{waiting.id}/log?follow=1", headers=bearer()) for _ in range(limit)]
     try:

@@ -73,7 +73,7 @@ def test_status_table_after_deploys(
     bad = remote.commit_and_push({"index.html": "v3\n"})
     fake_docker.set(fail_sha=bad)
     service.store.hold("site")
-    service.run(service.registry.get("site"), sha=bad)
+    service.run("site", sha=bad)
     Worker(service).work(burst=True)  # fails; the rollback redeploys good
     failed = service.store.jobs("site", limit=3)[1]
     assert failed.status == Status.FAILED

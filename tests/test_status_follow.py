@@ -87,9 +87,7 @@ def test_follow_with_a_real_worker_and_a_slow_compose(
     server: Served, service: Service, remote: Remote, fake_docker: FakeDocker
 ) -> None:
     fake_docker.set(sleep=1.5)
-    job, _ = service.run(
-        service.registry.get("site"), sha=remote.commit_and_push({"index.html": "v2\n"})
-    )
+    job, _ = service.run("site", sha=remote.commit_and_push({"index.html": "v2\n"}))
     worker = threading.Thread(target=Worker(service).work, kwargs={"burst": True})
     worker.start()
     follower = Follower(server, f"/jobs/{job.id}/log?follow=1")

@@ -77,7 +77,7 @@ def _open(tmp_path: Path, fake: FakeSwarmDocker, entry: dict[str, Any]) -> Servi
 
 def _deploy(svc: Service, remote: Remote) -> tuple[str, int]:
     sha = remote.commit_and_push({"index.html": "v2\n"})
-    job, _ = svc.run(svc.registry.get("stack"), sha=sha)
+    job, _ = svc.run("stack", sha=sha)
     Worker(svc).work(burst=True)
     return sha, job.id
 

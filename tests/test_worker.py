@@ -66,7 +66,7 @@ def test_compose_argv_follows_registry(
         },
     )
     svc = open_service(settings)
-    svc.run(svc.registry.get("site"))
+    svc.run("site")
     burst(svc)
     [call] = fake_docker.ups()
     assert call["argv"] == [
@@ -237,7 +237,7 @@ def test_timeout_kills_the_whole_group(
     )
     fake_docker.set(sleep=30)
     svc = open_service(settings)
-    job, _ = svc.run(svc.registry.get("site"))
+    job, _ = svc.run("site")
     started = time.monotonic()
     burst(svc)
     assert time.monotonic() - started < 15
@@ -300,7 +300,7 @@ def test_reconcile_deploys_missed_push_and_keeps_rollback(
     worker.reconcile()
     burst(svc)
     assert remote.deployed() == newer
-    svc.rollback(svc.registry.get("site"))
+    svc.rollback("site")
     burst(svc)
     assert remote.deployed() == missed
     assert worker.reconcile() == []
@@ -309,14 +309,14 @@ def test_reconcile_deploys_missed_push_and_keeps_rollback(
 
 def test_retry_cap_after_three_interrupted_runs(service: Service, remote: Remote) -> None:
     sha = remote.commit_and_push({"index.html": "x\n"})
-    service.run(service.registry.get("site"), sha=sha)
+    service.run("site", sha=sha)
     for attempt in range(3):
         job = service.store.claim(worker="dead-worker", node="", lease_s=30)
         assert job is not None, attempt
         retry = service.store.interrupt(job, reason="interrupted: its worker died")
         assert (retry is None) == (attempt == 2)
     assert service.store.claim(worker="w", node="", lease_s=30) is None
-    status = service.repo_status(service.registry.get("site"))
+    status = service.repo_status("site")
     assert "interrupted 3 times" in status["problem"]
 
 
@@ -324,11 +324,11 @@ def test_interrupt_does_not_retry_when_newer_job_is_queued(
     service: Service, remote: Remote
 ) -> None:
     first = remote.commit_and_push({"index.html": "1\n"})
-    service.run(service.registry.get("site"), sha=first)
+    service.run("site", sha=first)
     job = service.store.claim(worker="dead", node="", lease_s=30)
     assert job is not None
     second = remote.commit_and_push({"index.html": "2\n"})
-    service.run(service.registry.get("site"), sha=second)
+    service.run("site", sha=second)
     assert service.store.interrupt(job, reason="died") is None
 
 
@@ -365,7 +365,7 @@ def test_repo_removed_from_registry_fails_its_job(
     open_service: Any, settings: Settings, remote: Remote, flag: bool
 ) -> None:
     svc = open_service(settings)
-    job, _ = svc.run(svc.registry.get("site"))
+    job, _ = svc.run("site")
     if flag:
         write_registry(settings.registry, {})
     burst(svc)
@@ -403,7 +403,7 @@ def test_compose_never_sees_deployhook_or_repo_secrets(
     )
     fake_docker.path.write_text(script)
     svc = open_service(settings)
-    svc.run(svc.registry.get("site"))
+    svc.run("site")
     burst(svc)
     import json
 
@@ -437,7 +437,7 @@ def test_job_output_is_stored_with_secrets_masked(
     )
     fake_docker.path.write_text(script)
     svc = open_service(settings)
-    job, _ = svc.run(svc.registry.get("site"))
+    job, _ = svc.run("site")
     burst(svc)
     stored = "\n".join(r.line for r in svc.store.log_lines(job.id))
     assert "leak: [redacted] [redacted]" in stored
@@ -455,7 +455,7 @@ def test_on_local_changes_reset_discards_tracked_edits_and_keeps_untracked(
     (remote.checkout / ".env").write_text("KEEP=me\n")
     sha = remote.commit_and_push({"index.html": "v2\n"})
     svc = open_service(settings)
-    job, _ = svc.run(svc.registry.get("site"), sha=sha)
+    job, _ = svc.run("site", sha=sha)
     burst(svc)
     assert svc.store.job(job.id).status == Status.SUCCEEDED
     assert (remote.checkout / "index.html").read_text() == "v2\n"
@@ -487,7 +487,7 @@ def test_submodules_are_updated_when_the_repo_asks(
         {"site": {"path": str(remote.checkout), "health_timeout": 0, "submodules": True}},
     )
     svc = open_service(settings)
-    job, _ = svc.run(svc.registry.get("site"), sha=sha)
+    job, _ = svc.run("site", sha=sha)
     burst(svc)
     assert svc.store.job(job.id).status == Status.SUCCEEDED, svc.store.job(job.id).error
     assert (remote.checkout / "theme" / "style.css").read_text() == "body{}\n"

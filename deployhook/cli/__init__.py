@@ -1,97 +1,14 @@
-"""The `deployhook` command line (click). Commands live in the sibling modules.
+"""The `deployhook` command line (click): each command's module, registered here.
 
 Exit codes: 0 success, 1 the operation failed, 2 usage or configuration error (one
-line on stderr naming the file, the key and what is wrong).
+line on stderr naming the file, the key and what is wrong). docs/cli.md lists them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import sys
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
-
 import click
 
-from deployhook import errors
-from deployhook.config import Settings
-
-if TYPE_CHECKING:
-    from deployhook.service import Service
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-# Errors in what the admin asked for or configured: exit 2. Everything else: exit 1.
-USAGE_ERRORS: tuple[type[errors.DeployhookError], ...] = (
-    errors.ConfigError,
-    errors.UnknownRepo,
-    errors.UnknownJob,
-    errors.InvalidRequest,
-    errors.SecretNotConfigured,
-)
-
-
-def fail(message: str, *, code: int = 1) -> NoReturn:
-    click.echo(f"deployhook: {message}", err=True)
-    sys.exit(code)
-
-
-def handle_errors(command: F) -> F:
-    """Turn a DeployhookError into one line on stderr and the contract's exit code."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except errors.DeployhookError as exc:
-            fail(str(exc), code=2 if isinstance(exc, USAGE_ERRORS) else 1)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def load_settings(**overrides: Any) -> Settings:
-    try:
-        return Settings.load(**overrides)
-    except errors.ConfigError as exc:
-        fail(str(exc), code=2)
-
-
-class _CurrentStderr:
-    """Whatever sys.stderr is when a line is written (click's test runner swaps it)."""
-
-    def write(self, text: str) -> Any:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-    def isatty(self) -> bool:
-        return sys.stderr.isatty()
-
-
-def quiet_logs(settings: Settings) -> None:
-    """Send deployhook's own log lines to stderr, warnings and worse only: stdout is ours."""
-    from deployhook import log
-
-    log.configure(fmt=settings.log_format, level="warning", stream=_CurrentStderr())  # type: ignore[arg-type]
-    log.redact([settings.secret, settings.admin_token])
-
-
-@contextlib.contextmanager
-def open_service() -> Iterator[Service]:
-    """The store and registry for one command; an invalid registry is one line, exit 2."""
-    from deployhook import registry
-    from deployhook.service import Service
-
-    settings = load_settings()
-    quiet_logs(settings)
-    registry.load(settings.registry)  # an invalid file: one line naming it, not a log line
-    svc = Service.open(settings)
-    try:
-        yield svc
-    finally:
-        svc.close()
+from deployhook.cli import deliver, hook, jobs, repos, serve, status
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -100,15 +17,18 @@ def main() -> None:
     """deployhook: push-to-deploy for self-hosted Compose stacks."""
 
 
-def _register() -> None:
-    import importlib
-
-    for name in ("serve", "repos", "jobs", "status", "hook", "deliver"):
-        try:
-            importlib.import_module(f"deployhook.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"deployhook.cli.{name}":
-                raise
-
-
-_register()
+for command in (
+    serve.serve,
+    serve.worker,
+    serve.web,
+    repos.repos,
+    jobs.deploy,
+    jobs.rollback,
+    jobs.hold,
+    jobs.release,
+    status.status,
+    status.logs,
+    hook.hook,
+    deliver.deliver,
+):
+    main.add_command(command)

@@ -15,7 +15,7 @@ from urllib.parse import quote, urlsplit
 
 import click
 
-from deployhook.cli import fail, handle_errors, load_settings, main
+from deployhook.cli.common import fail, handle_errors, open_service
 from deployhook.config import Settings
 from deployhook.errors import ConfigError
 
@@ -33,31 +33,28 @@ def default_url(settings: Settings) -> str:
     return f"http://{host}:{port}"
 
 
-@main.command()
+@click.command()
 @click.argument("name")
 @click.option("--url", help="base URL of the deployhook to send it to [from DEPLOYHOOK_BIND]")
 @handle_errors
 def deliver(name: str, url: str | None) -> None:
     """Send a signed push for NAME's remote branch head and print the answer."""
-    from deployhook import registry
-    from deployhook.deploy.steps import git as gitsync
     from deployhook.errors import StepFailed
-    from deployhook.forges import gitea_push as gitea_payload
+    from deployhook.forges import gitea_push
 
-    settings = load_settings()
-    repo = registry.load(settings.registry).get(name)
-    if repo is None:
-        fail(f"{settings.registry}: no repo named {name!r}", code=2)
-    secret = registry.resolve_secrets(repo, default=settings.secret)[0]
-    try:
-        sha = gitsync.remote_head(repo, timeout=REMOTE_TIMEOUT_S)
-    except StepFailed as exc:
-        fail(f"cannot read the head of {repo.branch} on {repo.remote}: {exc}")
+    with open_service() as svc:
+        settings = svc.settings
+        repo = svc.repo(name)
+        secret = svc.secret(repo)
+        try:
+            sha = svc.remote_head(repo)
+        except StepFailed as exc:
+            fail(f"cannot read the head of {repo.branch} on {repo.remote}: {exc}")
     full_name = repo.source[0] if repo.source else f"deployhook/{repo.name}"
     forge = repo.gitea.url if repo.gitea else "https://gitea.invalid"
-    body = gitea_payload.push_body(sha=sha, ref=repo.ref, full_name=full_name, base_url=forge)
+    body = gitea_push.push_body(sha=sha, ref=repo.ref, full_name=full_name, base_url=forge)
     target = (url or default_url(settings)).rstrip("/") + f"/deploy/{quote(repo.name)}"
-    status, reason, text = _post(target, body, gitea_payload.headers(body, secret=secret))
+    status, reason, text = _post(target, body, gitea_push.headers(body, secret=secret))
     click.echo(f"POST {target}: push of {repo.branch} at {sha[:12]}")
     click.echo(f"{status} {reason}")
     click.echo(text)

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from deployhook.cli import handle_errors, main, open_service
+from deployhook.cli.common import handle_errors, open_service
 from deployhook.models import Job, Status
 from deployhook.registry import Repo
 from deployhook.service import Service
@@ -59,7 +59,7 @@ def _announce(
         raise SystemExit(follow(svc, job.id, timeout=timeout))
 
 
-@main.command()
+@click.command()
 @click.argument("name")
 @click.option("--sha", help="the commit to deploy [the remote branch head]")
 @_wait_options
@@ -67,11 +67,10 @@ def _announce(
 def deploy(name: str, sha: str | None, wait: bool, timeout: int | None) -> None:
     """Queue a manual deploy of NAME (or join its queued job)."""
     with open_service() as svc:
-        repo = svc.registry.get(name)
-        _announce(svc, repo, svc.run(repo, sha=sha), wait=wait, timeout=timeout)
+        _announce(svc, svc.repo(name), svc.run(name, sha=sha), wait=wait, timeout=timeout)
 
 
-@main.command()
+@click.command()
 @click.argument("name")
 @click.option("--to", "to", help="the commit [the newest good deploy other than the deployed one]")
 @_wait_options
@@ -79,32 +78,30 @@ def deploy(name: str, sha: str | None, wait: bool, timeout: int | None) -> None:
 def rollback(name: str, to: str | None, wait: bool, timeout: int | None) -> None:
     """Queue a rollback of NAME to an earlier good commit."""
     with open_service() as svc:
-        repo = svc.registry.get(name)
-        _announce(svc, repo, svc.rollback(repo, to=to), wait=wait, timeout=timeout)
+        _announce(svc, svc.repo(name), svc.rollback(name, to=to), wait=wait, timeout=timeout)
 
 
-@main.command()
+@click.command()
 @click.argument("name")
 @handle_errors
 def hold(name: str) -> None:
     """Hold NAME: pushes are recorded but not deployed until `release`."""
     with open_service() as svc:
-        repo = svc.registry.get(name)
-        svc.store.hold(repo.name)
+        state = svc.hold(name)
         click.echo(
-            f"{repo.name} is on hold: pushes are recorded, not deployed, until "
-            f"`deployhook release {repo.name}`"
+            f"{state.repo} is on hold: pushes are recorded, not deployed, until "
+            f"`deployhook release {state.repo}`"
         )
 
 
-@main.command()
+@click.command()
 @click.argument("name")
 @handle_errors
 def release(name: str) -> None:
     """Release NAME; the newest push that arrived while it was held is queued."""
     with open_service() as svc:
-        repo = svc.registry.get(name)
-        job = svc.release(repo)
+        repo = svc.repo(name)
+        job = svc.release(name)
         click.echo(f"{repo.name} is released")
         if job is not None:
             _queued(job, coalesced=False)
@@ -120,8 +117,8 @@ def follow(svc: Service, job_id: int, *, timeout: float | None = None) -> int:
     deadline = time.monotonic() + timeout if timeout else None
     after = 0
     while True:
-        job = svc.store.job(job_id)  # before the lines: none is missed at the end
-        for line in svc.store.log_lines(job_id, after=after):
+        job = svc.job(job_id)  # before the lines: none is missed at the end
+        for line in svc.new_output(job_id, after=after):
             after = line.id
             click.echo(line.line)
         if job.status.ended:

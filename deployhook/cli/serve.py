@@ -6,10 +6,10 @@ import sys
 
 import click
 
-from deployhook.cli import handle_errors, load_settings, main
+from deployhook.cli.common import handle_errors, load_settings
 
 
-@main.command()
+@click.command()
 @click.option("--bind", help="HOST:PORT to listen on [DEPLOYHOOK_BIND, 127.0.0.1:8000]")
 @click.option(
     "--workers",
@@ -35,7 +35,7 @@ def serve(
     sys.exit(Supervisor(settings, with_worker=not no_worker).run())
 
 
-@main.command()
+@click.command()
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
@@ -52,7 +52,7 @@ def worker(workers: int | None) -> None:
     sys.exit(run_worker(settings))
 
 
-@main.command(name="_web", hidden=True)
+@click.command(name="_web", hidden=True)
 @handle_errors
 def web() -> None:
     """Run the gunicorn master (started by `serve`)."""

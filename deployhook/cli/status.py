@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import click
 
-from deployhook import summary, tail
-from deployhook.cli import handle_errors, main, open_service
+from deployhook import summary
+from deployhook.cli.common import handle_errors, open_service
 from deployhook.service import Service
 
 COLOURS = {
@@ -48,9 +48,9 @@ def _short(sha: str | None) -> str:
 
 
 def _repos_table(svc: Service) -> int:
-    lines = summary.summarize(svc)
-    if svc.registry.error:
-        click.echo(f"deployhook: {svc.registry.error} (showing the last good registry)", err=True)
+    lines = svc.summaries()
+    if svc.registry_error:
+        click.echo(f"deployhook: {svc.registry_error} (showing the last good registry)", err=True)
     if not lines:
         click.echo("no repos in the registry")
         return 0
@@ -87,8 +87,8 @@ def _repos_table(svc: Service) -> int:
 
 
 def _repo_jobs(svc: Service, name: str, limit: int) -> int:
-    repo = svc.registry.get(name)
-    [line] = summary.summarize(svc, [repo.name])
+    repo = svc.repo(name)
+    [line] = svc.summaries([repo.name])
     click.echo(
         f"{repo.name} ({repo.branch}): deployed {_short(line.deployed_sha)}"
         + (f" {summary.ago(line.deployed_at)}" if line.deployed_at else "")
@@ -97,7 +97,7 @@ def _repo_jobs(svc: Service, name: str, limit: int) -> int:
     )
     if line.problem:
         click.echo(f"problem: {line.problem}")
-    jobs = svc.store.jobs(repo.name, limit=limit)
+    jobs = svc.jobs(repo.name, limit=limit)
     if not jobs:
         click.echo("no jobs yet")
         return 0
@@ -120,7 +120,7 @@ def _repo_jobs(svc: Service, name: str, limit: int) -> int:
     return 0
 
 
-@main.command()
+@click.command()
 @click.argument("name", required=False)
 @click.option(
     "--limit",
@@ -136,16 +136,15 @@ def status(name: str | None, limit: int) -> None:
         sys.exit(_repo_jobs(svc, name, limit) if name else _repos_table(svc))
 
 
-@main.command()
+@click.command()
 @click.argument("job", type=int)
 @click.option("--follow", "-f", is_flag=True, help="keep printing until the job ends")
 @handle_errors
 def logs(job: int, follow: bool) -> None:
     """Print a job's output, each line with its UTC time."""
     with open_service() as svc:
-        svc.mask_secrets()
         try:
-            for line in tail.lines(svc.store, job, follow=follow):
+            for line in svc.output(job, follow=follow):
                 sys.stdout.write(line)
                 sys.stdout.flush()
         except KeyboardInterrupt:  # the reader stopped following: not a failure

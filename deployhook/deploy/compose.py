@@ -9,9 +9,40 @@ from __future__ import annotations
 import functools
 import shutil
 import subprocess
+from pathlib import Path
 
 from deployhook.errors import StepFailed
 from deployhook.registry import Repo
+
+# Where Compose looks for its files when none is named, first found wins, plus one
+# override file: v2's order (compose-go's DefaultFileNames), and v1's (1.29).
+FILES_V2 = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
+OVERRIDES_V2 = (
+    "compose.override.yml",
+    "compose.override.yaml",
+    "docker-compose.override.yml",
+    "docker-compose.override.yaml",
+)
+FILES_V1 = ("docker-compose.yml", "docker-compose.yaml", "compose.yml", "compose.yaml")
+OVERRIDES_V1 = (
+    "docker-compose.override.yml",
+    "docker-compose.override.yaml",
+    "compose.override.yml",
+    "compose.override.yaml",
+)
+
+
+def discovered_files(directory: Path, *, v1: bool = False) -> list[Path]:
+    """The files Compose reads in directory when none is named: the first, its override."""
+    found = []
+    for names in (FILES_V1, OVERRIDES_V1) if v1 else (FILES_V2, OVERRIDES_V2):
+        first = next((directory / n for n in names if (directory / n).is_file()), None)
+        if first is not None:
+            found.append(first)
+        elif not found:
+            return []  # no main file: an override alone is not a project
+    return found
+
 
 # The labels Compose puts on what it creates.
 PROJECT_LABEL = "com.docker.compose.project"
@@ -83,3 +114,35 @@ def up_argv(base: tuple[str, ...], repo: Repo) -> list[str]:
     if repo.services:
         argv += ["--", *repo.services]
     return argv
+
+
+def config_problem(
+    base: tuple[str, ...], repo: Repo, *, env: dict[str, str], timeout: float
+) -> str | None:
+    """Why `compose config` refuses the checkout's project, or None if it accepts it.
+
+    Its output holds the interpolated environment (secrets): it is never shown or kept.
+    """
+    argv = [*base_args(base, repo), "config", "-q"]
+    try:
+        result = subprocess.run(
+            argv,
+            cwd=repo.path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"`{' '.join(argv)}` took over {timeout:g} s"
+    except OSError as exc:
+        return f"cannot run {argv[0]}: {exc.strerror}"
+    if result.returncode != 0:
+        return (
+            f"`{' '.join(argv)}` rejects the project (exit {result.returncode}); "
+            f"its output is not shown because it may hold secrets: run it in {repo.path} "
+            "to see why"
+        )
+    return None

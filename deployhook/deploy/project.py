@@ -21,22 +21,6 @@ import yaml
 from deployhook.deploy import compose
 from deployhook.registry import Repo
 
-# Discovery order of each version: the first file found wins, plus one override file.
-_FILES_V2 = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
-_OVERRIDES_V2 = (
-    "compose.override.yml",
-    "compose.override.yaml",
-    "docker-compose.override.yml",
-    "docker-compose.override.yaml",
-)
-_FILES_V1 = ("docker-compose.yml", "docker-compose.yaml", "compose.yml", "compose.yaml")
-_OVERRIDES_V1 = (
-    "docker-compose.override.yml",
-    "docker-compose.override.yaml",
-    "compose.override.yml",
-    "compose.override.yaml",
-)
-
 
 def _normalize_v1(name: str) -> str:
     # compose/cli/command.py get_project_name (1.29)
@@ -86,10 +70,6 @@ def _dotenv(directory: Path) -> dict[str, str]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _first(directory: Path, names: tuple[str, ...]) -> Path | None:
-    return next((directory / n for n in names if (directory / n).is_file()), None)
-
-
 @dataclass(frozen=True, slots=True)
 class _Config:
     """Which compose files Compose reads in a checkout, and the environment it sees."""
@@ -112,12 +92,7 @@ def _config(repo: Repo, *, v1: bool, environ: Mapping[str, str]) -> _Config:
             or os.pathsep
         )
         explicit = [cwd / f for f in from_env.split(sep) if f]
-    if explicit:
-        files = explicit
-    else:
-        main = _first(cwd, _FILES_V1 if v1 else _FILES_V2)
-        override = _first(cwd, _OVERRIDES_V1 if v1 else _OVERRIDES_V2)
-        files = [f for f in (main, override) if f is not None]
+    files = explicit or compose.discovered_files(cwd, v1=v1)
     workdir = Path(os.path.normpath(files[0].parent)) if files else cwd
     if v1:
         # 1.29 reads .env beside the first file only when files were named on the

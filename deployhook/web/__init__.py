@@ -25,7 +25,7 @@ def create_app(
 ) -> Flask:
     """Build the WSGI app. Nothing is opened at import time, only here."""
     from deployhook import log
-    from deployhook.web import admin, answers, status, webhook
+    from deployhook.web import admin, answers, logs, metrics, nodes, status, ui, webhook
 
     settings = settings or Settings.load()
     if configure_logging:
@@ -35,9 +35,8 @@ def create_app(
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["deployhook"] = service_ or Service.open(settings)
-    for module in (webhook, status, admin):
+    for module in (webhook, status, admin, ui, metrics, logs, nodes):
         app.register_blueprint(module.bp)
-    _register_optional_blueprints(app)
 
     @app.errorhandler(errors.DeployhookError)
     def domain_error(exc: errors.DeployhookError) -> Any:
@@ -55,22 +54,3 @@ def create_app(
         return response
 
     return app
-
-
-def _register_optional_blueprints(app: Flask) -> None:
-    """Blueprints of the status surface that live in their own modules."""
-    import importlib
-
-    for name in (
-        "deployhook.web.ui",
-        "deployhook.web.metrics",
-        "deployhook.web.logs",
-        "deployhook.web.nodes",
-    ):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        app.register_blueprint(module.bp)

@@ -37,38 +37,34 @@ def _job_response(job: Any, *, coalesced: bool = False, code: int = 202) -> Any:
 @bp.post("/deploy/<repo>/run")
 @admin_required
 def run(repo: str) -> Any:
-    svc = service()
-    job, coalesced = svc.run(svc.registry.get(repo), sha=_body_field("sha"))
+    job, coalesced = service().run(repo, sha=_body_field("sha"))
     return _job_response(job, coalesced=coalesced)
 
 
 @bp.post("/deploy/<repo>/rollback")
 @admin_required
 def rollback(repo: str) -> Any:
-    svc = service()
-    job, coalesced = svc.rollback(svc.registry.get(repo), to=_body_field("to"))
+    job, coalesced = service().rollback(repo, to=_body_field("to"))
     return _job_response(job, coalesced=coalesced)
 
 
 @bp.post("/jobs/<int:job_id>/cancel")
 @admin_required
 def cancel(job_id: int) -> Any:
-    return _job_response(service().store.cancel(job_id), code=200)
+    return _job_response(service().cancel(job_id), code=200)
 
 
 @bp.post("/deploy/<repo>/hold")
 @admin_required
 def hold(repo: str) -> Any:
-    svc = service()
-    state = svc.store.hold(svc.registry.get(repo).name)
+    state = service().hold(repo)
     return jsonify(repo=repo, held=state.held)
 
 
 @bp.post("/deploy/<repo>/release")
 @admin_required
 def release(repo: str) -> Any:
-    svc = service()
-    job = svc.release(svc.registry.get(repo))
+    job = service().release(repo)
     if job is None:
         return jsonify(repo=repo, held=False)
     return _job_response(job)

@@ -11,7 +11,6 @@ from typing import Any
 import structlog
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from deployhook import tail
 from deployhook.web import service
 from deployhook.web.auth import admin_required
 
@@ -104,9 +103,8 @@ class _Stream:
 def job_log(job_id: int) -> Any:
     follow = request.args.get("follow", "0").lower() in {"1", "true", "yes"}
     svc = service()
-    svc.mask_secrets()
     gone = _disconnected(request.environ.get("gunicorn.socket"))
-    lines = tail.lines(svc.store, job_id, follow=follow, gone=gone)  # 404 before any body
+    lines = svc.output(job_id, follow=follow, gone=gone)  # 404 before any body
     followers = _followers() if follow else None
     if followers is not None and not followers.enter(max(2, svc.settings.web_threads // 4)):
         response = jsonify(error="too many live logs followed at once: try again later")

@@ -43,8 +43,8 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         svc = self.svc
-        known = set(svc.registry.names())
-        snap = svc.store.metrics_snapshot()
+        known = {repo.name for repo in svc.repos()}
+        snap = svc.metrics_snapshot()
         pruned: Pruned = defaultdict(float)
         for row in snap.pruned:
             pruned[(row.metric, row.repo, row.label)] += row.value
@@ -129,7 +129,7 @@ class StoreCollector(Collector):
         yield GaugeMetricFamily(
             "deployhook_registry_valid",
             "0 while repos.yml is invalid (the last good one serves).",
-            value=0.0 if self.svc.registry.error else 1.0,
+            value=0.0 if self.svc.registry_error else 1.0,
         )
 
     @staticmethod

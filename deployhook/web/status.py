@@ -7,7 +7,6 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from deployhook import summary
 from deployhook.errors import InvalidRequest, StoreUnavailable
 from deployhook.models import iso
 from deployhook.web import badge, service
@@ -36,31 +35,26 @@ def limit_arg(default: int) -> int:
 @bp.get("/deploy/<repo>")
 @status_access
 def repo_status(repo: str) -> Any:
-    svc = service()
-    return jsonify(svc.repo_status(svc.registry.get(repo)))
+    return jsonify(service().repo_status(repo))
 
 
 @bp.get("/deploy/<repo>/jobs")
 @status_access
 def repo_jobs(repo: str) -> Any:
-    svc = service()
-    name = svc.registry.get(repo).name
-    return jsonify(jobs=[j.to_dict() for j in svc.store.jobs(name, limit=limit_arg(20))])
+    return jsonify(jobs=[j.to_dict() for j in service().jobs(repo, limit=limit_arg(20))])
 
 
 @bp.get("/deploy/<repo>/deliveries")
 @status_access
 def repo_deliveries(repo: str) -> Any:
-    svc = service()
-    name = svc.registry.get(repo).name
-    rows = svc.store.deliveries(name, limit=limit_arg(50))
+    rows = service().deliveries(repo, limit=limit_arg(50))
     return jsonify(deliveries=[d.to_dict() for d in rows])
 
 
 @bp.get("/jobs/<int:job_id>")
 @status_access
 def job(job_id: int) -> Any:
-    return jsonify(service().store.job(job_id).to_dict())
+    return jsonify(service().job(job_id).to_dict())
 
 
 @bp.get("/api/overview")
@@ -68,15 +62,14 @@ def job(job_id: int) -> Any:
 def overview() -> Any:
     """Every repo at a glance: what the status page shows and refreshes from."""
     svc = service()
-    repos = [r.to_dict() for r in summary.summarize(svc)]
-    return jsonify(repos=repos, generated_at=iso(time.time()), registry_error=svc.registry.error)
+    repos = [r.to_dict() for r in svc.summaries()]
+    return jsonify(repos=repos, generated_at=iso(time.time()), registry_error=svc.registry_error)
 
 
 @bp.get("/deploy/<repo>/badge.svg")
 def repo_badge(repo: str) -> Any:
     """Always public: a README shows it to anyone."""
-    svc = service()
-    [line] = summary.summarize(svc, [svc.registry.get(repo).name])
+    [line] = service().summaries([repo])
     message = "running" if line.running else line.status
     label = request.args.get("label", "deploy")[:MAX_LABEL] or "deploy"
     response = Response(badge.render(message, label=label), mimetype="image/svg+xml")
@@ -87,7 +80,7 @@ def repo_badge(repo: str) -> Any:
 @bp.get("/healthz")
 def healthz() -> Any:
     svc = service()
-    unwritable = svc.store.writable()
+    unwritable = svc.unwritable()
     if unwritable:
         response = jsonify(status="unavailable", problems=[unwritable])
         response.status_code = 503

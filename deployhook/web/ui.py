@@ -15,7 +15,6 @@ from deployhook import summary
 from deployhook.models import Job, iso
 from deployhook.web import service
 from deployhook.web.auth import admin_required, is_admin, status_access
-from deployhook.web.nodes import workers_by_node
 
 bp = Blueprint("ui", __name__)
 
@@ -72,9 +71,9 @@ def index() -> Any:
     svc = service()
     return render_template(
         "index.html",
-        repos=summary.summarize(svc),
-        nodes=workers_by_node(svc),
-        registry_error=svc.registry.error,
+        repos=svc.summaries(),
+        nodes=svc.workers_by_node(),
+        registry_error=svc.registry_error,
         **_page_context(),
     )
 
@@ -83,7 +82,7 @@ def index() -> Any:
 @status_access
 def job_page(job_id: int) -> Any:
     svc = service()
-    job: Job = svc.store.job(job_id)
+    job: Job = svc.job(job_id)
     repo = svc.registry.find(job.repo)
     return render_template(
         "job.html", job=job, branch=repo.branch if repo else None, **_page_context()

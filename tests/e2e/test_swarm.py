@@ -159,7 +159,7 @@ def test_stack_deploys_updates_and_rolls_back_a_failed_version(
 
     def deploy(files: dict[str, str]) -> tuple[str, int]:
         sha = remote.commit_and_push(files)
-        job, _ = service.run(repo, sha=sha)
+        job, _ = service.run(repo.name, sha=sha)
         Worker(service).work(burst=True)
         return sha, job.id
 

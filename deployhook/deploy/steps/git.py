@@ -70,6 +70,28 @@ def _short(exc: git.GitCommandError) -> str:
     return (meaningful or lines or [f"git exited with {exc.status}"])[0]
 
 
+def checkout_problem(path: Path, *, timeout: float = 20) -> str | None:
+    """Why path is not a usable git checkout, or None."""
+    if not path.exists():
+        return f"{path} does not exist"
+    if not path.is_dir():
+        return f"{path} is not a directory"
+    try:
+        inside = git.Git(str(path)).execute(
+            ["git", "rev-parse", "--is-inside-work-tree"],
+            env=git_env(path),
+            kill_after_timeout=timeout,
+            with_extended_output=False,
+        )
+    except git.GitCommandError:
+        inside = ""
+    except OSError as exc:
+        return f"cannot run git in {path}: {exc.strerror or exc}"
+    if str(inside).strip() != "true":
+        return f"{path} is not a git checkout (clone the repo there first)"
+    return None
+
+
 def remote_head(repo: Repo, *, timeout: float) -> str:
     """Return the sha at the tip of the repo's branch on its remote (`git ls-remote`)."""
     if not repo.path.is_dir():

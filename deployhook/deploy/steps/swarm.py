@@ -36,14 +36,6 @@ log = structlog.get_logger()
 
 TAG_ENV = "DEPLOYHOOK_IMAGE_TAG"
 REGISTRY_ENV = "DEPLOYHOOK_IMAGE_REGISTRY"
-# Compose's own discovery order; `stack deploy` has none, so it gets the file named.
-DEFAULT_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
-OVERRIDE_FILES = (
-    "compose.override.yaml",
-    "compose.override.yml",
-    "docker-compose.override.yaml",
-    "docker-compose.override.yml",
-)
 _POLL_S = 0.5
 # An update that stopped (failure_action pause) or undid itself will not converge.
 _STOPPED_UPDATES = {"paused", "rollback_started", "rollback_paused", "rollback_completed"}
@@ -72,13 +64,13 @@ def stack_files(repo: Repo) -> list[str]:
     """The compose files for `stack deploy -c`: the repo's, or compose's default pair."""
     if repo.compose_files:
         return list(repo.compose_files)
-    found = [name for name in DEFAULT_FILES if (repo.path / name).is_file()][:1]
+    found = compose.discovered_files(repo.path)
     if not found:
         raise StepFailed(
             f"no compose file in {repo.path} (looked for "
-            f"{', '.join(DEFAULT_FILES)}); set compose_files"
+            f"{', '.join(compose.FILES_V2)}); set compose_files"
         )
-    return found + [name for name in OVERRIDE_FILES if (repo.path / name).is_file()][:1]
+    return [f.name for f in found]
 
 
 def environment(ctx: Context) -> dict[str, str]:
