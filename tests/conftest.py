@@ -22,8 +22,8 @@ BOTH_BACKENDS = {
     "test_worker",
     "test_backends",
     "test_nodes",
-    "test_status_prune",
-    "test_status_metrics",
+    "test_prune",
+    "test_metrics",
 }
 
 

@@ -19,7 +19,7 @@ from tests.cli_logging import restore_logging  # noqa: F401 - an autouse fixture
 from tests.conftest import write_registry
 from tests.helpers import SECRET, FakeDocker, Remote, git, make_remote
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "repos.yml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "repos.yml"
 
 
 def run(settings: Settings, *args: str, env: dict[str, str] | None = None) -> Result:

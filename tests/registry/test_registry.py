@@ -100,7 +100,7 @@ repos:
 
 
 def test_project_example_registry_is_valid() -> None:
-    example = Path(__file__).resolve().parent.parent / "repos.yml"
+    example = Path(__file__).resolve().parents[2] / "repos.yml"
     assert load(example)
 
 
