@@ -18,18 +18,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
+from deployhook import log as log_setup
 from deployhook.config import Settings
 from deployhook.deploy import process
 from deployhook.deploy.pipeline import Deploy, report_ended
 from deployhook.deploy.steps import git as gitsync
 from deployhook.errors import StepFailed, StoreUnavailable
 from deployhook.models import Job, Status, Trigger
-from deployhook.registry import Repo
-from deployhook.service import Service
+from deployhook.registry import Registry, Repo, secret_values
+from deployhook.store import Store, open_store
 
 log = structlog.get_logger()
 
@@ -39,6 +40,26 @@ HEARTBEAT_ROW_S = 5.0
 IDLE_POLL_S = 2.0
 PRUNE_EVERY_S = 600.0
 RECONCILE_TIMEOUT_S = 20.0
+
+
+class Opened(Protocol):
+    """What a worker works with (a Service has them): settings, registry and store."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def registry(self) -> Registry: ...
+
+    @property
+    def store(self) -> Store: ...
+
+
+@dataclass
+class _Opened:
+    settings: Settings
+    registry: Registry
+    store: Store
 
 
 @dataclass
@@ -52,10 +73,10 @@ class _Active:
 class Worker:
     """Claims and runs jobs; `work(burst=True)` runs what is queued and returns (tests)."""
 
-    def __init__(self, service: Service, *, slots: int | None = None) -> None:
-        self.service = service
-        self.store = service.store
-        self.settings: Settings = service.settings
+    def __init__(self, opened: Opened, *, slots: int | None = None) -> None:
+        self.registry = opened.registry
+        self.store = opened.store
+        self.settings: Settings = opened.settings
         self.slots = slots or self.settings.workers
         self.node = self.settings.node
         self.id = (
@@ -147,7 +168,7 @@ class Worker:
             self.store.wake()  # a slot is free
 
     def _run_job(self, job: Job, entry: _Active) -> None:
-        repo = self.service.registry.find(job.repo)
+        repo = self.registry.find(job.repo)
         log.info("job_started", trigger=str(job.trigger), sha=job.sha)
         if repo is None:
             self.store.finish(
@@ -160,8 +181,10 @@ class Worker:
         _stop_orphans(repo, job.id)
         # No repo's compose file may read another's secrets (or its own) from our env,
         # and whatever a deploy prints is stored with every known secret masked.
-        process.keep_private(name for r in self.service.registry for name in r.private_variables)
-        self.service.mask_secrets()
+        process.keep_private(name for r in self.registry for name in r.private_variables)
+        log_setup.redact(
+            [self.settings.admin_token, *secret_values(self.registry, default=self.settings.secret)]
+        )
         deploy = Deploy(
             job=job, repo=repo, settings=self.settings, store=self.store, cancel=entry.cancel
         )
@@ -262,7 +285,7 @@ class Worker:
             reason=reason,
             retry=retry.id if retry else None,
         )
-        repo = self.service.registry.find(job.repo)
+        repo = self.registry.find(job.repo)
         if repo is not None:
             report_ended(
                 self.store.job(job_id), repo=repo, settings=self.settings, store=self.store
@@ -289,7 +312,7 @@ class Worker:
         if force or not self._last_prune or now - self._last_prune >= PRUNE_EVERY_S:
             self._last_prune = now
             removed = self.store.prune(
-                repos=self.service.registry.names(),
+                repos=self.registry.names(),
                 keep_jobs=self.settings.keep_jobs,
                 keep_deliveries=self.settings.keep_deliveries,
             )
@@ -298,7 +321,7 @@ class Worker:
 
     def reconcile(self) -> list[Job]:
         """docs/deploys.md rule 8: deploy a remote head that no webhook announced."""
-        repos = [r for r in self.service.registry if r.node == self.node]
+        repos = [r for r in self.registry if r.node == self.node]
         if not repos:
             return []
         with ThreadPoolExecutor(max_workers=min(8, len(repos))) as pool:
@@ -379,8 +402,10 @@ def _stop_orphans(repo: Repo, job_id: int) -> None:
 
 def run_worker(settings: Settings) -> int:
     """Run a worker process until SIGTERM or SIGINT."""
-    service = Service.open(settings)
-    worker = Worker(service)
+    registry = Registry(settings.registry)
+    registry.refresh(force=True)
+    opened = _Opened(settings, registry, open_store(settings))
+    worker = Worker(opened)
 
     def stop(signum: int, _frame: Any) -> None:
         log.info("worker_signal", signal=signal.Signals(signum).name)
@@ -389,5 +414,5 @@ def run_worker(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     worker.work()
-    service.close()
+    opened.store.close()
     return 0

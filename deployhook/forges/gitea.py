@@ -20,7 +20,7 @@ import requests
 import structlog
 import tenacity
 
-from deployhook import log
+from deployhook import log, retry
 from deployhook.errors import ConfigError, DeployhookError
 from deployhook.registry import Repo
 from deployhook.text import one_line
@@ -134,14 +134,6 @@ class Gitea:
                 )
             return resp
 
-        def stop(state: tenacity.RetryCallState) -> bool:
-            upcoming = getattr(state, "upcoming_sleep", 0.0) or 0.0
-            return (
-                state.attempt_number >= ATTEMPTS
-                or time.monotonic() + upcoming >= end - 0.05
-                or (abort is not None and abort.is_set())
-            )
-
         def sleep(seconds: float) -> None:
             if abort is None:
                 time.sleep(seconds)
@@ -150,8 +142,8 @@ class Gitea:
 
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(_Retryable),
-            stop=stop,
-            wait=tenacity.wait_exponential(multiplier=0.5, max=4),
+            stop=retry.within(end - 0.05, attempts=ATTEMPTS, abort=abort),
+            wait=retry.backoff(),
             sleep=sleep,
             reraise=True,
             before_sleep=lambda state: logger.info(

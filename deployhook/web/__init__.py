@@ -1,56 +1,5 @@
-"""The HTTP API: create_app builds everything once and keeps it on app.extensions."""
+"""The HTTP edge: blueprints that turn requests into Service calls, and answers back."""
 
-from __future__ import annotations
+from deployhook.web.app import create_app
 
-from typing import Any
-
-from flask import Flask, current_app, jsonify
-from werkzeug.exceptions import HTTPException
-
-from deployhook import errors
-from deployhook.config import Settings
-from deployhook.service import Service
-
-
-def service() -> Service:
-    """The Service of the app handling this request."""
-    return current_app.extensions["deployhook"]
-
-
-def create_app(
-    settings: Settings | None = None,
-    *,
-    service_: Service | None = None,
-    configure_logging: bool = True,
-) -> Flask:
-    """Build the WSGI app. Nothing is opened at import time, only here."""
-    from deployhook import log
-    from deployhook.web import admin, answers, logs, metrics, nodes, status, ui, webhook
-
-    settings = settings or Settings.load()
-    if configure_logging:
-        log.configure(fmt=settings.log_format, level=settings.log_level)
-    log.redact([settings.secret, settings.admin_token])
-    app = Flask("deployhook")
-    app.config["JSON_SORT_KEYS"] = False
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["deployhook"] = service_ or Service.open(settings)
-    for module in (webhook, status, admin, ui, metrics, logs, nodes):
-        app.register_blueprint(module.bp)
-
-    @app.errorhandler(errors.DeployhookError)
-    def domain_error(exc: errors.DeployhookError) -> Any:
-        code = answers.error_status(exc)
-        response = jsonify(error=str(exc))
-        response.status_code = code
-        if code == 401:
-            response.headers["WWW-Authenticate"] = 'Basic realm="deployhook", charset="UTF-8"'
-        return response
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> Any:
-        response = jsonify(error=exc.description or exc.name)
-        response.status_code = exc.code or 500
-        return response
-
-    return app
+__all__ = ["create_app"]

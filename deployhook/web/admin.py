@@ -7,8 +7,8 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 
 from deployhook.errors import InvalidRequest
-from deployhook.web import service
 from deployhook.web.auth import admin_required
+from deployhook.web.context import service
 
 bp = Blueprint("admin", __name__)
 

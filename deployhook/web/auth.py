@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from flask import request
 
 from deployhook.errors import AdminDisabled, Unauthorized
-from deployhook.web import service
+from deployhook.web.context import service
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -11,8 +11,8 @@ from typing import Any
 import structlog
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from deployhook.web import service
 from deployhook.web.auth import admin_required
+from deployhook.web.context import service
 
 log = structlog.get_logger()
 

@@ -24,8 +24,8 @@ from prometheus_client.registry import Collector
 from deployhook.models import Outcome, Status
 from deployhook.service import Service
 from deployhook.store import totals
-from deployhook.web import service
 from deployhook.web.auth import status_access
+from deployhook.web.context import service
 
 bp = Blueprint("metrics", __name__)
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
-from deployhook.web import service
 from deployhook.web.auth import status_access
+from deployhook.web.context import service
 
 bp = Blueprint("nodes", __name__)
 

@@ -9,8 +9,9 @@ from flask import Blueprint, Response, jsonify, request
 
 from deployhook.errors import InvalidRequest, StoreUnavailable
 from deployhook.models import iso
-from deployhook.web import badge, service
+from deployhook.web import badge
 from deployhook.web.auth import status_access
+from deployhook.web.context import service
 
 bp = Blueprint("status", __name__)
 

@@ -13,8 +13,8 @@ from flask import Blueprint, Response, redirect, render_template, request
 
 from deployhook import summary
 from deployhook.models import Job, iso
-from deployhook.web import service
 from deployhook.web.auth import admin_required, is_admin, status_access
+from deployhook.web.context import service
 
 bp = Blueprint("ui", __name__)
 

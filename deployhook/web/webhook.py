@@ -7,9 +7,10 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 
 from deployhook.intake.receive import Request
-from deployhook.web import answers, service
+from deployhook.web import answers
+from deployhook.web.context import service
 
-bp = Blueprint("intake", __name__)
+bp = Blueprint("webhook", __name__)
 
 
 @bp.post("/deploy/<path:repo>")

@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 import tenacity
 
-from deployhook import log
+from deployhook import log, retry
 from deployhook.deploy.context import Context, job_url
 from deployhook.models import Job, Status, Trigger
 from deployhook.store import Store
@@ -108,17 +108,6 @@ class _NotSent(Exception):
     """A service did not take the message."""
 
 
-class _StopAt(tenacity.stop.stop_base):
-    """Stop when the next attempt would start past end (a monotonic time)."""
-
-    def __init__(self, end: float) -> None:
-        self.end = end
-
-    def __call__(self, state: tenacity.RetryCallState) -> bool:
-        upcoming = getattr(state, "upcoming_sleep", 0.0) or 0.0
-        return time.monotonic() + upcoming >= self.end
-
-
 def send(urls: str, message: Message) -> tuple[int, list[str]]:
     """Send message to every Apprise URL in urls; return (sent, URLs that failed).
 
@@ -147,8 +136,8 @@ def send(urls: str, message: Message) -> tuple[int, list[str]]:
 
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(_NotSent),
-            stop=tenacity.stop_after_attempt(ATTEMPTS) | _StopAt(end),
-            wait=tenacity.wait_exponential(multiplier=0.5, max=4),
+            stop=retry.within(end, attempts=ATTEMPTS),
+            wait=retry.backoff(),
             reraise=True,
         )
         try:
