@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from deployhook import log, preflight, summary, tail
+from deployhook import preflight, summary, tail
 from deployhook.config import Settings
 from deployhook.errors import ConfigError, Conflict, StepFailed
 from deployhook.intake import receive as intake
@@ -77,12 +77,6 @@ class Service:
     def registry_error(self) -> str | None:
         """Why the registry file is refused (the last good one serves), or None."""
         return self.registry.error
-
-    def mask_secrets(self) -> None:
-        """Register every secret and token we know of, so no log or shown output holds one."""
-        log.redact(
-            [self.settings.admin_token, *secret_values(self.registry, default=self.settings.secret)]
-        )
 
     def add_repo(self, name: str, entry: dict[str, Any]) -> Repo:
         """Add an entry to repos.yml, keeping the file's comments and layout."""
@@ -204,7 +198,7 @@ class Service:
         self, job_id: int, *, follow: bool = False, gone: Callable[[], bool] = lambda: False
     ) -> Iterator[str]:
         """A job's output lines, secrets masked; raises UnknownJob at once if there is none."""
-        self.mask_secrets()
+        secret_values(self.registry, default=self.settings.secret)  # rotated files: read again
         return tail.lines(self.store, job_id, follow=follow, gone=gone)
 
     def new_output(self, job_id: int, *, after: int = 0) -> list[LogLine]:

@@ -75,7 +75,6 @@ def quiet_logs(settings: Settings) -> None:
     from deployhook import log
 
     log.configure(fmt=settings.log_format, level="warning", stream=_CurrentStderr())  # type: ignore[arg-type]
-    log.redact([settings.secret, settings.admin_token])
 
 
 @contextlib.contextmanager

@@ -14,7 +14,6 @@ from typing import Protocol
 
 import structlog
 
-from deployhook import log
 from deployhook.config import Settings
 from deployhook.deploy import compose, process
 from deployhook.models import Job
@@ -47,7 +46,7 @@ class JobOutput:
         self._thread.start()
 
     def __call__(self, line: str) -> None:
-        text = log.mask(line[:_MAX_LINE])
+        text = line[:_MAX_LINE]
         with self._cond:
             self._pending.append((time.time(), text))
             closed = self._closed
@@ -97,7 +96,12 @@ class Context:
     previous_sha: str | None = None
     notes: dict[str, str] = field(default_factory=dict)
 
-    def run(self, argv: list[str]) -> int:
+    def child_env(self) -> dict[str, str]:
+        """The environment every child of this job runs with: never a secret of deployhook's
+        or of any repo's (deploy/process.py)."""
+        return process.child_environ()
+
+    def run(self, argv: list[str], *, env: dict[str, str] | None = None) -> int:
         """Run a child process in the checkout, in its own group, output to the job log."""
         return process.run(
             argv,
@@ -105,6 +109,7 @@ class Context:
             output=self.output,
             deadline=self.deadline,
             cancel=self.cancel,
+            env=self.child_env() if env is None else env,
             job_id=self.job.id,
             on_start=lambda pgid: self.store.set_job_fields(self.job.id, pgid=pgid),
         )

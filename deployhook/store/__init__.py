@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from deployhook import redact
 from deployhook.config import Settings
 from deployhook.errors import Conflict, StoreUnavailable, UnknownJob
 from deployhook.models import (
@@ -295,6 +296,8 @@ class Store:
             return queue.renew(tx, worker=worker, job_ids=job_ids, lease_s=lease_s, now=time.time())
 
     def set_job_fields(self, job_id: int, **fields: Any) -> None:
+        if fields.get("error"):
+            fields["error"] = redact.mask(fields["error"])
         with self._write() as tx:
             queue.set_fields(tx, job_id, **fields)
 
@@ -305,10 +308,13 @@ class Store:
     def finish_step(
         self, job_id: int, idx: int, *, status: StepStatus, error: str | None = None
     ) -> None:
+        error = redact.mask(error) if error else error
         with self._write() as tx:
             queue.finish_step(tx, job_id, idx, status=status, error=error, now=time.time())
 
     def append_log(self, job_id: int, lines: list[tuple[float, str]]) -> None:
+        """Add output lines; what a deploy prints is stored with every secret masked."""
+        lines = [(ts, redact.mask(line)) for ts, line in lines]
         if lines:
             with self._write() as tx:
                 queue.append_log(tx, job_id, lines)
@@ -320,6 +326,7 @@ class Store:
     def finish(
         self, job_id: int, *, status: Status, error: str | None, worker: str | None = None
     ) -> bool:
+        error = redact.mask(error) if error else error
         with self._write() as tx:
             return queue.finish(
                 tx, job_id, status=status, error=error, now=time.time(), worker=worker
@@ -351,6 +358,7 @@ class Store:
         return job
 
     def interrupt(self, job: Job, *, reason: str) -> Job | None:
+        reason = redact.mask(reason)
         with self._write() as tx:
             retry = queue.interrupt(tx, job, reason=reason, now=time.time())
         if retry is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deployhook import errors
+from deployhook import errors, redact
 from deployhook.models import Decision, DeliveryKind, Outcome
 
 # Most specific first: the first class an error is an instance of gives its status.
@@ -30,6 +30,11 @@ STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
     (errors.StoreUnavailable, 503),
     (errors.ConfigError, 503),
 )
+
+
+def error_body(exc: BaseException) -> dict[str, str]:
+    """The JSON body of an error answer: its one line, with any secret masked."""
+    return {"error": redact.mask(str(exc))}
 
 
 def error_status(exc: BaseException) -> int:
@@ -53,11 +58,11 @@ def decision_body(decision: Decision) -> dict[str, Any]:
     if decision.first is not None:
         return {**decision_body(decision.first), "duplicate": True}
     if decision.outcome == Outcome.REJECTED:
-        return {"error": decision.reason}
+        return {"error": redact.mask(decision.reason or "rejected")}
     if decision.kind == DeliveryKind.PING:
         return {"status": "pong"}
     if decision.outcome in {Outcome.IGNORED, Outcome.HELD}:
-        return {"status": str(decision.outcome), "reason": decision.reason}
+        return {"status": str(decision.outcome), "reason": redact.mask(decision.reason or "")}
     job = decision.job
     assert job is not None, decision
     body: dict[str, Any] = {

@@ -38,7 +38,7 @@ def _ssh_command(path: Path) -> str:
 
 def git_env(path: Path, extra_config: dict[str, str] | None = None) -> dict[str, str]:
     """The environment every git process runs with (deployhook's own secrets removed)."""
-    env = process.scrubbed_environ()
+    env = process.child_environ()
     env.update(
         {
             "GIT_TERMINAL_PROMPT": "0",
