@@ -314,6 +314,13 @@ def kill_leftovers(root: Path) -> int:
 # -- the store, read-only ------------------------------------------------------------
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size if path.is_file() else 0
+    except OSError:  # removed meanwhile (a checkpointed WAL, a pruned lock file)
+        return 0
+
+
 class StoreReader:
     """Sizes, row counts and jobs by status, through a short read-only connection."""
 
@@ -343,10 +350,8 @@ class StoreReader:
         now = time.time()
         out: dict[str, Any] = {}
         if not self.db_url:
-            files = [p for p in self.data.rglob("*") if p.is_file()]
-            out["size_mb"] = sum(p.stat().st_size for p in files) / 1e6
-            wal = self.data / "deployhook.sqlite3-wal"
-            out["wal_mb"] = wal.stat().st_size / 1e6 if wal.exists() else 0.0
+            out["size_mb"] = sum(_size(p) for p in self.data.rglob("*")) / 1e6
+            out["wal_mb"] = _size(self.data / "deployhook.sqlite3-wal") / 1e6
         try:
             with self._conn() as conn:
                 for table in TABLES:
@@ -370,7 +375,7 @@ class StoreReader:
                             "SELECT status, COUNT(*) FROM jobs WHERE finished_at >= ?"
                             " GROUP BY status"
                         ),
-                        (now - SAMPLE_S,),
+                        (now - 60,),
                     ).fetchall()
                 )
                 if self.db_url:
@@ -741,7 +746,7 @@ class Table:
         return (
             f"{size} | rows {rows} | queued {by.get('queued', 0)} running "
             f"{by.get('running', 0)} stuck {st.get('stuck', 0)} (oldest queued "
-            f"{st.get('oldest_queued_s', 0):.0f} s) | last {SAMPLE_S:.0f} s: "
+            f"{st.get('oldest_queued_s', 0):.0f} s) | finished in the last minute: "
             f"{fin.get('succeeded', 0)} ok {fin.get('failed', 0)} failed"
         )
 
