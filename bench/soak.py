@@ -173,6 +173,7 @@ class ProcStat:
     fds: int
     threads: int
     top_fd: str = ""  # the file most descriptors point at, and how many
+    fd_limit: int = 0  # its soft RLIMIT_NOFILE
 
 
 def proc_stat(pid: int) -> ProcStat | None:
@@ -180,8 +181,10 @@ def proc_stat(pid: int) -> ProcStat | None:
         rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
         status = Path(f"/proc/{pid}/status").read_text()
         fds = os.listdir(f"/proc/{pid}/fd")
+        limits = Path(f"/proc/{pid}/limits").read_text()
     except OSError:
         return None
+    nofile = next((x.split()[3] for x in limits.splitlines() if x.startswith("Max open f")), "0")
     mem = {
         line.split(":")[0]: int(line.split()[1])
         for line in rollup.splitlines()
@@ -201,6 +204,7 @@ def proc_stat(pid: int) -> ProcStat | None:
         len(fds),
         threads,
         f"{top[0][1]}x {top[0][0]}" if top else "",
+        int(nofile) if nofile.isdigit() else 0,
     )
 
 
@@ -270,6 +274,21 @@ class Served:
             elif "worker" in argv:
                 found["worker"] = pid
         return found
+
+    def healthz(self) -> str:
+        conn = http.client.HTTPConnection(f"127.0.0.1:{self.port}", timeout=5)
+        try:
+            conn.request("GET", "/healthz")
+            resp = conn.getresponse()
+            doc = json.loads(resp.read() or b"{}")
+            problems = "; ".join(str(x) for x in doc.get("problems", []))[:80]
+            return f"{resp.status} {doc.get('status', '?')}" + (
+                f" ({problems})" if problems else ""
+            )
+        except (OSError, ValueError) as exc:
+            return f"no answer ({type(exc).__name__})"
+        finally:
+            conn.close()
 
     def log_counts(self) -> dict[str, int]:
         counts = {"errors": 0, "emfile": 0}
@@ -365,6 +384,7 @@ class StoreReader:
                     ),
                     (now - self.job_timeout,),
                 ).fetchone()[0]
+                out["jobs_created"] = conn.execute("SELECT MAX(id) FROM jobs").fetchone()[0]
                 oldest = conn.execute(
                     "SELECT MIN(created_at) FROM jobs WHERE status = 'queued'"
                 ).fetchone()[0]
@@ -653,6 +673,7 @@ class Sample:
     procs: dict[str, ProcStat]
     store: dict[str, Any]
     log: dict[str, int]
+    healthz: str
 
 
 class Sampler:
@@ -670,7 +691,9 @@ class Sampler:
                 procs[role] = stat
                 self.pids[role].add(pid)
                 self.peak_fds[role] = max(self.peak_fds[role], stat.fds)
-        s = Sample(t_min, procs, self.reader.read(), self.served.log_counts())
+        s = Sample(
+            t_min, procs, self.reader.read(), self.served.log_counts(), self.served.healthz()
+        )
         self.samples.append(s)
         return s
 
@@ -691,6 +714,7 @@ class Sampler:
             add("store MB", "MB", s.t_min, s.store.get("size_mb"))
             for table in TABLES:
                 add(f"rows {table}", "rows", s.t_min, s.store.get(table))
+            add("jobs created", "rows", s.t_min, s.store.get("jobs_created"))
         return out
 
 
@@ -718,6 +742,9 @@ def verdict(unit: str, points: list[tuple[float, float]]) -> tuple[float | None,
 
 class Table:
     """The block printed once a minute, and the summary at the end."""
+
+    def __init__(self) -> None:
+        self.blocks: list[tuple[int, Minute, Sample]] = []
 
     @staticmethod
     def load_line(m: Minute) -> str:
@@ -764,8 +791,51 @@ class Table:
         print(f"\n── minute {n} " + (f"({extra}) " if extra else "") + "─" * 40)
         print("  load   " + self.load_line(m))
         print("  store  " + self.store_line(s.store))
-        print(f"  log    {s.log['errors']} error lines, {s.log['emfile']} 'Too many open files'")
+        print(
+            f"  server /healthz {s.healthz} | log: {s.log['errors']} error lines,"
+            f" {s.log['emfile']} 'Too many open files'"
+        )
         print("\n".join(self.proc_lines(s.procs)), flush=True)
+        self.blocks.append((n, m, s))
+
+    def findings(self, sampler: Sampler) -> None:
+        """What the slopes cannot show: a limit reached, deploys that stopped, stuck jobs."""
+        print("\n== findings")
+        said = False
+        for role in sampler.pids:
+            hit = [
+                s.t_min
+                for s in sampler.samples
+                if (p := s.procs.get(role)) and p.fd_limit and p.fds >= p.fd_limit - 16
+            ]
+            if hit:
+                limit = next(s.procs[role].fd_limit for s in sampler.samples if role in s.procs)
+                print(f"  ! {role} at its descriptor limit ({limit}) from minute {hit[0]:.1f}")
+                said = True
+        idle = [
+            n
+            for n, m, s in self.blocks[1:]
+            if m.statuses["202"] and "finished" in s.store and not s.store["finished"]
+        ]
+        if idle:
+            print(f"  ! no job finished in minute(s) {_ranges(idle)}, while 202s were answered")
+            said = True
+        stuck = [(n, s.store.get("stuck", 0)) for n, _m, s in self.blocks if s.store.get("stuck")]
+        if stuck:
+            most = max(k for _n, k in stuck)
+            print(
+                f"  ! jobs stuck (running past --job-timeout) in minute(s) "
+                f"{_ranges([n for n, _k in stuck])}, up to {most}"
+            )
+            said = True
+        sick = [n for n, _m, s in self.blocks if not s.healthz.startswith("200 ok")]
+        if sick:
+            print(f"  /healthz not '200 ok' in minute(s) {_ranges(sick)}")
+        elif stuck or idle:
+            print("  ! /healthz answered '200 ok' all along")
+            said = True
+        if not said:
+            print("  none: no limit reached, jobs finished every minute, none stuck")
 
     def summary(self, sampler: Sampler, load: Load, warmup: float) -> None:
         print(f"\n== summary: slopes per minute after a {warmup:g}-minute warm-up")
@@ -784,12 +854,22 @@ class Table:
         for name, unit, pts in rows:
             after = [(t, v) for t, v in pts if t >= warmup]
             k, word = verdict(unit, after)
+            word = "(a counter)" if name == "jobs created" else word
             if not pts:
                 continue
             first, last = (after or pts)[0][1], (after or pts)[-1][1]
             peak = max(v for _, v in pts)
             ks = f"{k:+10.2f}" if k is not None else f"{'—':>10}"
             print(f"  {name:<22} {first:9.1f} {last:9.1f} {peak:9.1f} {ks}  {word}")
+        figures = sampler.figures()
+        created = [(t, v) for t, v in figures.get("jobs created", ("", []))[1] if t >= warmup]
+        per_min = slope(created)
+        for name, (unit, pts) in figures.items():
+            k, word = verdict(unit, [(t, v) for t, v in pts if t >= warmup])
+            if unit == "fds" and word == "GROWS" and k and per_min:
+                print(
+                    f"  ! {name}: {k / per_min:.2f} more per job created ({per_min:.0f} a minute)"
+                )
         for role, pids in sampler.pids.items():
             if len(pids) > 1:
                 print(f"  ! {role}: {len(pids)} different pids over the run (restarted)")
@@ -879,6 +959,7 @@ def soak(args: argparse.Namespace, run: Started) -> None:
     honesty.check(final=True)
     table.summary(sampler, load, args.warmup)
     report(honesty, load, sampler)
+    table.findings(sampler)
 
 
 def every_minute(
@@ -945,6 +1026,16 @@ def drain(reader: StoreReader, limit: float) -> None:
             return
         time.sleep(1.0)
     print(f"  NOT DRAINED after {limit:g} s: {len(left)} jobs left: {left[:10]}")
+
+
+def _ranges(numbers: list[int]) -> str:
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def report(h: Honesty, load: Load, sampler: Sampler) -> None:
