@@ -400,11 +400,13 @@ class StoreReader:
                 )
                 if self.db_url:
                     out["size_mb"] = (
-                        conn.execute(
-                            "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)"
-                            " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                            " WHERE c.relkind = 'r' AND n.nspname = current_schema()"
-                        ).fetchone()[0]
+                        float(
+                            conn.execute(
+                                "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)"
+                                " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                                " WHERE c.relkind = 'r' AND n.nspname = current_schema()"
+                            ).fetchone()[0]
+                        )
                         / 1e6
                     )
         except Exception as exc:  # the store may be down (a PostgreSQL outage): say so
@@ -768,6 +770,8 @@ class Table:
         if "wal_mb" in st:
             size += f" (WAL {st['wal_mb']:.1f})"
         rows = "  ".join(f"{t} {st.get(t, 0):6d}" for t in TABLES)
+        if "error" in st:
+            size += f" (partly unreadable: {st['error']})"
         by = st.get("by_status", {})
         fin = st.get("finished", {})
         return (
