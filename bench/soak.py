@@ -33,6 +33,10 @@ warm-up (--warmup minutes), and a verdict:
 So a figure must grow by a tenth of its level within the window to count (a leak of
 0.35 %/min over 30 minutes, 20 %/hour), and by at least the floor (5 descriptors,
 2 threads, 2 MB, 50 rows, 10 ms), so noise on small numbers does not count.
+The findings at the end say what a slope cannot: a process at its descriptor limit, minutes
+in which no job finished while 202s were answered, stuck jobs, /healthz all along.
+Note: a web process's threads rise until gthread's pool is full (DEPLOYHOOK_WEB_THREADS),
+which a burst of slow answers (a store outage) reaches at once: bounded, not a leak.
 Note: the worker prunes history every 10 minutes (keep 100 jobs and 1000 deliveries a
 repo, the defaults); row counts rise between prunes, so judge them over 30 minutes or
 more, not 10.
