@@ -24,6 +24,7 @@ BOTH_BACKENDS = {
     "test_nodes",
     "test_prune",
     "test_metrics",
+    "test_hostile_repo",
 }
 
 

@@ -125,15 +125,21 @@ def _interpolate(text: str, env: Mapping[str, str]) -> str:
     return _VAR_RE.sub(expand, text)
 
 
-def _dotenv(directory: Path) -> dict[str, str]:
+def _dotenv(directory: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    """A `.env` file's values, `${VAR}` expanded from environ and the lines above, as
+    Compose does (python-dotenv's own expansion would read this process's environment)."""
     file = directory / ".env"
     if not file.is_file():
         return {}
     try:
-        values = dotenv.dotenv_values(file, encoding="utf-8-sig")
+        raw = dotenv.dotenv_values(file, encoding="utf-8-sig", interpolate=False)
     except (OSError, UnicodeDecodeError):
         return {}
-    return {k: v for k, v in values.items() if v is not None}
+    values: dict[str, str] = {}
+    for key, value in raw.items():
+        if value is not None:
+            values[key] = _interpolate(value, {**values, **environ})
+    return values
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +154,7 @@ class _Config:
 def _config(repo: Repo, *, v1: bool, environ: Mapping[str, str]) -> _Config:
     # Compose runs in the checkout and sees its real path (getcwd), not a symlink to it.
     cwd = Path(os.path.realpath(repo.path))
-    root_env = _dotenv(cwd)
+    root_env = _dotenv(cwd, environ)
     explicit = [cwd / f for f in repo.compose_files]
     from_env = environ.get("COMPOSE_FILE") or root_env.get("COMPOSE_FILE")
     if not explicit and from_env:
@@ -164,11 +170,11 @@ def _config(repo: Repo, *, v1: bool, environ: Mapping[str, str]) -> _Config:
         # 1.29 reads .env beside the first file only when files were named on the
         # command line or in the process environment; else the one in the cwd.
         named = bool(repo.compose_files or environ.get("COMPOSE_FILE"))
-        layers = [_dotenv(workdir) if named else root_env]
+        layers = [_dotenv(workdir, environ) if named else root_env]
     else:
         # v2 reads the cwd's .env unless -f moved the project directory, then the
         # project directory's; the first value of a key wins.
-        layers = ([] if repo.compose_files else [root_env]) + [_dotenv(workdir)]
+        layers = ([] if repo.compose_files else [root_env]) + [_dotenv(workdir, environ)]
     env: dict[str, str] = {}
     for layer in reversed(layers):
         env.update(layer)
