@@ -83,6 +83,11 @@ class Unauthorized(DeployhookError):
     """Raised when an admin request has no valid token."""
 
 
+class CrossSite(DeployhookError):
+    """Raised when a browser's credentials come with a state-changing request from another
+    site (Fetch Metadata or Origin say so): a cross-site request forgery."""
+
+
 class AdminDisabled(DeployhookError):
     """Raised when an admin endpoint is called but DEPLOYHOOK_ADMIN_TOKEN is unset."""
 

@@ -25,6 +25,7 @@ STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
     (errors.InvalidRequest, 400),
     (errors.Unauthorized, 401),
     (errors.AdminDisabled, 403),
+    (errors.CrossSite, 403),
     (errors.Conflict, 409),
     (errors.SecretNotConfigured, 503),
     (errors.StoreUnavailable, 503),
