@@ -96,6 +96,11 @@ class StepFailed(DeployhookError):
     """Raised inside a deploy step; its message becomes the job's one-line error."""
 
 
+class NothingToDo(DeployhookError):
+    """Raised inside a deploy when there is nothing to deploy; the job ends `skipped` and
+    its message becomes the job's note."""
+
+
 class JobCancelled(StepFailed):
     """Raised inside a deploy when an admin cancelled the job."""
 

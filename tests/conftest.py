@@ -25,6 +25,7 @@ BOTH_BACKENDS = {
     "test_prune",
     "test_metrics",
     "test_hostile_repo",
+    "test_which_commit",
 }
 
 

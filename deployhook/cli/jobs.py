@@ -138,6 +138,9 @@ def _ended(job: Job) -> int:
     if job.status == Status.SUCCEEDED:
         click.echo(f"job {job.id} succeeded{took}: {job.repo} is at {job.sha[:12]}")
         return 0
+    if job.status == Status.SKIPPED:  # nothing to deploy: not a failure
+        click.echo(f"job {job.id} skipped: {job.note or 'nothing to deploy'}")
+        return 0
     reason = f": {job.error}" if job.error else ""
     click.echo(f"deployhook: job {job.id} {job.status}{took}{reason}", err=True)
     return 1

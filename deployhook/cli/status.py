@@ -22,6 +22,7 @@ COLOURS = {
     "queued": "yellow",
     "cancelled": "bright_black",
     "interrupted": "bright_black",
+    "skipped": "bright_black",
     "never": "bright_black",
 }
 

@@ -16,7 +16,7 @@ import structlog
 
 from deployhook.config import Settings
 from deployhook.deploy import compose, process
-from deployhook.models import Job
+from deployhook.models import Job, Trigger
 from deployhook.registry import Repo
 from deployhook.store import Store
 
@@ -92,9 +92,24 @@ class Context:
     output: JobOutput
     deadline: process.Deadline
     cancel: threading.Event
+    # The trigger whose rules the job follows (a retry: the job it retries).
+    rules: Trigger = Trigger.PUSH
     changed: bool = False
     previous_sha: str | None = None
+    # The commit the job was created for, when it deploys another (the branch head).
+    pushed_sha: str | None = None
     notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def follows_branch(self) -> bool:
+        """A push or reconcile job (or a retry of one): it deploys only what the branch has."""
+        return self.rules in {Trigger.PUSH, Trigger.RECONCILE}
+
+    def retarget(self, sha: str, *, note: str) -> None:
+        """Deploy sha instead of the job's commit, and say so on the job."""
+        self.pushed_sha = self.pushed_sha or self.job.sha
+        self.output(f"==> {note}")
+        self.job = self.store.retarget(self.job.id, repo=self.repo.name, sha=sha, note=note)
 
     def child_env(self) -> dict[str, str]:
         """The environment every child of this job runs with: never a secret of deployhook's

@@ -193,7 +193,9 @@ class Worker:
             log.warning("job_interrupted", retry=retry.id if retry else None)
             deploy.report_finished(self.store.job(job.id))
             return
-        if not self.store.finish(job.id, status=result.status, error=result.error, worker=self.id):
+        if not self.store.finish(
+            job.id, status=result.status, error=result.error, worker=self.id, note=result.note
+        ):
             log.warning("job_already_ended")  # its lease expired and someone else ended it
             return
         log.info("job_finished", status=str(result.status), error=result.error)

@@ -186,7 +186,7 @@ class Store:
 
     @staticmethod
     def _view(tx: Tx, repo: str) -> RepoView:
-        last = queue.history(tx, repo, limit=1)
+        last = queue.history(tx, repo, limit=1, shown=True)
         running = queue.in_state(tx, repo, Status.RUNNING)
         good = queue.newest_good(tx, repo)
         return RepoView(
@@ -295,6 +295,28 @@ class Store:
         with self._write() as tx:
             return queue.renew(tx, worker=worker, job_ids=job_ids, lease_s=lease_s, now=time.time())
 
+    def retarget(self, job_id: int, *, repo: str, sha: str, note: str) -> Job:
+        """Make a job deploy sha instead (the branch head past its pushed commit).
+
+        The head counts as seen: reconcile need not deploy it again.
+        """
+        with self._write() as tx:
+            queue.set_fields(tx, job_id, sha=sha, note=redact.mask(note))
+            ledger.see_head(tx, repo, sha, now=time.time())
+            job = queue.get(tx, job_id)
+        assert job is not None
+        return job
+
+    def failed_and_rolled_back(self, repo: str, sha: str) -> bool:
+        """True if sha's last deploy failed and the repo was rolled back after it."""
+        with self._read() as tx:
+            return queue.failed_and_rolled_back(tx, repo, sha)
+
+    def rules_of(self, job: Job) -> Trigger:
+        """The trigger whose rules a job follows (a retry: the job it retries)."""
+        with self._read() as tx:
+            return queue.rules_of(tx, job)
+
     def set_job_fields(self, job_id: int, **fields: Any) -> None:
         if fields.get("error"):
             fields["error"] = redact.mask(fields["error"])
@@ -324,13 +346,22 @@ class Store:
             return queue.log_lines(tx, job_id, after=after, limit=limit)
 
     def finish(
-        self, job_id: int, *, status: Status, error: str | None, worker: str | None = None
+        self,
+        job_id: int,
+        *,
+        status: Status,
+        error: str | None,
+        worker: str | None = None,
+        note: str | None = None,
     ) -> bool:
         error = redact.mask(error) if error else error
         with self._write() as tx:
-            return queue.finish(
+            ended = queue.finish(
                 tx, job_id, status=status, error=error, now=time.time(), worker=worker
             )
+            if ended and note:
+                queue.set_fields(tx, job_id, note=redact.mask(note))
+            return ended
 
     def enqueue_if_idle(
         self,
