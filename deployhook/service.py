@@ -261,8 +261,8 @@ class Service:
         found = []
         if self.settings.private_status and not self.settings.admin_token:
             found.append(
-                "DEPLOYHOOK_PRIVATE_STATUS is on but DEPLOYHOOK_ADMIN_TOKEN is unset: "
-                "status answers 401 to everyone"
+                "status is private but no admin token is set: DEPLOYHOOK_PRIVATE_STATUS is on, "
+                "DEPLOYHOOK_ADMIN_TOKEN is unset, status answers 401 to everyone"
             )
         self.registry.refresh()
         if self.registry.error:

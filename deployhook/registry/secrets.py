@@ -98,7 +98,7 @@ def resolve_secrets(
     if problem:
         origin = repo.secret_env or repo.secret_file or "DEPLOYHOOK_SECRET"
         raise SecretNotConfigured(
-            f"the webhook secret of repo {repo.name!r} ({origin}) is too short: {problem}"
+            f"the webhook secret of repo {repo.name!r} is too short: {origin}: {problem}"
         )
     return split(value)
 

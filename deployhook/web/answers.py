@@ -33,9 +33,22 @@ STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
 )
 
 
-def error_body(exc: BaseException) -> dict[str, str]:
-    """The JSON body of an error answer: its one line, with any secret masked."""
-    return {"error": redact.mask(str(exc))}
+def error_body(exc: BaseException, *, detail: bool = True) -> dict[str, str]:
+    """The JSON body of an error answer: its one line, with any secret masked.
+
+    Without detail (private mode, to a stranger), a server-side error (5xx) says what
+    is wrong but not where: no file path, no variable name.
+    """
+    text = redact.mask(str(exc))
+    if not detail and error_status(exc) >= 500:
+        text = outline(text)
+    return {"error": text}
+
+
+def outline(text: str) -> str:
+    """A message without its detail: what comes before the first ": " (the rest names
+    files, variables and keys, for admins)."""
+    return text.split(": ", 1)[0]
 
 
 def error_status(exc: BaseException) -> int:
@@ -54,11 +67,13 @@ def decision_status(decision: Decision) -> int:
     return 200
 
 
-def decision_body(decision: Decision) -> dict[str, Any]:
-    """The JSON body of the answer to a delivery."""
+def decision_body(decision: Decision, *, detail: bool = True) -> dict[str, Any]:
+    """The JSON body of the answer to a delivery (detail: as in error_body)."""
     if decision.first is not None:
         return {**decision_body(decision.first), "duplicate": True}
     if decision.outcome == Outcome.REJECTED:
+        if decision.error is not None:
+            return error_body(decision.error, detail=detail)
         return {"error": redact.mask(decision.reason or "rejected")}
     if decision.kind == DeliveryKind.PING:
         return {"status": "pong"}

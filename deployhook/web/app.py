@@ -15,6 +15,7 @@ from deployhook import errors, log
 from deployhook.config import Settings
 from deployhook.service import Service
 from deployhook.web import admin, answers, logs, metrics, nodes, status, ui, webhook
+from deployhook.web.auth import shows_detail
 
 
 def create_app(
@@ -37,7 +38,7 @@ def create_app(
     @app.errorhandler(errors.DeployhookError)
     def domain_error(exc: errors.DeployhookError) -> Any:
         code = answers.error_status(exc)
-        response = jsonify(answers.error_body(exc))
+        response = jsonify(answers.error_body(exc, detail=shows_detail()))
         response.status_code = code
         if code == 401:
             response.headers["WWW-Authenticate"] = 'Basic realm="deployhook", charset="UTF-8"'

@@ -111,6 +111,12 @@ def admin_required(view: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def shows_detail() -> bool:
+    """Whether answers to this request may name files, variables and keys: always, but in
+    private mode to an admin only."""
+    return not service().settings.private_status or is_admin()
+
+
 def status_access(view: F) -> F:
     """Public status, unless DEPLOYHOOK_PRIVATE_STATUS puts it behind the admin token."""
 
