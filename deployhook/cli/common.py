@@ -16,6 +16,7 @@ import click
 
 from deployhook import errors
 from deployhook.config import Settings
+from deployhook.text import for_terminal
 
 if TYPE_CHECKING:
     from deployhook.service import Service
@@ -48,6 +49,12 @@ def handle_errors(command: F) -> F:
             fail(str(exc), code=2 if isinstance(exc, USAGE_ERRORS) else 1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def shown(text: str) -> str:
+    """Text from the store (a deploy's output, an error) as this terminal may show it: no
+    escape sequence but colours, and colours only on a terminal (trust finding 6)."""
+    return for_terminal(text, colours=sys.stdout.isatty())
 
 
 def load_settings(**overrides: Any) -> Settings:
