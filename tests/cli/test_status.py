@@ -124,7 +124,7 @@ def test_logs_strip_a_stacks_escape_sequences(env: dict[str, str], service: Serv
     service.store.append_log(job.id, [(time.time(), hostile)])
     result = cli(env, "logs", str(job.id))
     assert result.exit_code == 0
-    assert result.stdout.split(" ", 1)[1] == "red  done\n"  # not a terminal: no colours
+    assert result.stdout.split(" ", 1)[1] == "red done\n"  # not a terminal: no colours
 
 
 @pytest.mark.parametrize("args", [["logs", "999"], ["logs", "999", "--follow"]])
