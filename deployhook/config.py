@@ -95,6 +95,7 @@ class Settings:
     compose: tuple[str, ...] | None = None
     public_url: str | None = None
     max_body: int = 5 * 1024 * 1024
+    max_output: int = 1024 * 1024
     log_format: str = "auto"
     log_level: str = "info"
     private_status: bool = False
@@ -169,6 +170,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "compose": _command,
     "public_url": lambda _n, raw: raw.rstrip("/") or None,
     "max_body": _positive_int,
+    "max_output": _positive_int,
     "log_format": _choice("auto", "json", "console"),
     "log_level": _choice("debug", "info", "warning", "error"),
     "private_status": _flag,

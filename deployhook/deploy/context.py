@@ -6,6 +6,7 @@ pipeline that runs them.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import Callable
@@ -27,16 +28,78 @@ _FLUSH_LINES = 200
 _MAX_LINE = 8192
 
 
+class OutputCap:
+    """Keeps a job's output within `limit` bytes: its beginning and its end.
+
+    The first half of the budget is stored as it comes (and followed live). Past it, a
+    line says so, and the newest lines are kept in memory, within the other half; when
+    the job ends, a line says how much was left out and the kept end follows it, so the
+    error a failed build ends with is never lost (docs/status.md).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.head_budget = limit // 2
+        self.tail_budget = limit - self.head_budget
+        self.head_used = 0
+        self.tail: collections.deque[tuple[float, str]] = collections.deque()
+        self.tail_used = 0
+        self.dropped_lines = 0
+        self.dropped_bytes = 0
+
+    def admit(self, ts: float, line: str) -> list[tuple[float, str]]:
+        """The lines to store now for this new one."""
+        size = len(line.encode("utf-8", "replace")) + 1
+        if self.head_used + size <= self.head_budget:
+            self.head_used += size
+            return [(ts, line)]
+        first_past = self.head_used <= self.head_budget
+        self.head_used = self.head_budget + 1  # past the head for good
+        self.tail.append((ts, line))
+        self.tail_used += size
+        while self.tail_used > self.tail_budget and self.tail:
+            _, old = self.tail.popleft()
+            old_size = len(old.encode("utf-8", "replace")) + 1
+            self.tail_used -= old_size
+            self.dropped_lines += 1
+            self.dropped_bytes += old_size
+        if first_past:
+            return [
+                (
+                    ts,
+                    f"[deployhook] output past {_size(self.head_budget)}: the rest is "
+                    f"kept to its last {_size(self.tail_budget)}, shown when the job ends",
+                )
+            ]
+        return []
+
+    def end(self) -> list[tuple[float, str]]:
+        """What to store when the job ends: how much was left out, then the kept end."""
+        kept, self.tail, self.tail_used = list(self.tail), collections.deque(), 0
+        if not self.dropped_lines:
+            return kept
+        note = (
+            f"[deployhook] {self.dropped_lines} lines ({_size(self.dropped_bytes)}) of output "
+            "were left out here; its end follows"
+        )
+        self.dropped_lines = self.dropped_bytes = 0
+        return [(kept[0][0] if kept else time.time(), note), *kept]
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
 class JobOutput:
     """A job's output: lines with their times, written to the store as they come.
 
     A background flusher writes pending lines every fifth of a second, so a live log is
-    never far behind and a crash loses at most that much.
+    never far behind and a crash loses at most that much. OutputCap bounds what is kept.
     """
 
-    def __init__(self, store: Store, job_id: int) -> None:
+    def __init__(self, store: Store, job_id: int, *, limit: int) -> None:
         self._store = store
         self._job_id = job_id
+        self._cap = OutputCap(limit)
         self._pending: list[tuple[float, str]] = []
         self._cond = threading.Condition()
         self._closed = False
@@ -46,9 +109,10 @@ class JobOutput:
         self._thread.start()
 
     def __call__(self, line: str) -> None:
-        text = line[:_MAX_LINE]
+        text, now = line[:_MAX_LINE], time.time()
         with self._cond:
-            self._pending.append((time.time(), text))
+            # Late lines (a reporter's, after the job ended) are few: written as they are.
+            self._pending.extend([(now, text)] if self._closed else self._cap.admit(now, text))
             closed = self._closed
             if len(self._pending) >= _FLUSH_LINES:
                 self._cond.notify()
@@ -75,6 +139,7 @@ class JobOutput:
 
     def close(self) -> None:
         with self._cond:
+            self._pending.extend(self._cap.end())
             self._closed = True
             self._cond.notify()
         self._thread.join(timeout=10)

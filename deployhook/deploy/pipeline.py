@@ -64,7 +64,7 @@ class Deploy:
         self, *, job: Job, repo: Repo, settings: Settings, store: Store, cancel: threading.Event
     ) -> None:
         self.job = job
-        output = JobOutput(store, job.id)
+        output = JobOutput(store, job.id, limit=settings.max_output)
         self.ctx = Context(
             job=job,
             repo=repo,
@@ -162,7 +162,7 @@ def report_ended(job: Job, *, repo: Repo, settings: Settings, store: Store) -> N
         repo=repo,
         settings=settings,
         store=store,
-        output=JobOutput(store, job.id),
+        output=JobOutput(store, job.id, limit=settings.max_output),
         deadline=process.Deadline(repo.timeout),
         cancel=threading.Event(),
     )
