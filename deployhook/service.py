@@ -15,7 +15,7 @@ from typing import Any
 
 from deployhook import preflight, summary, tail
 from deployhook.config import Settings
-from deployhook.errors import ConfigError, Conflict, StepFailed
+from deployhook.errors import ConfigError, Conflict, SecretNotConfigured, StepFailed
 from deployhook.intake import receive as intake
 from deployhook.intake.receive import Request
 from deployhook.models import (
@@ -267,6 +267,11 @@ class Service:
         self.registry.refresh()
         if self.registry.error:
             found.append(f"registry invalid, last good one in use: {self.registry.error}")
+        for repo in self.registry:
+            try:
+                resolve_secrets(repo, default=self.settings.secret)
+            except SecretNotConfigured as exc:
+                found.append(f"repo {repo.name} cannot verify pushes (they answer 503): {exc}")
         workers = self.live_workers()
         nodes = {w.node for w in workers}
         needed = {repo.node for repo in self.registry}

@@ -500,3 +500,21 @@ def test_live_followers_are_limited_per_process_and_released(
     again = client.get(f"/jobs/{waiting.id}/log?follow=1", headers=bearer())
     assert again.status_code == 200
     again.close()
+
+
+def test_healthz_is_degraded_while_a_repo_cannot_verify(
+    settings: Settings,
+    open_service: Callable[[Settings], Service],
+    remote: Remote,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A secret under 16 characters (or a comma splitting one off) verifies nothing."""
+    write_registry(
+        settings.registry,
+        {"site": {"path": str(remote.checkout), "secret_env": "SHORT_SECRET_FOR_TEST"}},
+    )
+    monkeypatch.setenv("SHORT_SECRET_FOR_TEST", "x,Zq8#p1Lm9v2Ws4Tq7RkY0")
+    body = make_client(settings, open_service).get("/healthz").get_json()
+    assert body["status"] == "degraded"
+    [problem] = [p for p in body["problems"] if "cannot verify" in p]
+    assert "split at ',' into 1 + 21 characters" in problem
