@@ -295,13 +295,13 @@ class Store:
         with self._write() as tx:
             return queue.renew(tx, worker=worker, job_ids=job_ids, lease_s=lease_s, now=time.time())
 
-    def retarget(self, job_id: int, *, repo: str, sha: str, note: str) -> Job:
+    def retarget(self, job_id: int, *, repo: str, sha: str, note: str | None) -> Job:
         """Make a job deploy sha instead (the branch head past its pushed commit).
 
         The head counts as seen: reconcile need not deploy it again.
         """
         with self._write() as tx:
-            queue.set_fields(tx, job_id, sha=sha, note=redact.mask(note))
+            queue.set_fields(tx, job_id, sha=sha, note=redact.mask(note) if note else None)
             ledger.see_head(tx, repo, sha, now=time.time())
             job = queue.get(tx, job_id)
         assert job is not None
