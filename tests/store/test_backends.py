@@ -118,7 +118,7 @@ def test_duplicate_delivery_gets_the_first_answer_again(store: Store) -> None:
     first = store.submit(push("site", 1, delivery="same"))
     again = store.submit(push("site", 1, delivery="same"))
     assert again.outcome == Outcome.DUPLICATE
-    assert decision_status(again) == 202
+    assert decision_status(again) == 200  # nothing new queued
     assert decision_body(again) == {**decision_body(first), "duplicate": True}
     assert len(store.jobs("site")) == 1
 
