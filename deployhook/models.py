@@ -118,6 +118,9 @@ class Job:
     # Where it runs: the worker's host, and its process group there (while running).
     host: str | None = None
     pgid: int | None = None
+    # An automatic rollback: the failed job it rolls back from; and the other way round.
+    rollback_of: int | None = None
+    rolled_back_by: int | None = None
 
     @property
     def duration_s(self) -> float | None:
@@ -148,6 +151,8 @@ class Job:
             "duration_s": self.duration_s,
             "error": self.error,
             "steps": [s.to_dict() for s in self.steps],
+            "rollback_of": self.rollback_of,
+            "rolled_back_by": self.rolled_back_by,
         }
 
 

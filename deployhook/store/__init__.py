@@ -334,6 +334,7 @@ class Store:
         trigger: Trigger,
         node: str,
         repo_url: str | None = None,
+        rollback_of: int | None = None,
     ) -> Job | None:
         with self._write() as tx:
             job = queue.enqueue_if_idle(
@@ -345,6 +346,7 @@ class Store:
                 node=node,
                 now=time.time(),
                 repo_url=repo_url,
+                rollback_of=rollback_of,
             )
         if job is not None:
             self.backend.wake()

@@ -12,6 +12,12 @@ from deployhook.store.backend import Row, Tx
 # repo stops retrying it: a deploy that kills its worker every time must not loop.
 MAX_INTERRUPTED_RUNS = 3
 
+# A job row with the id of the rollback that followed it, if any (migration 3).
+_JOB = (
+    "SELECT j.*, (SELECT r.id FROM jobs r WHERE r.rollback_of = j.id ORDER BY r.id LIMIT 1)"
+    " AS rolled_back_by FROM jobs j"
+)
+
 
 def job_from_row(row: Row, steps: tuple[Step, ...] = ()) -> Job:
     return Job(
@@ -34,6 +40,8 @@ def job_from_row(row: Row, steps: tuple[Step, ...] = ()) -> Job:
         steps=steps,
         host=row.get("host"),
         pgid=row.get("pgid"),
+        rollback_of=row.get("rollback_of"),
+        rolled_back_by=row.get("rolled_back_by"),
     )
 
 
@@ -46,7 +54,7 @@ def steps_of(tx: Tx, job_id: int) -> tuple[Step, ...]:
 
 
 def get(tx: Tx, job_id: int) -> Job | None:
-    row = tx.one("SELECT * FROM jobs WHERE id = :id", id=job_id)
+    row = tx.one(f"{_JOB} WHERE j.id = :id", id=job_id)
     return None if row is None else job_from_row(row, steps_of(tx, job_id))
 
 
@@ -69,17 +77,20 @@ def enqueue(
     now: float,
     repo_url: str | None = None,
     join_running: bool = False,
+    rollback_of: int | None = None,
 ) -> tuple[Job, bool]:
     """Queue a deploy of sha, or join the repo's queued job (which takes sha and trigger).
 
     Returns the job and whether it was coalesced. With join_running, a running job of
-    the same sha is joined too (a redelivered push must not deploy twice).
+    the same sha is joined too (a redelivered push must not deploy twice). rollback_of:
+    the failed job an automatic rollback rolls back from.
     """
     # The common case under a burst is one statement: the queued job takes the new sha.
     joined = tx.one(
         "UPDATE jobs SET sha = :sha, ref = :ref, trigger = :trigger, delivery = :delivery,"
-        " node = :node, repo_url = COALESCE(:repo_url, repo_url)"
+        " node = :node, repo_url = COALESCE(:repo_url, repo_url), rollback_of = :rollback_of"
         " WHERE repo = :repo AND status = 'queued' RETURNING *",
+        rollback_of=rollback_of,
         sha=sha,
         ref=ref,
         trigger=str(trigger),
@@ -95,9 +106,10 @@ def enqueue(
         if running is not None and running.sha == sha:
             return running, True
     row = tx.one(
-        "INSERT INTO jobs (repo, status, trigger, sha, ref, delivery, created_at, node, repo_url)"
-        " VALUES (:repo, 'queued', :trigger, :sha, :ref, :delivery, :now, :node, :repo_url)"
-        " RETURNING *",
+        "INSERT INTO jobs (repo, status, trigger, sha, ref, delivery, created_at, node, repo_url,"
+        " rollback_of) VALUES (:repo, 'queued', :trigger, :sha, :ref, :delivery, :now, :node,"
+        " :repo_url, :rollback_of) RETURNING *",
+        rollback_of=rollback_of,
         repo=repo,
         trigger=str(trigger),
         sha=sha,
@@ -121,6 +133,7 @@ def enqueue_if_idle(
     node: str,
     now: float,
     repo_url: str | None = None,
+    rollback_of: int | None = None,
 ) -> Job | None:
     """Queue a follow-up job (rollback, retry) unless a newer job is already queued."""
     if in_state(tx, repo, Status.QUEUED) is not None:
@@ -135,6 +148,7 @@ def enqueue_if_idle(
         node=node,
         now=now,
         repo_url=repo_url,
+        rollback_of=rollback_of,
     )
     return job
 
@@ -325,7 +339,7 @@ def newest_good_sha(tx: Tx, repo: str, *, other_than: str | None = None) -> str 
 
 def history(tx: Tx, repo: str, *, limit: int) -> list[Job]:
     rows = tx.all(
-        "SELECT * FROM jobs WHERE repo = :repo ORDER BY id DESC LIMIT :limit",
+        f"{_JOB} WHERE j.repo = :repo ORDER BY j.id DESC LIMIT :limit",
         repo=repo,
         limit=limit,
     )
@@ -372,8 +386,8 @@ def prune(tx: Tx, repo: str, *, keep: int) -> int:
 def newest_good(tx: Tx, repo: str) -> Job | None:
     """The repo's newest succeeded job: what is deployed now."""
     row = tx.one(
-        "SELECT * FROM jobs WHERE repo = :repo AND status = 'succeeded'"
-        " ORDER BY finished_at DESC, id DESC LIMIT 1",
+        f"{_JOB} WHERE j.repo = :repo AND j.status = 'succeeded'"
+        " ORDER BY j.finished_at DESC, j.id DESC LIMIT 1",
         repo=repo,
     )
     return None if row is None else job_from_row(row)

@@ -357,6 +357,19 @@ def test_rollback_target_is_the_newest_good_sha_other_than_the_deployed(store: S
     assert store.newest_good_sha("b") is None
 
 
+def test_a_push_joining_a_queued_rollback_is_no_rollback_any_more(store: Store) -> None:
+    failed = _run(store, "a", 1, Status.FAILED)
+    rollback = store.enqueue_if_idle(
+        repo="a", sha=sha(0), ref=None, trigger=Trigger.ROLLBACK, node="", rollback_of=failed
+    )
+    assert rollback is not None and rollback.rollback_of == failed
+    assert store.job(failed).rolled_back_by == rollback.id
+    joined, coalesced = store.enqueue(repo="a", sha=sha(2), ref=None, trigger=Trigger.PUSH, node="")
+    assert coalesced and joined.id == rollback.id
+    assert (joined.trigger, joined.rollback_of) == (Trigger.PUSH, None)
+    assert store.job(failed).rolled_back_by is None
+
+
 def test_prune_keeps_the_newest_jobs_and_the_last_good_one(store: Store) -> None:
     good = _run(store, "a", 0, Status.SUCCEEDED)
     failed = [_run(store, "a", n, Status.FAILED) for n in range(1, 8)]
