@@ -233,6 +233,10 @@ class RepoView:
     last_job: Job | None
     queued: bool
     running: Job | None
+    # The newest job that ended (the last job itself unless one is queued or running).
+    last_ended: Job | None = None
+    # When the deployed job is an automatic rollback: the failed job it rolled back from.
+    rolled_back_from: Job | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -186,6 +186,17 @@ class Service:
         views = self.store.overviews(wanted)
         return [summary.summarize(repos[n], v) for n, v in zip(wanted, views, strict=True)]
 
+    def repo_history(
+        self, name: str, *, jobs: int = 30, deliveries: int = 30
+    ) -> tuple[summary.RepoSummary, list[Job], list[Delivery]]:
+        """One repo's page: its line, its newest jobs and its newest ledger rows."""
+        [line] = self.summaries([name])
+        return (
+            line,
+            self.store.jobs(line.repo, limit=jobs),
+            self.store.deliveries(line.repo, limit=deliveries),
+        )
+
     def repo_status(self, name: str) -> dict[str, Any]:
         """The body of GET /deploy/<repo>."""
         repo = self.repo(name)

@@ -41,6 +41,8 @@ def list_repos() -> None:
 def _last_status(line: RepoSummary) -> str:
     last = line.last_job
     parts = [f"{last.status} {last.sha[:12]} (job {last.id})" if last else "never deployed"]
+    if line.rollback_note:
+        parts.append(line.rollback_note)
     if line.queued and (last is None or last.status != Status.QUEUED):
         parts.append("a job queued")
     if line.held:

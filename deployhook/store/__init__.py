@@ -188,6 +188,10 @@ class Store:
         last = queue.history(tx, repo, limit=1)
         running = queue.in_state(tx, repo, Status.RUNNING)
         good = queue.newest_good(tx, repo)
+        ended = last[0] if last and last[0].status.ended else queue.last_ended(tx, repo)
+        rolled_back_from = None
+        if good is not None and good.trigger == Trigger.ROLLBACK and good.rollback_of:
+            rolled_back_from = queue.get(tx, good.rollback_of)
         return RepoView(
             state=ledger.state(tx, repo),
             deployed_sha=good.sha if good else None,
@@ -195,6 +199,8 @@ class Store:
             last_job=last[0] if last else None,
             queued=queue.in_state(tx, repo, Status.QUEUED) is not None,
             running=queue.get(tx, running.id) if running else None,
+            last_ended=ended,
+            rolled_back_from=rolled_back_from,
         )
 
     def tail(

@@ -393,6 +393,16 @@ def newest_good(tx: Tx, repo: str) -> Job | None:
     return None if row is None else job_from_row(row)
 
 
+def last_ended(tx: Tx, repo: str) -> Job | None:
+    """The repo's newest job that has ended, whatever came of it."""
+    row = tx.one(
+        f"{_JOB} WHERE j.repo = :repo AND j.status NOT IN ('queued', 'running')"
+        " ORDER BY j.id DESC LIMIT 1",
+        repo=repo,
+    )
+    return None if row is None else job_from_row(row)
+
+
 def status_of(tx: Tx, job_id: int) -> Status | None:
     value = tx.value("SELECT status FROM jobs WHERE id = :id", id=job_id)
     return None if value is None else Status(value)

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from deployhook import summary
 from deployhook.errors import InvalidRequest, StoreUnavailable
 from deployhook.models import iso
 from deployhook.web import badge
@@ -71,7 +72,7 @@ def overview() -> Any:
 def repo_badge(repo: str) -> Any:
     """Always public: a README shows it to anyone."""
     [line] = service().summaries([repo])
-    message = "running" if line.running else line.status
+    message = summary.label(line.state)
     label = request.args.get("label", "deploy")[:MAX_LABEL] or "deploy"
     response = Response(badge.render(message, label=label), mimetype="image/svg+xml")
     response.headers["Cache-Control"] = f"public, max-age={BADGE_MAX_AGE_S}"

@@ -80,20 +80,40 @@ def test_status_table_after_deploys(
     result = cli(env, "status")
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
-    cells = lines[1].split()
-    assert cells[:4] == ["site", "main", "succeeded", good[:10]]
-    assert "held" in cells
+    # The failure stays visible: the repo is rolled back, and says from what.
+    assert lines[1].split()[:5] == ["site", "main", "rolled", "back", good[:10]]
+    assert "held" in lines[1].split()
     assert " ago " in lines[1]
+    assert lines[2] == (
+        f"site: rolled back to {good[:10]} (job {failed.id + 1}) after job {failed.id} "
+        f"failed to deploy {bad[:10]}"
+    )
+    assert lines[3] == "site: compose up exited with 1"
 
     one = cli(env, "status", "site")
     assert one.exit_code == 0
-    text = one.stdout
-    assert text.splitlines()[0].startswith(f"site (main): deployed {good[:10]}")
-    assert ", held" in text.splitlines()[0]
-    jobs = [line.split() for line in text.splitlines()[2:]]
+    text = one.stdout.splitlines()
+    assert text[0].startswith(f"site (main): deployed {good[:10]}")
+    assert ", held" in text[0]
+    assert text[1:4] == [
+        "state: rolled back",
+        lines[2].removeprefix("site: "),
+        "error: compose up exited with 1",
+    ]
+    jobs = [line.split() for line in text[5:]]
     assert [j[1] for j in jobs] == ["succeeded", "failed", "succeeded"]
     assert [j[2] for j in jobs] == ["rollback", "manual", "push"]
-    assert "compose up exited with 1" in text
+    assert text[5].endswith(f"(rollback of job {failed.id})")
+    assert text[6].endswith(f"compose up exited with 1 (rolled back by job {failed.id + 1})")
+
+    # A good deploy of a newer commit clears it.
+    service.store.release("site", node="")
+    fake_docker.set()
+    service.run("site", sha=remote.commit_and_push({"index.html": "v4\n"}))
+    Worker(service).work(burst=True)
+    after = cli(env, "status").stdout.splitlines()
+    assert after[1].split()[2] == "succeeded"
+    assert len(after) == 2  # no rollback, no error left to show
 
 
 def test_status_of_unknown_repo_is_one_line_and_exit_2(env: dict[str, str]) -> None:
