@@ -123,8 +123,10 @@
       el("td", { class: "c-took", "data-label": "Took",
                  text: took(last ? last.duration_s : null) }),
       el("td", { class: "c-error", "data-label": "Error" },
-         r.rolled_back ? rollbackLine(r.rolled_back) : null,
-         r.error ? el("span", { class: "err", title: r.error, text: r.error }) : null));
+         (r.rolled_back || r.error) ? el("div", { class: "notes" },
+           r.rolled_back ? rollbackLine(r.rolled_back) : null,
+           r.error ? el("span", { class: "err", title: r.error, text: r.error }) : null)
+         : null));
   }
 
   let lastRender = null;
