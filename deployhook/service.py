@@ -15,7 +15,7 @@ from typing import Any
 
 from deployhook import log, preflight, summary, tail
 from deployhook.config import Settings
-from deployhook.errors import ConfigError, Conflict, StepFailed
+from deployhook.errors import ConfigError, Conflict, NoStore, StepFailed
 from deployhook.intake import receive as intake
 from deployhook.intake.receive import Request
 from deployhook.models import (
@@ -44,20 +44,44 @@ REMOTE_TIMEOUT_S = 20
 class Service:
     """Settings, registry and (opened on first use) store, once per process."""
 
-    def __init__(self, settings: Settings, registry: Registry, store: Store | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        store: Store | None = None,
+        *,
+        create_store: bool = True,
+    ):
         self.settings = settings
         self.registry = registry
         self._store = store
+        self._create_store = create_store
 
     @classmethod
-    def open(cls, settings: Settings) -> Service:
+    def open(cls, settings: Settings, *, create_store: bool = True) -> Service:
+        """create_store=False: for commands that only read; a missing store is NoStore."""
         registry = Registry(settings.registry)
         registry.refresh(force=True)
-        return cls(settings, registry)
+        return cls(settings, registry, create_store=create_store)
 
     @functools.cached_property
     def store(self) -> Store:
+        if self._store is None and not self._create_store:
+            missing = self.store_missing()
+            if missing:
+                raise NoStore(missing)
         return self._store or open_store(self.settings)
+
+    def store_missing(self) -> str | None:
+        """Why there is no store to read yet (SQLite only: a server creates it), or None."""
+        path = self.settings.database_path
+        if self.settings.database_url or path.exists():
+            return None
+        return (
+            f"no store yet at {path}: `deployhook serve` (or `deployhook worker`) creates it. "
+            f"If a server runs, its store is elsewhere: run this where it runs, or give "
+            f"DEPLOYHOOK_DATA_DIR (or DEPLOYHOOK_REGISTRY) as it has them"
+        )
 
     def close(self) -> None:
         if "store" in self.__dict__:

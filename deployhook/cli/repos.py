@@ -8,7 +8,13 @@ from typing import Any
 
 import click
 
-from deployhook.cli.common import fail, handle_errors, load_settings, open_service
+from deployhook.cli.common import (
+    fail,
+    handle_errors,
+    load_settings,
+    open_service,
+    require_registry,
+)
 from deployhook.errors import DeployhookError
 from deployhook.models import Status
 from deployhook.service import Service
@@ -24,13 +30,22 @@ def repos() -> None:
 @handle_errors
 def list_repos() -> None:
     """Print one line a repo: name, branch, path, last status."""
-    with open_service() as svc:
+    with open_service(read_only=True) as svc:
         entries = svc.repos()
         if not entries:
-            click.echo(f"no repos in {svc.settings.registry}", err=True)
+            click.echo(
+                f"no repos in {svc.settings.registry}: add one with "
+                "`deployhook repos add NAME --path /path/to/checkout`",
+                err=True,
+            )
             return
-        lines = {line.repo: line for line in svc.summaries([r.name for r in entries])}
-        rows = [(r.name, r.branch, str(r.path), _last_status(lines[r.name])) for r in entries]
+        no_store = svc.store_missing()
+        if no_store:  # the registry is there; nothing deployed yet
+            click.echo(f"deployhook: {no_store}", err=True)
+            lines = {}
+        else:
+            lines = {line.repo: line for line in svc.summaries([r.name for r in entries])}
+        rows = [(r.name, r.branch, str(r.path), _last_status(lines.get(r.name))) for r in entries]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
         click.echo(
@@ -38,7 +53,9 @@ def list_repos() -> None:
         )
 
 
-def _last_status(line: RepoSummary) -> str:
+def _last_status(line: RepoSummary | None) -> str:
+    if line is None:
+        return "never deployed (no store yet)"
     last = line.last_job
     parts = [f"{last.status} {last.sha[:12]} (job {last.id})" if last else "never deployed"]
     if line.rollback_note:
@@ -107,6 +124,7 @@ def add(name: str, path: Path, **options: Any) -> None:
     if options["secret_env"] and secret_file:
         raise click.UsageError("give --secret-env or --secret-file, not both")
     settings = load_settings()
+    require_registry(settings)
     checkout = Path(os.path.abspath(path))
     problem = git.checkout_problem(checkout)
     if problem:
@@ -141,6 +159,7 @@ def add(name: str, path: Path, **options: Any) -> None:
 def remove(name: str) -> None:
     """Remove a repo from repos.yml, keeping the other entries and comments."""
     settings = load_settings()
+    require_registry(settings)
     Service.open(settings).remove_repo(name)
     click.echo(f"removed {name} from {settings.registry} (its checkout and history are kept)")
 

@@ -145,7 +145,7 @@ def _note(job: Job) -> str:
 @handle_errors
 def status(name: str | None, limit: int) -> None:
     """Show every repo's state, or one repo's recent jobs."""
-    with open_service() as svc:
+    with open_service(read_only=True) as svc:
         sys.exit(_repo_jobs(svc, name, limit) if name else _repos_table(svc))
 
 
@@ -155,7 +155,7 @@ def status(name: str | None, limit: int) -> None:
 @handle_errors
 def logs(job: int, follow: bool) -> None:
     """Print a job's output, each line with its UTC time."""
-    with open_service() as svc:
+    with open_service(read_only=True) as svc:
         try:
             for line in svc.output(job, follow=follow):
                 sys.stdout.write(line)
