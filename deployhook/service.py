@@ -8,13 +8,16 @@ the registry (`repos check`, `deliver`, `hook create`) never open or create one.
 from __future__ import annotations
 
 import functools
+import shlex
+import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from deployhook import log, preflight, summary, tail
-from deployhook.config import Settings
+from deployhook.config import Settings, find_registry
 from deployhook.errors import ConfigError, Conflict, NoStore, StepFailed
 from deployhook.intake import receive as intake
 from deployhook.intake.receive import Request
@@ -101,6 +104,33 @@ class Service:
     def registry_error(self) -> str | None:
         """Why the registry file is refused (the last good one serves), or None."""
         return self.registry.error
+
+    def add_repo_command(self) -> str:
+        """The exact command that adds a repo to the registry this process serves.
+
+        `cd DIR &&` when the file is found from this process's directory (a command run
+        elsewhere would look elsewhere), DEPLOYHOOK_REGISTRY=... when it is not found at
+        all; bare for /etc/deployhook/repos.yml. The program as this process runs it.
+        """
+        here = Path.cwd()
+        program = Path(sys.executable).parent / "deployhook"
+        cli = "deployhook"
+        if program.is_file() and shutil.which("deployhook") != str(program):
+            cli = str(program.relative_to(here) if program.is_relative_to(here) else program)
+        command = f"{shlex.quote(cli)} repos add NAME --path /path/to/checkout"
+        registry = self.settings.registry.absolute()
+        found = find_registry(here)
+        if found is None or found.resolve() != registry.resolve():
+            return f"DEPLOYHOOK_REGISTRY={shlex.quote(str(registry))} {command}"
+        if registry.is_relative_to(here):
+            return f"cd {shlex.quote(str(here))} && {command}"
+        return command
+
+    @property
+    def registry_is_example(self) -> bool:
+        """Whether the registry is the example tracked in a git checkout of deployhook."""
+        shipped = Path(__file__).resolve().parents[1] / "repos.yml"
+        return self.settings.registry.resolve() == shipped
 
     def mask_secrets(self) -> None:
         """Register every secret and token we know of, so no log or shown output holds one."""

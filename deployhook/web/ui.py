@@ -72,9 +72,20 @@ def _page_context() -> dict[str, Any]:
 @status_access
 def index() -> Any:
     svc = service()
+    repos = svc.summaries()
+    first: dict[str, Any] = {}
+    if not repos:  # a newcomer: say how to add the first repo, exactly
+        base = svc.settings.public_url or request.url_root.rstrip("/")
+        first = {
+            "command": svc.add_repo_command(),
+            "registry": svc.settings.registry.absolute(),
+            "example": svc.registry_is_example,
+            "hook_url": f"{base}/deploy/NAME",
+        }
     return render_template(
         "index.html",
-        repos=svc.summaries(),
+        repos=repos,
+        first=first,
         nodes=svc.workers_by_node(),
         registry_error=svc.registry_error,
         **_page_context(),

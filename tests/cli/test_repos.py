@@ -74,23 +74,24 @@ def test_add_then_remove_returns_the_file_byte_for_byte(settings: Settings, tmp_
     )
     assert added.exit_code == 0, added.output
     text = settings.registry.read_text()
-    for comment in (
-        "# deployhook's registry",
-        "# seconds for a whole deploy",
-        "# A site whose webhook secret",
-        "# the payload must come from",
-    ):
-        assert comment in text
-    assert text.startswith(before.decode())  # appended: nothing above it moved
-    assert text.endswith(
-        "\n  blog:\n"
-        f"    path: {target.checkout}\n"
-        "    branch: production\n    source: jeff/blog\n"
-        "    secret_env: BLOG_SECRET\n"
-        "    compose_files: [docker-compose.yml, prod.yml]\n"
-        "    project_name: blog\n    services: [web, db]\n    timeout: 300\n"
-        "    health_timeout: 0\n    rollback: false\n"
-        "    on_local_changes: reset\n"
+    # The example's `repos: {}` becomes the block of the one entry, in place: every
+    # comment above it (the commented examples too) stays as it was.
+    head, tail = before.decode().split("repos: {}\n")
+    assert "# A site whose webhook secret" in head and "# deployhook's registry" in head
+    assert (
+        text
+        == head
+        + (
+            "repos:\n  blog:\n"
+            f"    path: {target.checkout}\n"
+            "    branch: production\n    source: jeff/blog\n"
+            "    secret_env: BLOG_SECRET\n"
+            "    compose_files: [docker-compose.yml, prod.yml]\n"
+            "    project_name: blog\n    services: [web, db]\n    timeout: 300\n"
+            "    health_timeout: 0\n    rollback: false\n"
+            "    on_local_changes: reset\n"
+        )
+        + tail
     )
     blog = registry.load(settings.registry)["blog"]
     assert (blog.branch, blog.services, blog.rollback, blog.timeout) == (

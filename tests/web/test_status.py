@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -470,6 +471,36 @@ def test_index_page_renders_every_repo(client: Any, deployed: int, remote: Remot
     assert f"https://git.example.com/jeff/site/commit/{remote.deployed()}" in html
     assert "/static/app.js" in html and "/static/style.css" in html
     assert "log in" in html
+
+
+def test_index_page_tells_a_newcomer_the_exact_command(
+    settings: Settings,
+    open_service: Callable[[Settings], Service],
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    home = tmp_path / "home"
+    (home / "config").mkdir(parents=True)
+    registry = home / "config" / "repos.yml"
+    registry.write_text("repos: {}\n")
+    monkeypatch.chdir(home)  # where serve runs: it found config/repos.yml from here
+    html = make_client(settings, open_service, registry=registry).get("/").data.decode()
+    assert 'id="repos-empty"' in html and 'id="repos"' not in html
+    command = html.split('<pre class="cmd" id="add-command"><code>')[1].split("</code>")[0]
+    assert command.startswith(f"cd {home} &amp;&amp; ")
+    assert command.endswith(" repos add NAME --path /path/to/checkout")
+    assert f"It adds NAME to <code>{registry}</code>" in html
+    assert "http://localhost/deploy/NAME" in html
+    assert 'id="example-hint"' not in html
+    # Served from elsewhere: the command names the file.
+    monkeypatch.chdir(tmp_path)
+    html = make_client(settings, open_service, registry=registry).get("/").data.decode()
+    assert f"<code>DEPLOYHOOK_REGISTRY={registry} " in html
+    # deployhook's own tracked example: say where a live registry belongs.
+    example = Path(__file__).resolve().parents[2] / "repos.yml"
+    monkeypatch.chdir(example.parent)
+    html = make_client(settings, open_service, registry=example).get("/").data.decode()
+    assert 'id="example-hint"' in html and "cp repos.yml config/repos.yml" in html
 
 
 @pytest.mark.parametrize("name", ["app.js", "style.css"])
