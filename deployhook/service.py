@@ -145,8 +145,8 @@ class Service:
     def remove_repo(self, name: str) -> None:
         registry_edit.remove_repo(self.settings.registry, name)
 
-    def check_repos(self) -> dict[str, list[str]]:
-        """Each repo's problems, as `repos check` shows them (empty lists: all is well)."""
+    def check_repos(self) -> preflight.Report:
+        """This host's and each repo's problems, as `repos check` shows them."""
         return preflight.check_all(self.repos(), self.settings)
 
     def secret(self, repo: Repo) -> str:

@@ -167,17 +167,31 @@ def remove(name: str) -> None:
 @repos.command(name="check")
 @handle_errors
 def check() -> None:
-    """Check the registry and every repo; one line per problem, exit 2 if any."""
+    """Check this host and every repo; one line per problem, exit 2 if any.
+
+    What a deploy needs: the Docker engine answers, the compose command runs, and for
+    each repo its secret resolves, its checkout is a git checkout this user can write,
+    its branch is on the remote and compose accepts its files.
+    """
     with open_service() as svc:
-        found = svc.check_repos()
+        report = svc.check_repos()
         registry_file = svc.settings.registry
-    problems = [
+    problems = [f"this host: {problem}" for problem in report.host]
+    problems += [
         f"{registry_file}: repos.{name}: {problem}"
-        for name, repo_problems in found.items()
+        for name, repo_problems in report.repos.items()
         for problem in repo_problems
     ]
     for line in problems:
         click.echo(line, err=True)
     if problems:
         raise SystemExit(2)
-    click.echo(f"{len(found)} repo{'' if len(found) == 1 else 's'} OK")
+    tools = ", ".join(t for t in (report.engine, report.compose) if t)
+    count = len(report.repos)
+    if not count:
+        click.echo(
+            f"no repos in {registry_file} yet ({tools} answer): add one with "
+            "`deployhook repos add NAME --path /path/to/checkout`"
+        )
+        return
+    click.echo(f"{count} repo{'' if count == 1 else 's'} OK ({tools})")
