@@ -140,6 +140,17 @@ def _compose_problems(repo: Repo, settings: Settings) -> list[str]:
     return [f"compose: {problem}"] if problem else []
 
 
+def unverifiable(repos: list[Repo], settings: Settings) -> dict[str, str]:
+    """Repos whose webhook secret does not resolve, and why: their pushes are refused."""
+    found = {}
+    for repo in repos:
+        try:
+            resolve_secrets(repo, default=settings.secret)
+        except DeployhookError as exc:
+            found[repo.name] = str(exc)
+    return found
+
+
 def writable_problem(checkout: Path) -> str | None:
     """Why this user cannot update the checkout (git fetch and checkout write there)."""
     places = [checkout]
