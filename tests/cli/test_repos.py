@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from deployhook import registry
 from deployhook.cli import main
 from deployhook.config import Settings
 from deployhook.web import create_app
+from tests import needs
 from tests.cli_logging import restore_logging  # noqa: F401 - an autouse fixture
 from tests.conftest import write_registry
 from tests.helpers import SECRET, FakeDocker, FakeEngine, Remote, git, make_remote
@@ -557,18 +557,10 @@ def test_check_of_an_invalid_registry_is_one_line(settings: Settings) -> None:
     assert "duplicate key 'a'" in line
 
 
-def _compose_plugin() -> bool:
-    docker = shutil.which("docker")
-    if docker is None:
-        return False
-    probe = subprocess.run([docker, "compose", "version"], capture_output=True, check=False)
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not _compose_plugin(), reason="needs the docker compose plugin")
 def test_check_with_real_compose_never_prints_interpolated_secrets(
     settings: Settings, tmp_path: Path, fake_engine: FakeEngine
 ) -> None:
+    needs.compose_v2()
     leak = "hunter2-do-not-print-me"
     good = make_remote(
         tmp_path,

@@ -19,14 +19,13 @@ from deployhook.config import Settings
 from deployhook.deploy.worker import Worker
 from deployhook.models import Status, StepStatus, Trigger
 from deployhook.service import Service
+from tests import needs
 from tests.conftest import write_registry
 from tests.helpers import gitea_headers, gitea_push_body
 from tests.server import Served, live_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-# Read at import: the autouse fixture clears DEPLOYHOOK_* before each test runs.
-REQUIRE = os.environ.get("DEPLOYHOOK_REQUIRE_BROWSER") == "1"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 TOKEN = "browser-admin-token"
@@ -43,7 +42,7 @@ except ImportError:  # pragma: no cover - the test extra installs it
 
 def _browser_missing() -> str | None:
     if webdriver is None:
-        return "selenium is not installed"
+        return "selenium is not installed (`pip install -e '.[test]'`)"
     for path in (CHROMIUM, CHROMEDRIVER):
         if not Path(path).exists():
             return f"{path} not found"
@@ -52,11 +51,9 @@ def _browser_missing() -> str | None:
 
 @pytest.fixture
 def driver(tmp_path: Path) -> Iterator[Any]:
-    missing = _browser_missing()
-    if missing:
-        if REQUIRE:
-            pytest.fail(f"DEPLOYHOOK_REQUIRE_BROWSER=1 but {missing}")
-        pytest.skip(missing)
+    why = _browser_missing()
+    if why:
+        needs.missing("browser", why)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (
