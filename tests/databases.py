@@ -17,9 +17,10 @@ from contextlib import contextmanager, suppress
 import psycopg
 import pytest
 
+from tests import needs
+
 # Read at import: the autouse isolated_env fixture clears DEPLOYHOOK_* before each test.
 POSTGRES_URL = os.environ.get("DEPLOYHOOK_TEST_DATABASE_URL") or None
-REQUIRE_POSTGRES = os.environ.get("DEPLOYHOOK_REQUIRE_POSTGRES") == "1"
 
 
 def with_search_path(url: str, schema: str) -> str:
@@ -33,9 +34,7 @@ def with_search_path(url: str, schema: str) -> str:
 def server_url() -> str:
     """The test server's URL, or skip (or fail when PostgreSQL is required)."""
     if POSTGRES_URL is None:
-        if REQUIRE_POSTGRES:
-            pytest.fail("DEPLOYHOOK_REQUIRE_POSTGRES=1 but DEPLOYHOOK_TEST_DATABASE_URL is unset")
-        pytest.skip("no PostgreSQL: set DEPLOYHOOK_TEST_DATABASE_URL (see .ci/postgres.sh)")
+        needs.missing("postgres", "no PostgreSQL: DEPLOYHOOK_TEST_DATABASE_URL is unset")
     return POSTGRES_URL
 
 

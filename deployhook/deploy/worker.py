@@ -218,6 +218,7 @@ class Worker:
             trigger=Trigger.ROLLBACK,
             node=repo.node,
             repo_url=job.repo_url,
+            rollback_of=job.id,
         )
         log.info(
             "rollback_queued" if rollback else "rollback_skipped_newer_job_queued",

@@ -109,4 +109,9 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN note TEXT;
     ALTER TABLE jobs ADD COLUMN retry_of INTEGER;
     """,
+    # 4: a rollback job names the failed job it rolls back from, so each links to the other.
+    """
+    ALTER TABLE jobs ADD COLUMN rollback_of INTEGER;
+    CREATE INDEX jobs_by_rollback_of ON jobs (rollback_of) WHERE rollback_of IS NOT NULL;
+    """,
 )
