@@ -5,7 +5,8 @@
 #
 # The Dockerfile's base is python:3.11.x-slim-bookworm. Without a registry, this script
 # makes a stand-in: a Debian 12 rootfs from debootstrap with Debian's python3 (3.11),
-# imported as local/python:3.11-slim-bookworm. The build runs with --network host
+# imported as local/python:3.11-slim-bookworm (rebuilt when its recipe changes: the label
+# deployhook.base.recipe). The build runs with --network host
 # because the test engines give containers no network (no iptables, no forwarding);
 # pip and Debian's archive are reached from the host's network.
 # Then: `deployhook --version` in the image, a /healthz probe through the image's own
@@ -14,7 +15,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TAG=${1:-deployhook:dev}
-BASE=${DEPLOYHOOK_IMAGE_BASE:-local/python:3.11-slim-bookworm}
+STANDIN=local/python:3.11-slim-bookworm
+# Bump when the stand-in's recipe below changes: an engine holding an older one rebuilds it.
+# 2: / is 0755 (mktemp -d made it 0700: only root could reach any file), PATH is set.
+STANDIN_RECIPE=2
+BASE=${DEPLOYHOOK_IMAGE_BASE:-$STANDIN}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 log() { printf 'build-image: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -32,9 +37,18 @@ cleanup() {
 trap cleanup EXIT
 [[ -n ${DOCKER_HOST:-} ]] || die "set DOCKER_HOST (e.g. \$(.ci/docker-engine.sh start | tail -n1))"
 
-if ! docker image inspect "$BASE" >/dev/null 2>&1; then
+recipe=''
+if [[ $BASE == "$STANDIN" ]] && recipe=$(docker image inspect \
+    -f '{{index .Config.Labels "deployhook.base.recipe"}}' "$BASE" 2>/dev/null); then
+  [[ $recipe == "$STANDIN_RECIPE" ]] ||
+    log "$BASE has recipe ${recipe:-none}, not $STANDIN_RECIPE: rebuilding it"
+fi
+if [[ $BASE == "$STANDIN" && $recipe != "$STANDIN_RECIPE" ]]; then
   command -v debootstrap >/dev/null || apt-get install -y -q --no-install-recommends debootstrap >&2
   root=$(mktemp -d /tmp/deployhook-rootfs.XXXXXX)
+  # mktemp -d makes the directory 0700, and it becomes the image's /: then no user but
+  # root can reach any file in it (the image's deployhook user could not even exec tini).
+  chmod 0755 "$root"
   log "debootstrap bookworm (python3, python3-venv) into $root"
   debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
     bookworm "$root" "$MIRROR" >&2
@@ -47,9 +61,19 @@ SOURCES
   rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin \
     "$root"/usr/share/doc/* "$root"/usr/share/man/*
   log "importing it as $BASE"
-  tar -C "$root" -c . | docker import --change 'ENV LANG=C.UTF-8' \
+  tar -C "$root" --numeric-owner -c . | docker import --change 'ENV LANG=C.UTF-8' \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change "LABEL deployhook.base.recipe=$STANDIN_RECIPE" \
     --change 'CMD ["python3"]' - "$BASE" >/dev/null
   rm -rf "$root"; root=''
+fi
+docker image inspect "$BASE" >/dev/null 2>&1 ||
+  die "base image $BASE is not in the engine at $DOCKER_HOST (no registry here: load it first)"
+# The image runs as a non-root user: the base must let one reach its files.
+if ! docker run --rm --network none --user 65534:65534 --entrypoint python3 "$BASE" \
+    -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' >/dev/null; then
+  mode=$(docker run --rm --network none --user 0 --entrypoint stat "$BASE" -c %a / || true)
+  die "a non-root user cannot run python3 3.11 in $BASE (its / has mode ${mode:-?})"
 fi
 
 # pip inside the build must trust what the host trusts (a TLS-inspecting proxy's CA).
