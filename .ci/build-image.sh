@@ -28,14 +28,25 @@ root='' name='' work=''
 cleanup() {
   if [[ -n $root ]]; then rm -rf "$root"; fi
   rm -f image/build-ca.pem
-  if [[ -n $name ]]; then docker rm -f "$name" >/dev/null 2>&1 || true; fi
+  if [[ -n $name ]]; then docker rm -f -v "$name" >/dev/null 2>&1 || true; fi
   if [[ -n $work ]]; then
-    docker compose -p deployhookimagecheck down --timeout 2 >/dev/null 2>&1 || true
+    docker compose -p deployhookimagecheck down --timeout 2 --rmi local >/dev/null 2>&1 || true
     rm -rf "$work"
   fi
 }
 trap cleanup EXIT
+(($# <= 1)) && [[ ${1:-} != -* ]] || { sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [[ -n ${DOCKER_HOST:-} ]] || die "set DOCKER_HOST (e.g. \$(.ci/docker-engine.sh start | tail -n1))"
+# Every docker and compose call below goes to DOCKER_HOST, and the smoke deploy mounts
+# its socket into the container: a local unix socket is needed.
+[[ $DOCKER_HOST == unix://* ]] || die "DOCKER_HOST=$DOCKER_HOST: a unix:// socket is needed"
+socket=${DOCKER_HOST#unix://}
+[[ -S $socket ]] || die "DOCKER_HOST=$DOCKER_HOST: $socket is not a socket"
+docker info --format '{{.ServerVersion}}' >/dev/null || die "no engine answers at $DOCKER_HOST"
+docker compose version >/dev/null 2>&1 || die "the docker compose (v2) plugin is missing"
+# The group owning the socket: the image's docker group, and the group the smoke deploy
+# joins, must be the same.
+DOCKER_GID=${DOCKER_GID:-$(stat -c %g "$socket")}
 
 recipe=''
 if [[ $BASE == "$STANDIN" ]] && recipe=$(docker image inspect \
@@ -107,15 +118,25 @@ docker exec "$name" python3 -c \
   'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:8000/healthz").read().decode())'
 log "a deploy from inside the image: its git, docker CLI and compose plugin, as uid 1000"
 # A checkout owned by uid 1000 at the same path inside and outside, a one-service stack
-# on deployhook/busybox (.ci/docker-engine.sh scratch-image builds it if missing).
-docker image inspect deployhook/busybox:latest >/dev/null 2>&1 ||
-  .ci/docker-engine.sh scratch-image deployhook deployhook/busybox:latest >&2
+# that `up -d --build` builds (FROM the base, already in the engine: no registry needed)
+# and waits for healthy.
 work=$(mktemp -d /tmp/deployhook-image-check.XXXXXX)
 git init -q --bare -b main "$work/origin.git"
 git init -q -b main "$work/dev"
-printf 'services:\n  web:\n    image: deployhook/busybox:latest\n    command: ["sleep", "600"]\n    init: true\n' \
-  >"$work/dev/docker-compose.yml"
-git -C "$work/dev" add docker-compose.yml
+printf 'FROM %s\nCOPY index.html /srv/\nCMD ["python3", "-m", "http.server", "-d", "/srv", "8080"]\n' \
+  "$BASE" >"$work/dev/Dockerfile"
+echo 'deployed from inside the image' >"$work/dev/index.html"
+cat >"$work/dev/docker-compose.yml" <<'STACK'
+services:
+  web:
+    build: .
+    init: true
+    healthcheck:
+      test: ["CMD", "python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/', timeout=2)"]
+      interval: 1s
+      retries: 30
+STACK
+git -C "$work/dev" add Dockerfile index.html docker-compose.yml
 git -C "$work/dev" -c user.name=ci -c user.email=ci@localhost commit -q -m stack
 git -C "$work/dev" push -q "$work/origin.git" HEAD:main
 git clone -q "$work/origin.git" "$work/site"
@@ -123,16 +144,16 @@ mkdir "$work/config"
 printf 'repos:\n  site:\n    path: %s/site\n    project_name: deployhookimagecheck\n    health_timeout: 60\n' \
   "$work" >"$work/config/repos.yml"
 chown -R 1000:1000 "$work"
-socket=${DOCKER_HOST#unix://}
-docker rm -f "$name" >/dev/null
-docker run -d --name "$name" --user 1000:1000 --group-add "$(stat -c %g "$socket")" \
+docker rm -f -v "$name" >/dev/null
+docker run -d --name "$name" --user 1000:1000 --group-add "$DOCKER_GID" \
   -v "$socket:/var/run/docker.sock" -v "$work:$work" -v "$work/config:/etc/deployhook" \
-  -e DEPLOYHOOK_SECRET=image-check-secret -e DEPLOYHOOK_STOP_GRACE=5 "$TAG" >/dev/null
+  -e DEPLOYHOOK_SECRET=image-check-secret-0123456789 -e DEPLOYHOOK_STOP_GRACE=5 "$TAG" >/dev/null
 docker exec "$name" deployhook repos check
 docker exec "$name" deployhook deploy site --wait --timeout 180
 docker exec "$name" deployhook deliver site
-running=$(docker ps --filter label=com.docker.compose.project=deployhookimagecheck -q | wc -l)
-[[ $running -eq 1 ]] || die "expected the stack's one container running, found $running"
+running=$(docker ps --filter label=com.docker.compose.project=deployhookimagecheck \
+  --filter health=healthy -q | wc -l)
+[[ $running -eq 1 ]] || die "expected the stack's one container running and healthy, found $running"
 
 log "docker stop: tini forwards SIGTERM, serve stops gunicorn and the worker"
 start=$SECONDS
