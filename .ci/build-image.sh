@@ -92,15 +92,37 @@ if [[ -r /etc/ssl/certs/ca-certificates.crt ]]; then
   cp /etc/ssl/certs/ca-certificates.crt image/build-ca.pem
 fi
 
-log "building $TAG from $BASE"
+# The OCI labels' values: the one version source, the commit, the time, the origin (its
+# URL without any user:password@).
+version=$(sed -n 's/^__version__ = "\([^"]*\)"$/\1/p' deployhook/__init__.py)
+[[ -n $version ]] || die 'deployhook/__init__.py has no line __version__ = "..."'
+revision=$(git rev-parse HEAD 2>/dev/null) || die "not a git checkout: no commit for the revision label"
+if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then
+  log "uncommitted changes: the revision label names HEAD ($revision) all the same"
+fi
+created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+source=$(git config --get remote.origin.url | sed -E 's#^([a-z+]+://)[^/@]*@#\1#' || true)
+
+log "building $TAG $version ($revision) from $BASE"
 start=$SECONDS
 DOCKER_BUILDKIT=0 docker build --network host --build-arg "BASE=$BASE" \
-  --build-arg "DOCKER_GID=${DOCKER_GID:-999}" -t "$TAG" . >&2
+  --build-arg "DOCKER_GID=$DOCKER_GID" --build-arg "VERSION=$version" \
+  --build-arg "REVISION=$revision" --build-arg "CREATED=$created" \
+  --build-arg "SOURCE=$source" -t "$TAG" . >&2
 log "built in $((SECONDS - start)) s, $(docker image inspect -f '{{.Size}}' "$TAG" | numfmt --to=iec)"
 
-log "checking: deployhook --version, docker --version, docker compose version, git --version"
-docker run --rm "$TAG" --version
-docker run --rm --entrypoint sh "$TAG" -c \
+log "checking: the OCI labels, deployhook --version, the docker CLI, compose, git"
+label() { docker image inspect -f "{{index .Config.Labels \"org.opencontainers.image.$1\"}}" "$TAG"; }
+for key in title description licenses; do
+  [[ -n $(label "$key") ]] || die "label org.opencontainers.image.$key is empty"
+done
+[[ $(label version) == "$version" ]] || die "label version is '$(label version)', not $version"
+[[ $(label revision) == "$revision" ]] || die "label revision is '$(label revision)', not $revision"
+[[ $(label created) == "$created" ]] || die "label created is '$(label created)', not $created"
+got=$(docker run --rm --network none "$TAG" --version)
+[[ $got == "deployhook, version $version" ]] || die "deployhook --version says '$got', not $version"
+echo "$got"
+docker run --rm --network none --entrypoint sh "$TAG" -c \
   'docker --version && docker compose version && git --version && id'
 
 name=deployhook-image-check-$$
