@@ -3,14 +3,24 @@
 #
 #   .ci/build-image.sh [TAG]        (default TAG: deployhook:dev; needs DOCKER_HOST)
 #
+# Every docker and compose call goes to DOCKER_HOST, a local unix:// socket (the smoke
+# deploy mounts it into the container). DOCKER_GID (default: the socket's group) is the
+# image's docker group.
+#
 # The Dockerfile's base is python:3.11.x-slim-bookworm. Without a registry, this script
 # makes a stand-in: a Debian 12 rootfs from debootstrap with Debian's python3 (3.11),
 # imported as local/python:3.11-slim-bookworm (rebuilt when its recipe changes: the label
-# deployhook.base.recipe). The build runs with --network host
-# because the test engines give containers no network (no iptables, no forwarding);
-# pip and Debian's archive are reached from the host's network.
-# Then: `deployhook --version` in the image, a /healthz probe through the image's own
-# HEALTHCHECK, and a `docker stop` that must end the container cleanly.
+# deployhook.base.recipe); DEPLOYHOOK_IMAGE_BASE names another base. The build runs with
+# --network host because the test engines give containers no network (no iptables, no
+# forwarding); pip and Debian's archive are reached from the host's network.
+# Then, against the image:
+#   - its OCI labels and `deployhook --version` agree with deployhook/__init__.py;
+#   - /healthz through the image's own HEALTHCHECK;
+#   - a smoke deploy as uid 1000 from inside it (repos check, deploy --wait of a stack
+#     that `up -d --build` builds, deliver), then `docker stop` must exit 0;
+#   - docs/install.md's set-up without Traefik (docker-compose.no-traefik.yml as the
+#     override), its commands as written in a copy of the tree: /healthz must answer 200
+#     on the published port; without the override, `up` must fail on traefik-public.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +34,8 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 log() { printf 'build-image: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-root='' name='' work=''
+script_start=$SECONDS
+root='' name='' work='' compose_dir='' tagged_base=''
 cleanup() {
   if [[ -n $root ]]; then rm -rf "$root"; fi
   rm -f image/build-ca.pem
@@ -33,6 +44,13 @@ cleanup() {
     docker compose -p deployhookimagecheck down --timeout 2 --rmi local >/dev/null 2>&1 || true
     rm -rf "$work"
   fi
+  if [[ -n $compose_dir ]]; then
+    (cd "$compose_dir" && COMPOSE_PROJECT_NAME=deployhooknotraefik IMAGE_TAG=composecheck \
+      docker compose down --volumes --timeout 2 >/dev/null 2>&1) || true
+    docker rmi deployhook:composecheck >/dev/null 2>&1 || true
+    rm -rf "$compose_dir"
+  fi
+  if [[ -n $tagged_base ]]; then docker rmi "$tagged_base" >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
 (($# <= 1)) && [[ ${1:-} != -* ]] || { sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
@@ -105,11 +123,16 @@ source=$(git config --get remote.origin.url | sed -E 's#^([a-z+]+://)[^/@]*@#\1#
 
 log "building $TAG $version ($revision) from $BASE"
 start=$SECONDS
+previous=$(docker image inspect -f '{{.Id}}' "$TAG" 2>/dev/null || true)
 DOCKER_BUILDKIT=0 docker build --network host --build-arg "BASE=$BASE" \
   --build-arg "DOCKER_GID=$DOCKER_GID" --build-arg "VERSION=$version" \
   --build-arg "REVISION=$revision" --build-arg "CREATED=$created" \
   --build-arg "SOURCE=$source" -t "$TAG" . >&2
 log "built in $((SECONDS - start)) s, $(docker image inspect -f '{{.Size}}' "$TAG" | numfmt --to=iec)"
+# The image TAG named before, now nameless: a full copy on the test engines' vfs storage.
+if [[ -n $previous && $(docker image inspect -f '{{len .RepoTags}}' "$previous" 2>/dev/null) == 0 ]]; then
+  docker rmi "$previous" >/dev/null 2>&1 || true
+fi
 
 log "checking: the OCI labels, deployhook --version, the docker CLI, compose, git"
 label() { docker image inspect -f "{{index .Config.Labels \"org.opencontainers.image.$1\"}}" "$TAG"; }
@@ -139,6 +162,7 @@ done
 docker exec "$name" python3 -c \
   'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:8000/healthz").read().decode())'
 log "a deploy from inside the image: its git, docker CLI and compose plugin, as uid 1000"
+smoke_start=$SECONDS
 # A checkout owned by uid 1000 at the same path inside and outside, a one-service stack
 # that `up -d --build` builds (FROM the base, already in the engine: no registry needed)
 # and waits for healthy.
@@ -184,4 +208,74 @@ code=$(docker inspect -f '{{.State.ExitCode}}' "$name")
 log "stopped in $((SECONDS - start)) s with exit code $code"
 docker logs "$name" 2>&1 | grep -q serve_stopped || { docker logs "$name" >&2; die "no serve_stopped in its log"; }
 [[ $code == 0 ]] || die "exit code $code"
-log "ok"
+log "smoke deploy done in $((SECONDS - smoke_start)) s"
+
+log "docs/install.md's set-up without Traefik, its commands as written, in a copy of the tree"
+compose_start=$SECONDS
+# The copy holds what the build above read (image/build-ca.pem too), so `up --build` finds
+# every layer in the cache of the classic builder (DOCKER_BUILDKIT=0, as above): the
+# engine's own builds have no network here.
+compose_dir=$(mktemp -d /tmp/deployhook-compose-check.XXXXXX)
+cp -a Dockerfile .dockerignore docker-compose.yml docker-compose.no-traefik.yml .env.example \
+  pyproject.toml README.md deployhook image "$compose_dir/"
+mkdir "$compose_dir/sites"
+# The Dockerfile's default base, if the engine lacks it: the base built above, under its name.
+default_base=$(sed -n 's/^ARG BASE=//p' Dockerfile)
+if [[ $default_base != "$BASE" ]] && ! docker image inspect "$default_base" >/dev/null 2>&1; then
+  docker tag "$BASE" "$default_base"; tagged_base=$default_base
+fi
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+set_env() { # KEY VALUE: replace the line KEY=... of .env (it must be in .env.example)
+  grep -q "^$1=" .env || die ".env.example has no line $1="
+  sed -i "s|^$1=.*|$1=$2|" .env
+}
+(
+  cd "$compose_dir"
+  export COMPOSE_PROJECT_NAME=deployhooknotraefik IMAGE_TAG=composecheck DOCKER_BUILDKIT=0
+  cp .env.example .env
+  mkdir -p config ssh
+  printf 'repos: {}\n' > config/repos.yml
+  set_env DEPLOY_HOST deploy.example.test
+  set_env DEPLOY_PUBLISH "127.0.0.1:$port"
+  set_env DOCKER_GID "$DOCKER_GID"
+  set_env DOCKER_SOCKET "$socket"
+  set_env DEPLOY_ROOT "$compose_dir/sites"
+  set_env DEPLOYHOOK_SECRET image-check-secret-0123456789
+  set_env DEPLOYHOOK_ADMIN_TOKEN image-check-admin-token-0123456789
+  set_env DEPLOYHOOK_STOP_GRACE 5
+  ln -s docker-compose.no-traefik.yml docker-compose.override.yml
+  docker compose config --quiet
+  ! docker compose config | grep -E 'traefik-public|traefik\.enable' ||
+    die "the override leaves Traefik's network or labels in the config"
+  t=$SECONDS
+  docker compose up -d --build >&2 || die "docker compose up -d --build failed (a step missing \
+from the engine's build cache needs a network the engine's builds do not have here)"
+  for _ in $(seq 60); do
+    answer=$(python3 - "$port" <<'PROBE'
+import sys, urllib.error, urllib.request
+try:
+    with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/healthz", timeout=2) as r:
+        print(r.status, r.read().decode())
+except urllib.error.HTTPError as exc:
+    print(exc.code, exc.read().decode())
+except OSError as exc:
+    print(0, exc)
+PROBE
+)
+    [[ $answer == 200\ * ]] && break
+    sleep 1
+  done
+  log "GET http://127.0.0.1:$port/healthz: $answer ($((SECONDS - t)) s after up -d --build)"
+  [[ $answer == 200\ * ]] || { docker compose logs >&2; die "/healthz did not answer 200"; }
+  docker compose exec -T deployhook deployhook repos check
+  docker compose down --volumes --timeout 30 >&2
+  # Without the override the file still routes through Traefik's network, which is
+  # missing here: what a new user met with the override the docs used to give.
+  if docker compose -f docker-compose.yml up -d --no-build >compose-up.log 2>&1; then
+    die "docker compose up without Traefik's network worked: the check above tests nothing"
+  fi
+  grep -q 'traefik-public' compose-up.log || { cat compose-up.log >&2; die "unexpected failure"; }
+  log "without the override: $(grep -m1 traefik-public compose-up.log)"
+)
+log "compose without Traefik done in $((SECONDS - compose_start)) s"
+log "ok in $((SECONDS - script_start)) s"
