@@ -15,7 +15,7 @@ RUN python3 -m venv /opt/deployhook
 # image/build-ca.pem (optional, never committed, not in the final image): the CA bundle
 # to trust when pip must go through a TLS-inspecting proxy (.ci/build-image.sh).
 COPY image/constraints.txt image/build-ca.pe[m] /src/image/
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml README.md LICENSE /src/
 COPY deployhook /src/deployhook
 RUN if [ -f /src/image/build-ca.pem ]; then export PIP_CERT=/src/image/build-ca.pem; fi; \
     /opt/deployhook/bin/pip install --only-binary=:all: --no-binary=deployhook \

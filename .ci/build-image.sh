@@ -217,7 +217,7 @@ compose_start=$SECONDS
 # engine's own builds have no network here.
 compose_dir=$(mktemp -d /tmp/deployhook-compose-check.XXXXXX)
 cp -a Dockerfile .dockerignore docker-compose.yml docker-compose.no-traefik.yml .env.example \
-  pyproject.toml README.md deployhook image "$compose_dir/"
+  pyproject.toml README.md LICENSE deployhook image "$compose_dir/"
 mkdir "$compose_dir/sites"
 # The Dockerfile's default base, if the engine lacks it: the base built above, under its name.
 default_base=$(sed -n 's/^ARG BASE=//p' Dockerfile)
