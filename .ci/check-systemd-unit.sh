@@ -157,7 +157,10 @@ wait_healthz >/dev/null
 echo "restarted after SIGKILL"
 
 t=$SECONDS
-systemctl stop deployhook
+# Idle, serve and its children stop in a second or two; TimeoutStopSec (960 s) is for
+# deploys that are still running, and none is.
+timeout 120 systemctl stop deployhook ||
+  fail "systemctl stop took more than 120 s with no deploy running (a hung worker?)"
 echo "stopped in $((SECONDS - t)) s: $(systemctl show -p Result -p ExecMainStatus deployhook | tr '\n' ' ')"
 [[ $(systemctl show -p Result --value deployhook) == success ]] || fail "stop did not end in success"
 [[ $(systemctl show -p ExecMainStatus --value deployhook) == 0 ]] || fail "serve did not exit 0"
