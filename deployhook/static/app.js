@@ -85,6 +85,73 @@
     return response.json();
   }
 
+  // -- admin actions --------------------------------------------------------------
+  // Buttons POST to the admin endpoints from this page (same origin: the browser's
+  // Basic credentials go with them; a page of another site cannot, the server refuses
+  // it) and say what happened in the page's status line.
+
+  const ADMIN = () => document.body.dataset.admin === "yes";
+
+  function actionButton(url, text, what, confirmText) {
+    return el("button", { type: "button", class: "act", "data-url": url, "data-what": what,
+                          "data-confirm": confirmText || null, text: text });
+  }
+
+  function repoActions(name, held) {
+    const base = "/deploy/" + encodeURIComponent(name);
+    return el("span", { class: "actions", "data-repo": name },
+      actionButton(base + "/run", "Deploy", "deploy of " + name), " ",
+      actionButton(base + "/rollback", "Rollback", "rollback of " + name,
+                   "Roll " + name + " back to its previous good commit?"), " ",
+      held ? actionButton(base + "/release", "Release", "release of " + name)
+           : actionButton(base + "/hold", "Hold", "hold of " + name));
+  }
+
+  function say(parts, ok) {
+    const box = document.getElementById("action-result");
+    if (!box) return;
+    box.hidden = false;
+    box.classList.toggle("failed", !ok);
+    box.replaceChildren(...parts);
+  }
+
+  async function act(button) {
+    const what = button.dataset.what;
+    if (button.dataset.confirm && !window.confirm(button.dataset.confirm)) return;
+    button.disabled = true;
+    try {
+      const response = await fetch(button.dataset.url, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: "{}",
+      });
+      const body = await response.json().catch(() => ({}));
+      if (!response.ok) {
+        say([what + " refused (HTTP " + response.status + "): " + (body.error || "")], false);
+        return;
+      }
+      const parts = [what + ": "];
+      if (body.id) {
+        parts.push((body.coalesced ? "joined " : "") + "job ", jobLink(body.id, "#" + body.id),
+                   " " + body.status);
+      } else {
+        parts.push(body.held ? "held" : "released");
+      }
+      say(parts, true);
+      document.dispatchEvent(new Event("deployhook:changed"));
+    } catch (exc) {
+      say([what + " failed: " + exc.message], false);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  document.addEventListener("click", (event) => {
+    const button = event.target.closest("button.act");
+    if (button && button.dataset.url) act(button);
+  });
+
   // -- the repo table -------------------------------------------------------------
 
   function repoRow(r) {
@@ -126,7 +193,9 @@
          (r.rolled_back || r.error) ? el("div", { class: "notes" },
            r.rolled_back ? rollbackLine(r.rolled_back) : null,
            r.error ? el("span", { class: "err", title: r.error, text: r.error }) : null)
-         : null));
+         : null),
+      ADMIN() ? el("td", { class: "c-actions", "data-label": "Actions" },
+                   repoActions(r.repo, r.held)) : null);
   }
 
   let lastRender = null;
@@ -202,6 +271,7 @@
       setTimeout(refresh, REFRESH_MS);
     }
     setTimeout(refresh, REFRESH_MS);
+    document.addEventListener("deployhook:changed", () => { lastRender = null; });
     setInterval(tickAges, 1000);
     setLive("live", true);
   }

@@ -122,8 +122,14 @@ def job_page(job_id: int) -> Any:
     svc = service()
     job: Job = svc.job(job_id)
     repo = svc.registry.find(job.repo)
+    held = bool(repo and svc.summaries([repo.name])[0].held)
     return render_template(
-        "job.html", job=job, branch=repo.branch if repo else None, **_page_context()
+        "job.html",
+        job=job,
+        branch=repo.branch if repo else None,
+        known=repo is not None,
+        held=held,
+        **_page_context(),
     )
 
 

@@ -456,3 +456,140 @@ def urllib_get(url: str) -> Iterator[str]:
 
     with urllib.request.urlopen(url, timeout=10) as answer:
         yield answer.read().decode()
+
+
+# -- admin buttons, and the same actions from another site (trust finding 2) -------------
+
+ATTACK = """<!doctype html><html><body>
+<p>cat pictures</p>
+{forms}
+<script>
+for (const form of document.forms) form.submit();
+for (const url of {urls}) {{
+  fetch(url, {{method: "POST", credentials: "include", mode: "no-cors"}});
+  fetch(url, {{method: "POST", credentials: "include", mode: "no-cors",
+              headers: {{"Content-Type": "text/plain"}}, body: "{{}}"}});
+}}
+document.title = "sent";
+</script></body></html>"""
+
+
+class _Attacker:
+    """Another origin (a second loopback port) serving one page that posts to deployhook."""
+
+    def __init__(self, page: str) -> None:
+        import http.server
+        import threading
+
+        body = page.encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _state(svc: Service, job_id: int) -> tuple[Any, ...]:
+    job = svc.store.job(job_id)
+    jobs = svc.store.jobs("site", limit=100)
+    return (job.status, job.sha, job.trigger, len(jobs), svc.store.repo_state("site").held)
+
+
+def test_admin_buttons_work_and_another_site_changes_nothing(
+    driver: Any,
+    settings: Settings,
+    open_service: Any,
+    remote: Any,
+    tmp_path: Path,
+) -> None:
+    import dataclasses
+
+    settings = dataclasses.replace(settings, admin_token=TOKEN)
+    svc = open_service(settings)
+    store = svc.store
+    shas = [remote.commit_and_push({"index.html": f"v{n}\n"}) for n in (2, 3)]
+    for sha in shas:  # two good deploys: a rollback has somewhere to go
+        job, _ = store.enqueue(
+            repo="site", sha=sha, ref="refs/heads/main", trigger=Trigger.PUSH, node=""
+        )
+        store.claim(worker="browser-test", node="", lease_s=600)
+        store.finish(job.id, status=Status.SUCCEEDED, error=None)
+    queued, _ = store.enqueue(
+        repo="site", sha=shas[0], ref="refs/heads/main", trigger=Trigger.MANUAL, node=""
+    )
+    basic = base64.b64encode(f"admin:{TOKEN}".encode()).decode()
+    driver.execute_cdp_cmd("Network.enable", {})
+    # As after logging in: the browser sends the credentials with every request to the
+    # site, whichever page makes it (that is what a cross-site request rides on).
+    driver.execute_cdp_cmd(
+        "Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {basic}"}}
+    )
+    with live_server(settings, tmp=tmp_path) as srv:
+        endpoints = [f"/deploy/site/{a}" for a in ("hold", "release", "run", "rollback")]
+        endpoints.append(f"/jobs/{queued.id}/cancel")
+        forms = "\n".join(
+            f'<iframe name="f{n}" hidden></iframe>'
+            f'<form method="post" target="f{n}" action="{srv.url}{path}"></form>'
+            for n, path in enumerate(endpoints)
+        )
+        page = ATTACK.format(forms=forms, urls=[srv.url + p for p in endpoints])
+        before = _state(svc, queued.id)
+        attacker = _Attacker(page)
+        try:
+            driver.get(attacker.url)
+            wait(driver, lambda d: d.title == "sent")
+            time.sleep(1.5)  # the forms' and fetches' requests land
+        finally:
+            attacker.close()
+        assert _state(svc, queued.id) == before  # nothing changed: not held, not cancelled
+        # The page cannot read the answers; its console saw each of them refused.
+        seen = [e["message"] for e in driver.get_log("browser")]
+        for path in endpoints:
+            assert any(path in m and "403" in m for m in seen), (path, seen)
+
+        # The same actions from deployhook's own pages, with the same credentials: work.
+        driver.get(srv.url + "/")
+        wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "tr.repo-row .actions"))
+        assert text(driver, ".top .who") == "admin"
+        driver.find_element(By.CSS_SELECTOR, 'tr.repo-row button[data-url$="/hold"]').click()
+        wait(driver, lambda d: "hold of site: held" in text(d, "#action-result"))
+        assert store.repo_state("site").held
+        wait(
+            driver,
+            lambda d: d.find_elements(By.CSS_SELECTOR, 'tr.repo-row button[data-url$="/release"]'),
+        )
+        driver.find_element(By.CSS_SELECTOR, 'tr.repo-row button[data-url$="/release"]').click()
+        wait(driver, lambda d: "release of site: released" in text(d, "#action-result"))
+        assert not store.repo_state("site").held
+        driver.find_element(By.CSS_SELECTOR, 'tr.repo-row button[data-url$="/run"]').click()
+        joined = f"deploy of site: joined job #{queued.id}"
+        wait(driver, lambda d: joined in text(d, "#action-result"))
+        assert store.job(queued.id).sha == shas[1]  # the remote head, by the button
+
+        driver.get(f"{srv.url}/ui/jobs/{queued.id}")
+        driver.execute_script("window.confirm = () => true")
+        driver.find_element(By.ID, "cancel").click()
+        wait(
+            driver,
+            lambda d: (
+                f"cancel of job {queued.id}: job #{queued.id} cancelled"
+                in text(d, "#action-result")
+            ),
+        )
+        assert store.job(queued.id).status == Status.CANCELLED
+        driver.save_screenshot(str(tmp_path / "job-cancelled-admin.png"))
+        no_console_errors(driver)
