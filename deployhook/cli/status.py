@@ -55,7 +55,10 @@ def _repos_table(svc: Service) -> int:
     if svc.registry_error:
         click.echo(f"deployhook: {svc.registry_error} (showing the last good registry)", err=True)
     if not lines:
-        click.echo("no repos in the registry")
+        click.echo(
+            f"no repos in {svc.settings.registry} yet: add one with "
+            "`deployhook repos add NAME --path /path/to/checkout`"
+        )
         return 0
     rows = []
     for line in lines:

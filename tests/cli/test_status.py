@@ -119,6 +119,17 @@ def test_status_table_after_deploys(
     assert len(after) == 2  # no rollback, no error left to show
 
 
+def test_status_with_no_repos_says_how_to_add_one(env: dict[str, str], service: Service) -> None:
+    service.store.migrate()
+    service.settings.registry.write_text("repos: {}\n")
+    result = cli(env, "status")
+    assert result.exit_code == 0
+    assert result.stdout == (
+        f"no repos in {service.settings.registry} yet: add one with "
+        "`deployhook repos add NAME --path /path/to/checkout`\n"
+    )
+
+
 def test_status_of_unknown_repo_is_one_line_and_exit_2(env: dict[str, str]) -> None:
     result = cli(env, "status", "nope")
     assert result.exit_code == 2

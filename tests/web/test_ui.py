@@ -387,6 +387,10 @@ def test_a_rollback_stays_visible_until_a_good_push(
         assert row["links"] == [f"/ui/jobs/{failed}", f"/ui/jobs/{rollback}"]
         assert snapshot(driver)["rows"]["site"]["sha"] == good[:10]  # what runs now
         driver.save_screenshot(str(shots / "index-rolled-back.png"))
+        phone(driver)
+        assert driver.execute_script(ROW)["links"] == row["links"]
+        driver.save_screenshot(str(shots / "index-rolled-back-phone.png"))
+        driver.set_window_size(1280, 800)
 
         # The failed job links to its rollback, and back.
         driver.find_element(By.CSS_SELECTOR, f'.c-error a[href="/ui/jobs/{failed}"]').click()
