@@ -17,6 +17,7 @@ from tests.conftest import write_registry
 from tests.helpers import (
     SECRET,
     fixture,
+    forgejo_headers,
     gitea_headers,
     gitea_push_body,
     github_headers,
@@ -317,6 +318,41 @@ def test_gogs_headers_alone_are_enough(client: Any) -> None:
     full = gitea_headers(body)
     headers = {k: v for k, v in full.items() if not k.startswith(("X-Gitea", "X-Hub", "X-GitHub"))}
     assert post(client, body, headers).status_code == 202
+
+
+def test_forgejo_headers_alone_are_enough(client: Any) -> None:
+    """Forgejo sends X-Forgejo-* first; a proxy that keeps only those loses nothing."""
+    body = fixture(GITEA_PUSH)
+    full = forgejo_headers(body, delivery="f0f0f0f0-1111-4222-8333-444455556666")
+    headers = {
+        k: v
+        for k, v in full.items()
+        if not k.startswith(("X-Gitea", "X-Gogs", "X-Hub", "X-GitHub"))
+    }
+    assert {k for k in headers if k.startswith("X-")} == {
+        "X-Forgejo-Delivery",
+        "X-Forgejo-Event",
+        "X-Forgejo-Event-Type",
+        "X-Forgejo-Signature",
+    }
+    assert post(client, body, headers).status_code == 202
+    [row] = ledger(client)
+    assert (row["id"], row["event"], row["outcome"]) == (
+        "f0f0f0f0-1111-4222-8333-444455556666",
+        "push",
+        "queued",
+    )
+    headers["X-Forgejo-Signature"] = "0" * 64
+    assert post(client, body, headers).status_code == 403
+
+
+def test_forgejo_event_header_is_read_first(client: Any) -> None:
+    body = fixture(GITEA_PUSH)
+    headers = forgejo_headers(body)
+    headers["X-Forgejo-Event"] = "issues"
+    resp = post(client, body, headers)
+    assert resp.status_code == 200
+    assert resp.get_json() == {"status": "ignored", "reason": "event 'issues' is not a push"}
 
 
 def test_burst_coalesces_into_one_queued_job_with_newest_sha(client: Any) -> None:
