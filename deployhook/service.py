@@ -15,7 +15,13 @@ from typing import Any
 
 from deployhook import preflight, summary, tail
 from deployhook.config import Settings
-from deployhook.errors import ConfigError, Conflict, SecretNotConfigured, StepFailed
+from deployhook.errors import (
+    ConfigError,
+    Conflict,
+    InvalidRequest,
+    SecretNotConfigured,
+    StepFailed,
+)
 from deployhook.intake import receive as intake
 from deployhook.intake.receive import Request
 from deployhook.models import (
@@ -170,8 +176,17 @@ class Service:
     def jobs(self, name: str, *, limit: int = 20) -> list[Job]:
         return self.store.jobs(self.repo(name).name, limit=limit)
 
-    def deliveries(self, name: str, *, limit: int = 50) -> list[Delivery]:
-        return self.store.deliveries(self.repo(name).name, limit=limit)
+    def deliveries(
+        self, name: str, *, limit: int = 50, before: int | None = None
+    ) -> tuple[list[Delivery], int | None]:
+        """One page of the repo's ledger, newest first, and the `before` of the next page
+        (None: this is the last). before: only rows older than that seq."""
+        if before is not None and before < 1:
+            raise InvalidRequest(f"before must be a positive seq, got {before}")
+        rows = self.store.deliveries(self.repo(name).name, limit=limit + 1, before=before)
+        if len(rows) > limit:
+            return rows[:limit], rows[limit - 1].id
+        return rows, None
 
     def summaries(self, names: list[str] | None = None) -> list[summary.RepoSummary]:
         """One line per repo (default: every repo), in name order."""

@@ -170,9 +170,11 @@ class Store:
         with self._read() as tx:
             return queue.history(tx, repo, limit=limit)
 
-    def deliveries(self, repo: str, *, limit: int = 50) -> list[Delivery]:
+    def deliveries(
+        self, repo: str, *, limit: int = 50, before: int | None = None
+    ) -> list[Delivery]:
         with self._read() as tx:
-            return ledger.deliveries(tx, repo, limit=limit)
+            return ledger.deliveries(tx, repo, limit=limit, before=before)
 
     def overview(self, repo: str) -> RepoView:
         """What the store knows of one repo: state, deployed sha, last job, queue."""

@@ -45,11 +45,20 @@ def repo_jobs(repo: str) -> Any:
     return jsonify(jobs=[j.to_dict() for j in service().jobs(repo, limit=limit_arg(20))])
 
 
+def before_arg() -> int | None:
+    raw = request.args.get("before")
+    if raw is None:
+        return None
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18 or int(raw) < 1:
+        raise InvalidRequest(f"before must be a seq (a positive integer), got {raw[:20]!r}")
+    return int(raw)
+
+
 @bp.get("/deploy/<repo>/deliveries")
 @status_access
 def repo_deliveries(repo: str) -> Any:
-    rows = service().deliveries(repo, limit=limit_arg(50))
-    return jsonify(deliveries=[d.to_dict() for d in rows])
+    rows, following = service().deliveries(repo, limit=limit_arg(50), before=before_arg())
+    return jsonify(deliveries=[d.to_dict() for d in rows], next=following)
 
 
 @bp.get("/jobs/<int:job_id>")
