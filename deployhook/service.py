@@ -34,7 +34,7 @@ from deployhook.models import (
     WorkerInfo,
     iso,
 )
-from deployhook.registry import Registry, Repo, resolve_secrets, secret_values
+from deployhook.registry import Registry, Repo, Token, resolve_secrets, secret_values
 from deployhook.registry import edit as registry_edit
 from deployhook.store import Store, open_store, totals
 from deployhook.text import check_sha
@@ -318,7 +318,11 @@ class Service:
                 target, url=url, secret=self.secret(repo), branch=repo.branch
             )
         except gitea.ForgeError as exc:
-            token_env = repo.gitea.token_env if repo.gitea else None
+            token_env = (
+                Token("gitea.token", repo.gitea.token_env, repo.gitea.token_file).origin
+                if repo.gitea
+                else None
+            )
             raise gitea.ForgeError(gitea.explain(exc, target, token_env=token_env)) from None
         return (
             f"{action} hook {hook_id} on {target.full_name} ({target.client.url}) "

@@ -21,8 +21,8 @@ import structlog
 import tenacity
 
 from deployhook import redact, retry
-from deployhook.errors import ConfigError, DeployhookError
-from deployhook.registry import Repo
+from deployhook.errors import ConfigError, DeployhookError, SecretNotConfigured
+from deployhook.registry import Repo, Token, repo_token
 from deployhook.text import one_line
 
 logger = structlog.get_logger()
@@ -270,15 +270,14 @@ def connect(
     owner, sep, name = repo.source[0].partition("/")
     if not sep or not owner or not name or "/" in name:
         raise ForgeNotConfigured(f"repo {repo.name!r}: source {repo.source[0]!r} is not owner/name")
-    if not gitea.token_env:
-        raise ForgeNotConfigured(f"repo {repo.name!r}: gitea.token_env is not set")
-    token = (env.get(gitea.token_env) or "").strip()
-    if not token:
-        raise ForgeNotConfigured(
-            f"repo {repo.name!r}: environment variable "
-            f"{gitea.token_env} (gitea.token_env) is unset or empty"
+    if not gitea.token_env and not gitea.token_file:
+        raise ForgeNotConfigured(f"repo {repo.name!r}: gitea.token_env or token_file is not set")
+    try:
+        token = repo_token(
+            Token("gitea.token", gitea.token_env, gitea.token_file), what="gitea token", environ=env
         )
-    redact.register([token])
+    except SecretNotConfigured as exc:
+        raise ForgeNotConfigured(f"repo {repo.name!r}: {exc}") from None
     timeout = min(TIMEOUT_S, budget)
     return Target(Gitea(gitea.url, token, timeout=timeout, budget=budget), owner, name)
 
@@ -306,6 +305,7 @@ def ensure_hook(target: Target, *, url: str, secret: str, branch: str) -> tuple[
 
 
 def explain(exc: ForgeError, target: Target, *, token_env: str | None) -> str:
+    """token_env: where the token came from (its variable, or its file)."""
     """Say what a refusal means for the admin: which token, which repo."""
     where = f"Gitea at {target.client.url}"
     if exc.status == 401:

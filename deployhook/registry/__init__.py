@@ -1,9 +1,9 @@
 """The registry (repos.yml): its model, schema, live reloading, edits and secrets."""
 
 from deployhook.registry.live import Registry
-from deployhook.registry.model import NAME_RE, Gitea, Mirror, Repo
+from deployhook.registry.model import NAME_RE, Gitea, Mirror, Repo, Token
 from deployhook.registry.schema import load, parse
-from deployhook.registry.secrets import resolve_secrets, secret_values
+from deployhook.registry.secrets import repo_token, resolve_secrets, secret_values
 
 __all__ = [
     "NAME_RE",
@@ -11,8 +11,10 @@ __all__ = [
     "Mirror",
     "Registry",
     "Repo",
+    "Token",
     "load",
     "parse",
+    "repo_token",
     "resolve_secrets",
     "secret_values",
 ]

@@ -48,16 +48,27 @@ _REPO_KEYS: dict[str, _Key] = {
     "remove_orphans": _Key("bool", "true or false"),
     "prune_images": _Key("bool", "true or false"),
     "submodules": _Key("bool", "true or false"),
-    "mirror": _Key("mirror", "a mapping with url and token_env"),
-    "gitea": _Key("gitea", "a mapping with url, token_env, commit_status, mirror_sync"),
+    "mirror": _Key("mirror", "a mapping with url and token_env or token_file"),
+    "gitea": _Key(
+        "gitea", "a mapping with url, token_env or token_file, commit_status, mirror_sync"
+    ),
     "notify_env": _Key("env", "an environment variable name"),
+    "notify_file": _Key("str", "a file path"),
     "node": _Key("str", "a node name"),
     "mode": _Key("choice", "compose or swarm", Mode),
     "image_registry": _Key("str", "a registry prefix such as registry.example.com/jeff"),
     "public_badge": _Key("bool", "true or false"),
 }
-_MIRROR_KEYS = {"url": "str", "token_env": "env"}
-_GITEA_KEYS = {"url": "str", "token_env": "env", "commit_status": "bool", "mirror_sync": "bool"}
+_MIRROR_KEYS = {"url": "str", "token_env": "env", "token_file": "str"}
+_GITEA_KEYS = {
+    "url": "str",
+    "token_env": "env",
+    "token_file": "str",
+    "commit_status": "bool",
+    "mirror_sync": "bool",
+}
+# A secret is named by a variable or by a file, never both: (key_env, key_file).
+_EXCLUSIVE = (("secret_env", "secret_file"), ("notify_env", "notify_file"))
 
 
 def _is_text(raw: Any) -> bool:
@@ -78,6 +89,14 @@ _ACCEPTS: dict[str, Callable[[Any], bool]] = {
     "bool": lambda raw: isinstance(raw, bool),
     "positive": lambda raw: type(raw) is int and raw >= 1,
     "nonnegative": lambda raw: type(raw) is int and raw >= 0,
+}
+
+
+# What a key inside a block (mirror:, gitea:) must be, said in words.
+_KIND_TEXT = {
+    "str": "a non-empty string",
+    "env": "an environment variable name",
+    "bool": "true or false",
 }
 
 
@@ -107,7 +126,7 @@ class _Checker:
         return RegistryError(f"{self.file}: {where}: {problem}")
 
     def value(self, where: str, kind: str, raw: Any, spec: _Key | None = None) -> Any:
-        description = spec.description if spec else kind
+        description = spec.description if spec else _KIND_TEXT.get(kind, kind)
         if kind in _ACCEPTS:
             if not _ACCEPTS[kind](raw):
                 raise self.fail(where, f"must be {description}, got {raw!r}")
@@ -136,6 +155,10 @@ class _Checker:
         if "url" not in raw:
             raise self.fail(f"{where}.url", "is required")
         parsed = {k: self.value(f"{where}.{k}", keys[k], v) for k, v in raw.items()}
+        if "token_env" in parsed and "token_file" in parsed:
+            raise self.fail(f"{where}.token_file", "set token_env or token_file, not both")
+        if "token_file" in parsed:
+            parsed["token_file"] = self.resolve(Path(os.path.expanduser(parsed["token_file"])))
         return Mirror(**parsed) if kind == "mirror" else Gitea(**parsed)
 
     def settings(self, where: str, raw: Any, *, allow_path: bool) -> dict[str, Any]:
@@ -191,20 +214,24 @@ class _Checker:
 
     def repo(self, name: str, defaults: dict[str, Any], own: dict[str, Any]) -> Repo:
         merged = dict(defaults)
-        if {"secret_env", "secret_file"} & own.keys():
-            merged.pop("secret_env", None)
-            merged.pop("secret_file", None)
+        for pair in _EXCLUSIVE:  # a repo's own variable or file replaces both defaults'
+            if set(pair) & own.keys():
+                for key in pair:
+                    merged.pop(key, None)
         merged.update(own)
-        if "secret_env" in merged and "secret_file" in merged:
-            raise self.fail(f"repos.{name}.secret_file", "set secret_env or secret_file, not both")
+        for env_key, file_key in _EXCLUSIVE:
+            if env_key in merged and file_key in merged:
+                where = "defaults" if {env_key, file_key} <= defaults.keys() else f"repos.{name}"
+                raise self.fail(f"{where}.{file_key}", f"set {env_key} or {file_key}, not both")
         if merged.get("gitea") is not None and not merged.get("source"):
             raise self.fail(
                 f"repos.{name}.gitea",
                 "needs `source` (the owner/name of the repo on Gitea) to call its API",
             )
         merged["path"] = self.resolve(Path(os.path.expanduser(merged["path"])))
-        if "secret_file" in merged:
-            merged["secret_file"] = self.resolve(Path(os.path.expanduser(merged["secret_file"])))
+        for key in ("secret_file", "notify_file"):
+            if key in merged:
+                merged[key] = self.resolve(Path(os.path.expanduser(merged[key])))
         return Repo(name=name, **merged)
 
     def resolve(self, path: Path) -> Path:
