@@ -1,185 +1,71 @@
-"""Gitea's API client: commit statuses, pull-mirror sync and push webhooks.
+"""Gitea's API client (Forgejo's too): commit statuses, pull-mirror sync, push webhooks.
 
-Every call has short timeouts and a few retries with exponential backoff for what may
-pass (connection errors, timeouts, 5xx), all within a total budget: a forge that is down
-costs a deploy seconds, never the deploy itself. A 4xx answer is final.
+The HTTP and retry machinery is forges/http.py's, shared with the GitHub client: short
+timeouts, a few retries within one budget, 4xx final.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import threading
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 from urllib.parse import quote
 
-import requests
 import structlog
-import tenacity
 
-from deployhook import redact, retry
-from deployhook.errors import ConfigError, DeployhookError, SecretNotConfigured
+from deployhook.errors import SecretNotConfigured
+from deployhook.forges.http import (
+    ATTEMPTS,
+    BUDGET_S,
+    TIMEOUT_S,
+    Client,
+    ForgeError,
+    ForgeNotConfigured,
+)
 from deployhook.registry import Repo, Token, repo_token
 from deployhook.text import one_line
 
 logger = structlog.get_logger()
 
-TIMEOUT_S = 5.0  # connect and read, per attempt
-BUDGET_S = 15.0  # all attempts of one call together
-ATTEMPTS = 3
+__all__ = [
+    "ATTEMPTS",
+    "BUDGET_S",
+    "TIMEOUT_S",
+    "ForgeError",
+    "ForgeNotConfigured",
+    "Gitea",
+    "Target",
+    "connect",
+    "ensure_hook",
+    "explain",
+]
+
 _DESCRIPTION_MAX = 140
 _PAGE = 50
-
-
-class ForgeError(DeployhookError):
-    """Raised when Gitea cannot be reached or refuses a call; `status` is its HTTP answer."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class ForgeNotConfigured(ConfigError):
-    """Raised when a repo lacks what a Gitea call needs (gitea block, source, token)."""
-
-
-class _Retryable(Exception):
-    """An attempt that may pass next time: a 5xx answer or a transport error."""
-
-    def __init__(self, reason: str, *, status: int | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
 
 
 def _is_hook(path: str) -> bool:
     return "/hooks" in path
 
 
-def _reason(exc: requests.RequestException) -> str:
-    """One short line for a transport error (requests' own text is a paragraph)."""
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
-    found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(exc))
-    return found.group(1).strip().lower() if found else "connection failed"
-
-
-def _message(resp: requests.Response) -> str:
-    try:
-        doc = resp.json()
-    except ValueError:
-        doc = None
-    text = doc.get("message") if isinstance(doc, dict) else None
-    line = " ".join(str(text or resp.text or resp.reason or "").split())
-    return line[:200]
-
-
 @dataclass(frozen=True, slots=True)
-class Gitea:
-    """A Gitea API client for one server and token."""
+class Gitea(Client):
+    """Gitea's (and Forgejo's) API for one server and token."""
 
-    url: str
-    token: str = field(repr=False)
-    timeout: float = TIMEOUT_S
-    budget: float = BUDGET_S
+    forge: ClassVar[str] = "Gitea"
 
-    def __post_init__(self) -> None:
-        redact.register([self.token])
+    def endpoint(self, path: str) -> str:
+        return self.url.rstrip("/") + "/api/v1" + path
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        retry_timeouts: bool = True,
-        abort: threading.Event | None = None,
-    ) -> Any:
-        """Call the API; return the decoded JSON answer (None when it has no body).
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"token {self.token}", "Accept": "application/json"}
 
-        retry_timeouts: False for a call that creates something, where a request that
-        timed out may still have landed. abort: stop retrying once it is set.
-        """
-        url = self.url.rstrip("/") + "/api/v1" + path
-        end = time.monotonic() + self.budget
+    def masks(self, path: str) -> bool:
         # What a forge is told never holds a secret (a status description from a job's
         # error); the hook secret deployhook sets on purpose is the one exception.
-        if json is not None and not _is_hook(path):
-            json = redact.mask_all(json)
-        headers = {"Authorization": f"token {self.token}", "Accept": "application/json"}
-
-        def attempt() -> requests.Response:
-            left = end - time.monotonic()
-            if abort is not None and abort.is_set():
-                raise ForgeError(f"{method} {path} not sent: superseded")
-            if left <= 0.05:
-                raise _Retryable("out of time")
-            limit = min(self.timeout, left)
-            try:
-                with requests.Session() as session:
-                    resp = session.request(
-                        method, url, json=json, headers=headers, timeout=(limit, limit)
-                    )
-            except requests.ConnectionError as exc:
-                raise _Retryable(_reason(exc)) from None
-            except requests.Timeout as exc:
-                if not retry_timeouts:
-                    raise ForgeError(
-                        f"Gitea at {self.url} did not answer {method} {path} in "
-                        f"time (not retried: it may have been applied)"
-                    ) from None
-                raise _Retryable(_reason(exc)) from None
-            except requests.RequestException as exc:
-                raise ForgeError(
-                    f"Gitea call {method} {path} failed: {type(exc).__name__}"
-                ) from None
-            if resp.status_code >= 500:
-                raise _Retryable(
-                    f"answered {resp.status_code} {resp.reason}: {_message(resp)}".rstrip(": "),
-                    status=resp.status_code,
-                )
-            return resp
-
-        def sleep(seconds: float) -> None:
-            if abort is None:
-                time.sleep(seconds)
-            else:
-                abort.wait(seconds)
-
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(_Retryable),
-            stop=retry.within(end - 0.05, attempts=ATTEMPTS, abort=abort),
-            wait=retry.backoff(),
-            sleep=sleep,
-            reraise=True,
-            before_sleep=lambda state: logger.info(
-                "forge_retrying",
-                method=method,
-                path=path,
-                attempt=state.attempt_number,
-                error=str(state.outcome.exception()) if state.outcome else None,
-            ),
-        )
-        try:
-            resp = retrying(attempt)
-        except _Retryable as exc:
-            raise ForgeError(
-                f"Gitea at {self.url}: {method} {path}: {exc}", status=exc.status
-            ) from None
-        if resp.status_code >= 400:
-            raise ForgeError(
-                f"Gitea at {self.url} answered {resp.status_code} "
-                f"{resp.reason} to {method} {path}: {_message(resp)}",
-                status=resp.status_code,
-            )
-        if not resp.content:
-            return None
-        try:
-            return resp.json()
-        except ValueError:
-            return None
+        return not _is_hook(path)
 
     # -- the calls deployhook makes ----------------------------------------------------
 
