@@ -1,4 +1,5 @@
-"""Local HTTP servers for the talk-back tests: a recording fake Gitea and a message receiver.
+"""Local HTTP servers for the talk-back tests: recording fake Gitea and GitHub servers and a
+message receiver.
 
 The fake Gitea answers as Gitea's API does: 201 for statuses and hooks, 200 for
 mirror-sync and hook edits, 401 for a wrong token, 404 for a repo it does not have.
@@ -171,6 +172,80 @@ class FakeGitea(Recorder):
             for r in self.requests
             if (method is None or r.method == method) and r.path.endswith(path_end)
         ]
+
+
+_GITHUB_STATUS_RE = re.compile(
+    r"(?P<prefix>/api/v3)?/repos/(?P<owner>[^/]+)/(?P<name>[^/]+)/statuses/(?P<sha>[^/]+)\Z"
+)
+GITHUB_DOCS = "https://docs.github.com/rest/commits/statuses#create-a-commit-status"
+
+
+class FakeGitHub(Recorder):
+    """GitHub's REST API for commit statuses, as github.com (or, with enterprise, a GitHub
+    Enterprise server under /api/v3) answers: 201 with the status, 401 "Bad credentials"
+    for a wrong token, 404 for a repo it does not have, 422 for a commit it does not know
+    or an invalid body.
+
+    shas: the commits the repo has (None: any). errors: answers to give first (5xx).
+    """
+
+    def __init__(
+        self,
+        *,
+        token: str,
+        repos: tuple[str, ...] = ("jeff/site",),
+        shas: set[str] | None = None,
+        enterprise: bool = False,
+        errors: tuple[int, ...] = (),
+        delay: float = 0.0,
+    ) -> None:
+        self.token = token
+        self.repos = set(repos)
+        self.shas = shas
+        self.enterprise = enterprise
+        self.errors = list(errors)
+        super().__init__(delay=delay)
+
+    @property
+    def api_url(self) -> str:
+        return self.url + ("/api/v3" if self.enterprise else "")
+
+    def route(self, req: Recorded) -> Answer:  # noqa: PLR0911 - one answer per case
+        if self.errors:
+            return self.errors.pop(0), {"message": "Server Error"}
+        if req.headers.get("Authorization") != f"Bearer {self.token}":
+            return 401, {"message": "Bad credentials", "documentation_url": GITHUB_DOCS}
+        found = _GITHUB_STATUS_RE.match(req.path)
+        if not found or bool(found["prefix"]) != self.enterprise:
+            return 404, {"message": "Not Found", "documentation_url": GITHUB_DOCS}
+        if f"{unquote(found['owner'])}/{unquote(found['name'])}" not in self.repos:
+            return 404, {"message": "Not Found", "documentation_url": GITHUB_DOCS}
+        if req.method != "POST":
+            return 404, {"message": "Not Found", "documentation_url": GITHUB_DOCS}
+        body = req.body if isinstance(req.body, dict) else {}
+        if body.get("state") not in {"error", "failure", "pending", "success"}:
+            return 422, {
+                "message": "Validation Failed",
+                "errors": [{"resource": "Status", "code": "custom", "field": "state"}],
+                "documentation_url": GITHUB_DOCS,
+            }
+        if len(str(body.get("description", ""))) > 140:
+            return 422, {"message": "Validation Failed", "documentation_url": GITHUB_DOCS}
+        if self.shas is not None and found["sha"] not in self.shas:
+            return 422, {
+                "message": f"No commit found for SHA: {found['sha']}",
+                "documentation_url": GITHUB_DOCS,
+            }
+        return 201, {
+            "id": len(self.requests),
+            "state": body["state"],
+            "description": body.get("description"),
+            "target_url": body.get("target_url"),
+            "context": body.get("context", "default"),
+        }
+
+    def statuses(self) -> list[Recorded]:
+        return [r for r in self.requests if r.method == "POST" and "/statuses/" in r.path]
 
 
 class Receiver(Recorder):

@@ -7,11 +7,9 @@ timeouts, a few retries within one budget, 4xx final.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import quote
 
 import structlog
 
@@ -23,9 +21,10 @@ from deployhook.forges.http import (
     Client,
     ForgeError,
     ForgeNotConfigured,
+    Target,
+    owner_name,
 )
 from deployhook.registry import Repo, Token, repo_token
-from deployhook.text import one_line
 
 logger = structlog.get_logger()
 
@@ -42,7 +41,6 @@ __all__ = [
     "explain",
 ]
 
-_DESCRIPTION_MAX = 140
 _PAGE = 50
 
 
@@ -67,37 +65,7 @@ class Gitea(Client):
         # error); the hook secret deployhook sets on purpose is the one exception.
         return not _is_hook(path)
 
-    # -- the calls deployhook makes ----------------------------------------------------
-
-    @staticmethod
-    def repo_path(owner: str, name: str) -> str:
-        return f"/repos/{quote(owner, safe='')}/{quote(name, safe='')}"
-
-    def set_status(
-        self,
-        owner: str,
-        name: str,
-        sha: str,
-        *,
-        state: str,
-        context: str,
-        description: str,
-        target_url: str | None = None,
-        abort: threading.Event | None = None,
-    ) -> None:
-        body = {
-            "state": state,
-            "context": context,
-            "description": one_line(description, _DESCRIPTION_MAX),
-        }
-        if target_url:
-            body["target_url"] = target_url
-        self.request(
-            "POST",
-            f"{self.repo_path(owner, name)}/statuses/{quote(sha, safe='')}",
-            json=body,
-            abort=abort,
-        )
+    # -- the calls only Gitea has (set_status is every forge's: http.Client) ---------
 
     def mirror_sync(self, owner: str, name: str) -> None:
         self.request("POST", f"{self.repo_path(owner, name)}/mirror-sync")
@@ -129,22 +97,9 @@ class Gitea(Client):
         return made if isinstance(made, dict) else {}
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """A repo's Gitea: the client and the owner/name that API calls address."""
-
-    client: Gitea
-    owner: str
-    name: str
-
-    @property
-    def full_name(self) -> str:
-        return f"{self.owner}/{self.name}"
-
-
 def connect(
     repo: Repo, *, budget: float | None = None, environ: Mapping[str, str] | None = None
-) -> Target:
+) -> Target[Gitea]:
     """Return the repo's Gitea target, or raise ForgeNotConfigured saying what is missing."""
     env = os.environ if environ is None else environ
     budget = BUDGET_S if budget is None else budget
@@ -153,9 +108,7 @@ def connect(
         raise ForgeNotConfigured(f"repo {repo.name!r} has no gitea block (url, token_env)")
     if not repo.source:
         raise ForgeNotConfigured(f"repo {repo.name!r}: source (owner/name on Gitea) is not set")
-    owner, sep, name = repo.source[0].partition("/")
-    if not sep or not owner or not name or "/" in name:
-        raise ForgeNotConfigured(f"repo {repo.name!r}: source {repo.source[0]!r} is not owner/name")
+    owner, name = owner_name(repo.source[0], what=f"repo {repo.name!r}: source")
     if not gitea.token_env and not gitea.token_file:
         raise ForgeNotConfigured(f"repo {repo.name!r}: gitea.token_env or token_file is not set")
     try:
@@ -168,7 +121,7 @@ def connect(
     return Target(Gitea(gitea.url, token, timeout=timeout, budget=budget), owner, name)
 
 
-def ensure_hook(target: Target, *, url: str, secret: str, branch: str) -> tuple[str, int]:
+def ensure_hook(target: Target[Gitea], *, url: str, secret: str, branch: str) -> tuple[str, int]:
     """Create the push webhook to url, or update the one already there; ("created", id)."""
     config = {"url": url, "content_type": "json", "secret": secret}
     body: dict[str, Any] = {
@@ -190,9 +143,9 @@ def ensure_hook(target: Target, *, url: str, secret: str, branch: str) -> tuple[
     return "created", int(made["id"])
 
 
-def explain(exc: ForgeError, target: Target, *, token_env: str | None) -> str:
-    """token_env: where the token came from (its variable, or its file)."""
-    """Say what a refusal means for the admin: which token, which repo."""
+def explain(exc: ForgeError, target: Target[Any], *, token_env: str | None) -> str:
+    """Say what a refusal means for the admin: which token (token_env: its variable, or
+    its file), which repo."""
     where = f"Gitea at {target.client.url}"
     if exc.status == 401:
         return f"{where} refused the token in {token_env} (401 Unauthorized)"

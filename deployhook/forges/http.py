@@ -14,7 +14,8 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Generic, Self, TypeVar
+from urllib.parse import quote
 
 import requests
 import structlog
@@ -22,12 +23,14 @@ import tenacity
 
 from deployhook import redact, retry
 from deployhook.errors import ConfigError, DeployhookError
+from deployhook.text import one_line
 
 logger = structlog.get_logger()
 
 TIMEOUT_S = 5.0  # connect and read, per attempt
 BUDGET_S = 15.0  # all attempts of one call together
 ATTEMPTS = 3
+DESCRIPTION_MAX = 140  # a commit status's description, on Gitea and GitHub
 
 
 class ForgeError(DeployhookError):
@@ -187,3 +190,61 @@ class Client:
             return resp.json()
         except ValueError:
             return None
+
+    # -- what every forge deployhook talks to answers alike ----------------------------
+
+    @staticmethod
+    def repo_path(owner: str, name: str) -> str:
+        return f"/repos/{quote(owner, safe='')}/{quote(name, safe='')}"
+
+    def set_status(
+        self,
+        owner: str,
+        name: str,
+        sha: str,
+        *,
+        state: str,
+        context: str,
+        description: str,
+        target_url: str | None = None,
+        abort: threading.Event | None = None,
+    ) -> None:
+        """A commit status: `POST /repos/{owner}/{name}/statuses/{sha}`, the same call and
+        body on Gitea, Forgejo and GitHub."""
+        body = {
+            "state": state,
+            "context": context,
+            "description": one_line(description, DESCRIPTION_MAX),
+        }
+        if target_url:
+            body["target_url"] = target_url
+        self.request(
+            "POST",
+            f"{self.repo_path(owner, name)}/statuses/{quote(sha, safe='')}",
+            json=body,
+            abort=abort,
+        )
+
+
+C = TypeVar("C", bound=Client)
+
+
+@dataclass(frozen=True, slots=True)
+class Target(Generic[C]):
+    """A repo on a forge: the client and the owner/name that API calls address."""
+
+    client: C
+    owner: str
+    name: str
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+
+def owner_name(text: str, *, what: str) -> tuple[str, str]:
+    """Split `owner/name`, or raise ForgeNotConfigured naming what holds it."""
+    owner, sep, name = text.partition("/")
+    if not sep or not owner or not name or "/" in name:
+        raise ForgeNotConfigured(f"{what} {text!r} is not owner/name")
+    return owner, name

@@ -1,12 +1,13 @@
 """The registry (repos.yml): its model, schema, live reloading, edits and secrets."""
 
 from deployhook.registry.live import Registry
-from deployhook.registry.model import NAME_RE, Gitea, Mirror, Repo, Token
+from deployhook.registry.model import NAME_RE, Gitea, GitHub, Mirror, Repo, Token
 from deployhook.registry.schema import load, parse
 from deployhook.registry.secrets import repo_token, resolve_secrets, secret_values
 
 __all__ = [
     "NAME_RE",
+    "GitHub",
     "Gitea",
     "Mirror",
     "Registry",

@@ -27,6 +27,20 @@ class Gitea:
     mirror_sync: bool = False
 
 
+GITHUB_API = "https://api.github.com"
+
+
+@dataclass(frozen=True, slots=True)
+class GitHub:
+    """Talking back to GitHub: commit statuses on a GitHub-primary repo."""
+
+    token_env: str | None = None
+    token_file: Path | None = None
+    commit_status: bool = True
+    api_url: str = GITHUB_API  # GitHub Enterprise: https://HOST/api/v3
+    repo: str | None = None  # owner/name on GitHub; default: the entry's first source
+
+
 @dataclass(frozen=True, slots=True)
 class Token:
     """Where one of a repo's tokens (or its notify URLs) is read from: a variable or a file.
@@ -68,6 +82,7 @@ class Repo:
     submodules: bool = False
     mirror: Mirror | None = None
     gitea: Gitea | None = None
+    github: GitHub | None = None
     notify_env: str | None = None
     notify_file: Path | None = None
     node: str = ""  # "" is the default node: workers without DEPLOYHOOK_NODE
@@ -87,6 +102,8 @@ class Repo:
             found.append(Token("mirror.token", self.mirror.token_env, self.mirror.token_file))
         if self.gitea:
             found.append(Token("gitea.token", self.gitea.token_env, self.gitea.token_file))
+        if self.github:
+            found.append(Token("github.token", self.github.token_env, self.github.token_file))
         return [t for t in found if t.env or t.file]
 
     @property

@@ -17,7 +17,7 @@ import yaml
 
 from deployhook.errors import RegistryError
 from deployhook.models import Mode, OnLocalChanges
-from deployhook.registry.model import NAME_RE, Gitea, Mirror, Repo
+from deployhook.registry.model import NAME_RE, Gitea, GitHub, Mirror, Repo
 
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -52,6 +52,10 @@ _REPO_KEYS: dict[str, _Key] = {
     "gitea": _Key(
         "gitea", "a mapping with url, token_env or token_file, commit_status, mirror_sync"
     ),
+    "github": _Key(
+        "github",
+        "a mapping with token_env or token_file, commit_status, api_url, repo",
+    ),
     "notify_env": _Key("env", "an environment variable name"),
     "notify_file": _Key("str", "a file path"),
     "node": _Key("str", "a node name"),
@@ -66,6 +70,18 @@ _GITEA_KEYS = {
     "token_file": "str",
     "commit_status": "bool",
     "mirror_sync": "bool",
+}
+_GITHUB_KEYS = {
+    "token_env": "env",
+    "token_file": "str",
+    "commit_status": "bool",
+    "api_url": "url",
+    "repo": "owner_name",
+}
+_BLOCKS: dict[str, tuple[dict[str, str], type[Mirror | Gitea | GitHub]]] = {
+    "mirror": (_MIRROR_KEYS, Mirror),
+    "gitea": (_GITEA_KEYS, Gitea),
+    "github": (_GITHUB_KEYS, GitHub),
 }
 # A secret is named by a variable or by a file, never both: (key_env, key_file).
 _EXCLUSIVE = (("secret_env", "secret_file"), ("notify_env", "notify_file"))
@@ -87,6 +103,14 @@ _ACCEPTS: dict[str, Callable[[Any], bool]] = {
     "ref": _is_ref,
     "env": lambda raw: isinstance(raw, str) and bool(_ENV_NAME_RE.match(raw)),
     "bool": lambda raw: isinstance(raw, bool),
+    "url": lambda raw: (
+        _is_text(raw)
+        and raw.strip().startswith(("https://", "http://"))
+        and not any(c.isspace() for c in raw.strip())
+    ),
+    "owner_name": lambda raw: (
+        _is_text(raw) and len(raw.split("/")) == 2 and all(p.strip() for p in raw.split("/"))
+    ),
     "positive": lambda raw: type(raw) is int and raw >= 1,
     "nonnegative": lambda raw: type(raw) is int and raw >= 0,
 }
@@ -97,6 +121,8 @@ _KIND_TEXT = {
     "str": "a non-empty string",
     "env": "an environment variable name",
     "bool": "true or false",
+    "url": "an http:// or https:// URL",
+    "owner_name": "owner/name",
 }
 
 
@@ -142,9 +168,9 @@ class _Checker:
             return tuple(i.strip() for i in items)
         return self.block(where, kind, raw, description)
 
-    def block(self, where: str, kind: str, raw: Any, description: str) -> Mirror | Gitea:
-        """A nested mapping: `mirror:` or `gitea:`."""
-        keys = _MIRROR_KEYS if kind == "mirror" else _GITEA_KEYS
+    def block(self, where: str, kind: str, raw: Any, description: str) -> Mirror | Gitea | GitHub:
+        """A nested mapping: `mirror:`, `gitea:` or `github:`."""
+        keys, make = _BLOCKS[kind]
         if not isinstance(raw, dict):
             raise self.fail(where, f"must be {description}, got {raw!r}")
         unknown = sorted(set(raw) - set(keys), key=str)
@@ -152,14 +178,18 @@ class _Checker:
             raise self.fail(
                 f"{where}.{unknown[0]}", f"unknown key (expected one of {', '.join(keys)})"
             )
-        if "url" not in raw:
+        if "url" in keys and "url" not in raw:
             raise self.fail(f"{where}.url", "is required")
         parsed = {k: self.value(f"{where}.{k}", keys[k], v) for k, v in raw.items()}
         if "token_env" in parsed and "token_file" in parsed:
             raise self.fail(f"{where}.token_file", "set token_env or token_file, not both")
+        if kind == "github" and not {"token_env", "token_file"} & parsed.keys():
+            raise self.fail(f"{where}.token_env", "is required (or token_file): the API needs it")
         if "token_file" in parsed:
             parsed["token_file"] = self.resolve(Path(os.path.expanduser(parsed["token_file"])))
-        return Mirror(**parsed) if kind == "mirror" else Gitea(**parsed)
+        if "api_url" in parsed:
+            parsed["api_url"] = parsed["api_url"].rstrip("/")
+        return make(**parsed)
 
     def settings(self, where: str, raw: Any, *, allow_path: bool) -> dict[str, Any]:
         if raw is None:
@@ -227,6 +257,12 @@ class _Checker:
             raise self.fail(
                 f"repos.{name}.gitea",
                 "needs `source` (the owner/name of the repo on Gitea) to call its API",
+            )
+        github = merged.get("github")
+        if github is not None and github.repo is None and not merged.get("source"):
+            raise self.fail(
+                f"repos.{name}.github",
+                "needs `source` or `github.repo` (the owner/name of the repo on GitHub)",
             )
         merged["path"] = self.resolve(Path(os.path.expanduser(merged["path"])))
         for key in ("secret_file", "notify_file"):

@@ -103,7 +103,7 @@ def test_commit_status_pending_then_success(
     assert [c.body["state"] for c in calls] == ["pending", "success"]
     for call in calls:
         assert call.headers["Authorization"] == f"token {token}"
-        assert call.body["context"] == "deploy/site"
+        assert call.body["context"] == "deployhook/site"
         assert call.body["target_url"] == f"{PUBLIC}/ui/jobs/{job.id}"
         assert "\n" not in call.body["description"] and len(call.body["description"]) <= 140
     assert call.body["description"].startswith("deployed in ")
