@@ -112,6 +112,19 @@ class Service:
             status_of=status_of,
         )
 
+    def receive_routed(
+        self, request: Request, *, status_of: Callable[[Decision], int]
+    ) -> intake.Routed:
+        """`POST /deploy`: an organisation's delivery, routed to the entries it verifies for."""
+        return intake.receive_routed(
+            request,
+            registry=self.registry,
+            store=self.store,
+            max_body=self.settings.max_body,
+            default_secret=self.settings.secret,
+            status_of=status_of,
+        )
+
     # -- deploys ---------------------------------------------------------------------
 
     def remote_head(self, repo: Repo) -> str:
