@@ -34,7 +34,15 @@ from deployhook.models import (
     WorkerInfo,
     iso,
 )
-from deployhook.registry import Registry, Repo, Token, resolve_secrets, secret_values
+from deployhook.registry import (
+    Registry,
+    Repo,
+    Token,
+    resolve_secrets,
+    secret_values,
+    token,
+    webhook_secrets,
+)
 from deployhook.registry import edit as registry_edit
 from deployhook.store import Store, open_store, totals
 from deployhook.text import check_sha
@@ -341,3 +349,48 @@ class Service:
             f"{action} hook {hook_id} on {target.full_name} ({target.client.url}) "
             f"delivering pushes to {repo.branch} to {url}"
         )
+
+    def create_org_hook(
+        self, org: str, *, gitea_url: str, token_env: str, secret_env: str | None
+    ) -> list[str]:
+        """Create (or update) an organisation's push webhook on Gitea, pointing at
+        `POST /deploy`; say what was done, and which entries its secret routes to."""
+        from deployhook.forges import gitea
+
+        if not self.settings.public_url:
+            raise ConfigError("DEPLOYHOOK_PUBLIC_URL is not set: Gitea needs the URL to deliver to")
+        if not gitea_url.startswith(("https://", "http://")):
+            raise ConfigError(f"--gitea-url: {gitea_url!r} is not an http:// or https:// URL")
+        try:
+            api_token = token(token_env, what="--token-env")
+            secrets = webhook_secrets(secret_env, default=self.settings.secret)
+        except SecretNotConfigured as exc:
+            raise ConfigError(str(exc)) from None
+        client = gitea.Gitea(gitea_url.rstrip("/"), api_token)
+        url = f"{self.settings.public_url}/deploy"
+        try:
+            action, hook_id = gitea.ensure_org_hook(client, org, url=url, secret=secrets[0])
+        except gitea.ForgeError as exc:
+            raise gitea.ForgeError(
+                gitea.explain_org(exc, client, org, token_env=token_env)
+            ) from None
+        lines = [
+            f"{action} hook {hook_id} on organisation {org} ({client.url}) "
+            f"delivering pushes to {url}"
+        ]
+        routed = []
+        for repo in self.registry:
+            try:
+                own = resolve_secrets(repo, default=self.settings.secret)
+            except SecretNotConfigured:
+                continue
+            if repo.source and secrets[0] in own:
+                routed.append(f"{repo.name} ({', '.join(repo.source)})")
+        if routed:
+            lines.append("its secret deploys: " + "; ".join(routed))
+        else:
+            lines.append(
+                "warning: no entry with a source has this secret: every delivery answers 403 "
+                "until one has (secret_env, and source: owner/name)"
+            )
+        return lines

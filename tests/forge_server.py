@@ -100,10 +100,14 @@ _REPO_RE = re.compile(
 )
 
 
+_ORG_RE = re.compile(r"/api/v1/orgs/(?P<org>[^/]+)/hooks(?:/(?P<hook>\d+))?\Z")
+
+
 class FakeGitea(Recorder):
-    """Gitea's API for the repos it has, behind one token.
+    """Gitea's API for the repos and organisations it has, behind one token.
 
     errors: answers to give before the real ones (e.g. [503, 502]), to exercise retries.
+    owner_of: the organisations whose hooks the token may manage (others: 403).
     """
 
     def __init__(
@@ -111,21 +115,52 @@ class FakeGitea(Recorder):
         *,
         token: str,
         repos: tuple[str, ...] = ("jeff/site",),
+        orgs: tuple[str, ...] = ("jeff",),
+        owner_of: tuple[str, ...] | None = None,
         errors: tuple[int, ...] = (),
         delay: float = 0.0,
     ) -> None:
         self.token = token
         self.repos = set(repos)
+        self.orgs = set(orgs)
+        self.owner_of = set(orgs if owner_of is None else owner_of)
         self.errors = list(errors)
         self.hooks: dict[int, dict[str, Any]] = {}
+        self.org_hooks: dict[str, dict[int, dict[str, Any]]] = {}
         self._next_hook = 1
         super().__init__(delay=delay)
+
+    def _org(self, req: Recorded, org: str, hook_id: str | None) -> Answer:  # noqa: PLR0911
+        """/orgs/{org}/hooks[/{id}]: as Gitea answers an organisation's hooks."""
+        if org not in self.orgs:
+            return 404, {"errors": None, "message": "GetOrgByName", "url": self.url}
+        if org not in self.owner_of:
+            return 403, {"message": "Must be an organization owner", "url": self.url}
+        hooks = self.org_hooks.setdefault(org, {})
+        if hook_id is None and req.method == "GET":
+            return 200, [self._shown(h) for h in hooks.values()]
+        if hook_id is None and req.method == "POST":
+            hook = {"id": self._next_hook, **req.body}
+            self._next_hook += 1
+            hooks[hook["id"]] = hook
+            return 201, self._shown(hook)
+        if hook_id is not None and req.method == "PATCH":
+            hook = hooks.get(int(hook_id))
+            if hook is None:
+                return 404, {"message": "The target couldn't be found."}
+            hook.update({k: v for k, v in req.body.items() if k != "config"})
+            hook["config"] = {**hook["config"], **req.body.get("config", {})}
+            return 200, self._shown(hook)
+        return 405, {"message": "method not allowed"}
 
     def route(self, req: Recorded) -> Answer:  # noqa: PLR0911 - one answer per endpoint
         if self.errors:
             return self.errors.pop(0), {"message": "upstream trouble"}
         if req.headers.get("Authorization") != f"token {self.token}":
             return 401, {"message": "user does not exist [uid: 0, name: ]", "url": self.url}
+        org = _ORG_RE.match(req.path)
+        if org:
+            return self._org(req, unquote(org["org"]), org["hook"])
         found = _REPO_RE.match(req.path)
         if not found or f"{unquote(found['owner'])}/{unquote(found['name'])}" not in self.repos:
             return 404, {

@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 import structlog
 
@@ -38,7 +39,9 @@ __all__ = [
     "Target",
     "connect",
     "ensure_hook",
+    "ensure_org_hook",
     "explain",
+    "explain_org",
 ]
 
 _PAGE = 50
@@ -70,30 +73,40 @@ class Gitea(Client):
     def mirror_sync(self, owner: str, name: str) -> None:
         self.request("POST", f"{self.repo_path(owner, name)}/mirror-sync")
 
+    @staticmethod
+    def org_path(org: str) -> str:
+        return f"/orgs/{quote(org, safe='')}"
+
     def hooks(self, owner: str, name: str) -> list[dict[str, Any]]:
+        return self.hooks_at(self.repo_path(owner, name))
+
+    def create_hook(self, owner: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.create_hook_at(self.repo_path(owner, name), body)
+
+    def edit_hook(
+        self, owner: str, name: str, hook_id: int, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        return self.edit_hook_at(self.repo_path(owner, name), hook_id, body)
+
+    # A repository's hooks live under /repos/{owner}/{name}, an organisation's under
+    # /orgs/{org}: the same calls otherwise.
+
+    def hooks_at(self, base: str) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
         for page in range(1, 21):
-            batch = self.request(
-                "GET", f"{self.repo_path(owner, name)}/hooks?page={page}&limit={_PAGE}"
-            )
+            batch = self.request("GET", f"{base}/hooks?page={page}&limit={_PAGE}")
             batch = [h for h in batch or [] if isinstance(h, dict)]
             found += batch
             if len(batch) < _PAGE:
                 break
         return found
 
-    def create_hook(self, owner: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        made = self.request(
-            "POST", f"{self.repo_path(owner, name)}/hooks", json=body, retry_timeouts=False
-        )
+    def create_hook_at(self, base: str, body: dict[str, Any]) -> dict[str, Any]:
+        made = self.request("POST", f"{base}/hooks", json=body, retry_timeouts=False)
         return made if isinstance(made, dict) else {}
 
-    def edit_hook(
-        self, owner: str, name: str, hook_id: int, body: dict[str, Any]
-    ) -> dict[str, Any]:
-        made = self.request(
-            "PATCH", f"{self.repo_path(owner, name)}/hooks/{int(hook_id)}", json=body
-        )
+    def edit_hook_at(self, base: str, hook_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        made = self.request("PATCH", f"{base}/hooks/{int(hook_id)}", json=body)
         return made if isinstance(made, dict) else {}
 
 
@@ -123,6 +136,19 @@ def connect(
 
 def ensure_hook(target: Target[Gitea], *, url: str, secret: str, branch: str) -> tuple[str, int]:
     """Create the push webhook to url, or update the one already there; ("created", id)."""
+    client = target.client
+    return _ensure(
+        client, client.repo_path(target.owner, target.name), url=url, secret=secret, branch=branch
+    )
+
+
+def ensure_org_hook(client: Gitea, org: str, *, url: str, secret: str) -> tuple[str, int]:
+    """Create the organisation's push webhook to url (every branch of every repository:
+    deployhook routes), or update the one already there; ("created", id)."""
+    return _ensure(client, client.org_path(org), url=url, secret=secret, branch="*")
+
+
+def _ensure(client: Gitea, base: str, *, url: str, secret: str, branch: str) -> tuple[str, int]:
     config = {"url": url, "content_type": "json", "secret": secret}
     body: dict[str, Any] = {
         "config": config,
@@ -130,16 +156,15 @@ def ensure_hook(target: Target[Gitea], *, url: str, secret: str, branch: str) ->
         "branch_filter": branch,
         "active": True,
     }  # Gitea creates hooks inactive by default
-    client = target.client
-    for existing in client.hooks(target.owner, target.name):
+    for existing in client.hooks_at(base):
         if (existing.get("config") or {}).get("url") == url and "id" in existing:
-            client.edit_hook(target.owner, target.name, int(existing["id"]), body)
-            logger.info("gitea_hook_updated", gitea_repo=target.full_name, hook=existing["id"])
+            client.edit_hook_at(base, int(existing["id"]), body)
+            logger.info("gitea_hook_updated", at=base, hook=existing["id"])
             return "updated", int(existing["id"])
-    made = client.create_hook(target.owner, target.name, {"type": "gitea", **body})
+    made = client.create_hook_at(base, {"type": "gitea", **body})
     if "id" not in made:
         raise ForgeError(f"Gitea at {client.url} created no hook (its answer has no id)")
-    logger.info("gitea_hook_created", gitea_repo=target.full_name, hook=made["id"])
+    logger.info("gitea_hook_created", at=base, hook=made["id"])
     return "created", int(made["id"])
 
 
@@ -158,5 +183,23 @@ def explain(exc: ForgeError, target: Target[Any], *, token_env: str | None) -> s
         return (
             f"{where} has no repository {target.full_name}, or the token in {token_env} "
             "cannot see it (404 Not Found)"
+        )
+    return str(exc)
+
+
+def explain_org(exc: ForgeError, client: Gitea, org: str, *, token_env: str) -> str:
+    """Say what a refusal of an organisation hook call means: which token, which org."""
+    where = f"Gitea at {client.url}"
+    if exc.status == 401:
+        return f"{where} refused the token in {token_env} (401 Unauthorized)"
+    if exc.status == 403:
+        return (
+            f"{where}: the token in {token_env} may not manage webhooks of organisation "
+            f"{org} (403 Forbidden: it needs an owner of {org} and write:organization)"
+        )
+    if exc.status == 404:
+        return (
+            f"{where} has no organisation {org}, or the token in {token_env} cannot see it "
+            "(404 Not Found)"
         )
     return str(exc)

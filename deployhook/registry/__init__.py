@@ -3,7 +3,13 @@
 from deployhook.registry.live import Registry
 from deployhook.registry.model import NAME_RE, Gitea, GitHub, Mirror, Repo, Token
 from deployhook.registry.schema import load, parse
-from deployhook.registry.secrets import repo_token, resolve_secrets, secret_values
+from deployhook.registry.secrets import (
+    repo_token,
+    resolve_secrets,
+    secret_values,
+    token,
+    webhook_secrets,
+)
 
 __all__ = [
     "NAME_RE",
@@ -18,4 +24,6 @@ __all__ = [
     "repo_token",
     "resolve_secrets",
     "secret_values",
+    "token",
+    "webhook_secrets",
 ]

@@ -100,15 +100,38 @@ def resolve_secrets(
         redact.register([value])
     else:
         raise SecretNotConfigured(f"{what}: DEPLOYHOOK_SECRET is unset or empty")
+    origin = str(repo.secret_env or repo.secret_file or "DEPLOYHOOK_SECRET")
+    return _checked(value, origin=origin, whose=f"of repo {repo.name!r}", what=what)
+
+
+def _checked(value: str, *, origin: str, whose: str, what: str) -> tuple[str, ...]:
+    """The secrets in a value, each long enough, or SecretNotConfigured."""
     if not split(value):
-        raise SecretNotConfigured(f"{what}: {repo.secret_env or repo.secret_file} holds no secret")
+        raise SecretNotConfigured(f"{what}: {origin} holds no secret")
     problem = weakness(value)
     if problem:
-        origin = repo.secret_env or repo.secret_file or "DEPLOYHOOK_SECRET"
-        raise SecretNotConfigured(
-            f"the webhook secret of repo {repo.name!r} is too short: {origin}: {problem}"
-        )
+        raise SecretNotConfigured(f"the webhook secret {whose} is too short: {origin}: {problem}")
     return split(value)
+
+
+def webhook_secrets(
+    env: str | None, *, default: str | None, environ: Mapping[str, str] | None = None
+) -> tuple[str, ...]:
+    """The webhook secrets in a variable (None: DEPLOYHOOK_SECRET), checked and registered
+    like a repo's: for a hook no single entry owns (an organisation's)."""
+    what = "no webhook secret"
+    if env:
+        value = read(
+            env=env, file=None, what=what, environ=os.environ if environ is None else environ
+        )
+        origin = env
+    elif default and default.strip():
+        value = default.strip()
+        redact.register([value])
+        origin = "DEPLOYHOOK_SECRET"
+    else:
+        raise SecretNotConfigured(f"{what}: DEPLOYHOOK_SECRET is unset or empty")
+    return _checked(value, origin=origin, whose=f"in {origin}", what=what)
 
 
 def token(
