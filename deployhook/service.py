@@ -21,6 +21,7 @@ from deployhook.errors import (
     InvalidRequest,
     SecretNotConfigured,
     StepFailed,
+    UnknownJob,
 )
 from deployhook.intake import receive as intake
 from deployhook.intake.receive import Request
@@ -197,6 +198,14 @@ class Service:
     def jobs(self, name: str, *, limit: int = 20) -> list[Job]:
         return self.store.jobs(self.repo(name).name, limit=limit)
 
+    def latest_job(self, name: str) -> Job:
+        """The repo's newest job, whatever its status; UnknownJob when it has none."""
+        repo = self.repo(name)
+        found = self.store.jobs(repo.name, limit=1)
+        if not found:
+            raise UnknownJob(f"repo {repo.name} has no jobs yet")
+        return found[0]
+
     def deliveries(
         self, name: str, *, limit: int = 50, before: int | None = None
     ) -> tuple[list[Delivery], int | None]:
@@ -215,6 +224,14 @@ class Service:
         wanted = sorted(repos) if names is None else [self.repo(n).name for n in names]
         views = self.store.overviews(wanted)
         return [summary.summarize(repos[n], v) for n, v in zip(wanted, views, strict=True)]
+
+    def overview(self) -> dict[str, Any]:
+        """The body of GET /api/overview: every repo at a glance."""
+        return {
+            "repos": [r.to_dict() for r in self.summaries()],
+            "generated_at": iso(time.time()),
+            "registry_error": self.registry_error,
+        }
 
     def repo_status(self, name: str) -> dict[str, Any]:
         """The body of GET /deploy/<repo>."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from deployhook.cli import deliver, hook, jobs, repos, serve, status
+from deployhook.cli import deliver, deliveries, hook, jobs, repos, serve, status
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,8 +26,10 @@ for command in (
     jobs.rollback,
     jobs.hold,
     jobs.release,
+    jobs.cancel,
     status.status,
     status.logs,
+    deliveries.deliveries,
     hook.hook,
     deliver.deliver,
 ):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from deployhook.cli.common import handle_errors, open_service
+from deployhook.cli.common import handle_errors, open_service, repo_names
 
 
 @click.group()
@@ -13,7 +13,7 @@ def hook() -> None:
 
 
 @hook.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=repo_names)
 @click.option("--org", help="create the organisation ORG's webhook, pointing at POST /deploy")
 @click.option("--gitea-url", help="with --org: the Gitea (or Forgejo) base URL")
 @click.option("--token-env", help="with --org: the variable holding a Gitea token")

@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from deployhook.cli.common import fail, handle_errors, load_settings, open_service
+from deployhook.cli.common import fail, handle_errors, load_settings, open_service, repo_names
+from deployhook.cli.status import print_json
 from deployhook.errors import DeployhookError
 from deployhook.models import Status
 from deployhook.service import Service
@@ -21,15 +22,38 @@ def repos() -> None:
 
 
 @repos.command(name="list")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='{"repos": [...]}: each repo\'s entry and state, as GET /api/overview has it',
+)
 @handle_errors
-def list_repos() -> None:
+def list_repos(as_json: bool) -> None:
     """Print one line a repo: name, branch, path, last status."""
     with open_service() as svc:
         entries = svc.repos()
+        lines = {line.repo: line for line in svc.summaries([r.name for r in entries])}
+        if as_json:
+            print_json(
+                {
+                    "repos": [
+                        {
+                            **lines[r.name].to_dict(),
+                            "path": str(r.path),
+                            "source": list(r.source),
+                            "node": r.node or None,
+                            "mode": str(r.mode),
+                        }
+                        for r in entries
+                    ],
+                    "registry_error": svc.registry_error,
+                }
+            )
+            return
         if not entries:
             click.echo(f"no repos in {svc.settings.registry}", err=True)
             return
-        lines = {line.repo: line for line in svc.summaries([r.name for r in entries])}
         rows = [(r.name, r.branch, str(r.path), _last_status(lines[r.name])) for r in entries]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
@@ -134,7 +158,7 @@ def add(name: str, path: Path, **options: Any) -> None:
 
 
 @repos.command(name="remove")
-@click.argument("name")
+@click.argument("name", shell_complete=repo_names)
 @handle_errors
 def remove(name: str) -> None:
     """Remove a repo from repos.yml, keeping the other entries and comments."""

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
 from deployhook.errors import InvalidRequest, StoreUnavailable, UnknownRepo
-from deployhook.models import iso
 from deployhook.web import answers, badge
 from deployhook.web.auth import is_admin, shows_detail, status_access
 from deployhook.web.context import service
@@ -71,9 +69,7 @@ def job(job_id: int) -> Any:
 @status_access
 def overview() -> Any:
     """Every repo at a glance: what the status page shows and refreshes from."""
-    svc = service()
-    repos = [r.to_dict() for r in svc.summaries()]
-    return jsonify(repos=repos, generated_at=iso(time.time()), registry_error=svc.registry_error)
+    return jsonify(service().overview())
 
 
 @bp.get("/deploy/<repo>/badge.svg")

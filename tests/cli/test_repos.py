@@ -395,6 +395,32 @@ def test_list_shows_each_repo_with_its_last_status(
     assert lines[1].endswith("never deployed")
 
 
+def test_list_json_has_each_entry_and_its_state(
+    settings: Settings, service: Any, remote: Remote, tmp_path: Path
+) -> None:
+    import json
+
+    from deployhook.deploy.worker import Worker
+
+    service.run("site", sha=remote.deployed())
+    Worker(service).work(burst=True)
+    result = run(settings, "repos", "list", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    [site] = doc["repos"]
+    assert doc["registry_error"] is None
+    assert (site["repo"], site["path"], site["source"], site["status"], site["mode"]) == (
+        "site",
+        str(remote.checkout),
+        ["jeff/site"],
+        "succeeded",
+        "compose",
+    )
+    assert site["last_job"]["sha"] == remote.deployed()
+    write_registry(settings.registry, {})
+    assert json.loads(run(settings, "repos", "list", "--json").stdout)["repos"] == []
+
+
 def test_list_of_an_invalid_registry_exits_2(settings: Settings) -> None:
     settings.registry.write_text("repos:\n  a:\n    branch: main\n")
     result = run(settings, "repos", "list")
