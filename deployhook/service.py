@@ -8,6 +8,7 @@ the registry (`repos check`, `deliver`, `hook create`) never open or create one.
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,7 +31,9 @@ from deployhook.models import (
     Delivery,
     Job,
     LogLine,
+    Mode,
     RepoState,
+    Status,
     Trigger,
     WorkerInfo,
     iso,
@@ -54,6 +57,8 @@ WORKER_STALE_S = 30.0
 # retired long ago should not clutter the page forever.
 WORKERS_SHOWN_FOR_S = 24 * 3600.0
 REMOTE_TIMEOUT_S = 20
+# How long `repos remove --down` waits for a cancelled running job to end.
+TAKE_DOWN_WAIT_S = 120.0
 
 
 class Service:
@@ -99,6 +104,78 @@ class Service:
 
     def remove_repo(self, name: str) -> None:
         registry_edit.remove_repo(self.settings.registry, name)
+
+    def down_problem(self, repo: Repo) -> str | None:
+        """Why `repos remove --down` cannot take repo's stack down, or None."""
+        where = f"{self.settings.registry}: repos.{repo.name}"
+        if repo.mode != Mode.COMPOSE:
+            return (
+                f"{where}.mode: {repo.mode}: --down runs compose down; "
+                "remove a stack with `docker stack rm`"
+            )
+        if not repo.path.is_dir():
+            return (
+                f"{where}.path: {repo.path} does not exist: nothing to take down "
+                "(remove it without --down)"
+            )
+        return None
+
+    def take_down(
+        self,
+        repo: Repo,
+        *,
+        output: Callable[[str], None],
+        wait_s: float | None = None,
+        poll_s: float = 0.2,
+    ) -> None:
+        """Stop a repo's stack for good (`repos remove --down`): cancel its queued and
+        running jobs, wait for a running one to end, then `compose down` in its checkout,
+        with the children's environment of a deploy (volumes kept).
+
+        Raises Conflict when a job does not end in time (compose down is then not run:
+        it would race the deploy), StepFailed when compose down fails.
+        """
+        from deployhook.deploy import compose, process
+
+        problem = self.down_problem(repo)
+        if problem:
+            raise ConfigError(problem)
+        wait_s = TAKE_DOWN_WAIT_S if wait_s is None else wait_s
+        deadline = time.monotonic() + wait_s
+        while True:
+            active = self.store.active_jobs(repo.name)
+            if not active:
+                break
+            for job in active:
+                if job.status == Status.RUNNING and job.cancel_requested:
+                    continue
+                try:
+                    done = self.store.cancel(job.id)
+                except Conflict:  # it ended meanwhile
+                    continue
+                if done.status == Status.CANCELLED:
+                    output(f"cancelled job {done.id} ({done.trigger} at {done.sha[:12]})")
+                else:
+                    output(f"asked the worker to stop job {done.id}; waiting for it to end")
+            if time.monotonic() >= deadline:
+                running = ", ".join(str(j.id) for j in active)
+                raise Conflict(
+                    f"job {running} of {repo.name} is still running after {wait_s:g} s: "
+                    "compose down not run (is a deploy worker alive?)"
+                )
+            time.sleep(poll_s)
+        argv = compose.down_argv(compose.command(self.settings.compose), repo)
+        output("$ " + " ".join(argv))
+        code = process.run(
+            argv,
+            cwd=repo.path,
+            output=output,
+            deadline=process.Deadline(repo.timeout),
+            cancel=threading.Event(),
+            env=process.child_environ(),
+        )
+        if code != 0:
+            raise StepFailed(f"compose down exited with {code} in {repo.path}")
 
     def check_repos(self) -> dict[str, list[str]]:
         """Each repo's problems, as `repos check` shows them (empty lists: all is well)."""

@@ -239,7 +239,7 @@ FAKE_DOCKER = textwrap.dedent("""\
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                           cwd=os.getcwd()).stdout.strip()
     write({{"phase": "start", "argv": args, "cwd": os.getcwd(), "head": head, "start": start,
-           "pid": me, "others": others()}})
+           "pid": me, "others": others(), "env": sorted(os.environ)}})
     control = os.path.join(os.path.dirname(record), "control.json")
     try:
         with open(control) as fh:

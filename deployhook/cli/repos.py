@@ -8,7 +8,15 @@ from typing import Any
 
 import click
 
-from deployhook.cli.common import fail, handle_errors, load_settings, open_service, repo_names
+from deployhook.cli.common import (
+    fail,
+    handle_errors,
+    load_settings,
+    open_service,
+    quiet_logs,
+    repo_names,
+    shown,
+)
 from deployhook.cli.status import print_json
 from deployhook.errors import DeployhookError
 from deployhook.models import Status
@@ -159,12 +167,35 @@ def add(name: str, path: Path, **options: Any) -> None:
 
 @repos.command(name="remove")
 @click.argument("name", shell_complete=repo_names)
+@click.option(
+    "--down",
+    is_flag=True,
+    help="first cancel its queued or running job, then `compose down` in its checkout "
+    "(volumes kept)",
+)
 @handle_errors
-def remove(name: str) -> None:
-    """Remove a repo from repos.yml, keeping the other entries and comments."""
+def remove(name: str, down: bool) -> None:
+    """Remove a repo from repos.yml, keeping the other entries and comments.
+
+    With --down its stack is stopped too: its jobs are cancelled, then `compose down`
+    runs in its checkout (containers and networks removed; volumes and images kept).
+    """
     settings = load_settings()
-    Service.open(settings).remove_repo(name)
-    click.echo(f"removed {name} from {settings.registry} (its checkout and history are kept)")
+    svc = Service.open(settings)
+    try:
+        repo = svc.registry.find(name)  # None: remove_repo says so, naming the file
+        problem = svc.down_problem(repo) if down and repo else None
+        if problem:
+            fail(problem, code=2)
+        svc.remove_repo(name)  # first: no new push is queued for it
+        kept = "its checkout, volumes and history are" if down else "its checkout and history are"
+        click.echo(f"removed {name} from {settings.registry} ({kept} kept)")
+        if down and repo:
+            quiet_logs(settings)
+            svc.take_down(repo, output=lambda line: click.echo(shown(line)))
+            click.echo(f"{repo.name} is down")
+    finally:
+        svc.close()
 
 
 @repos.command(name="check")

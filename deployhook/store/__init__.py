@@ -170,6 +170,12 @@ class Store:
         with self._read() as tx:
             return queue.history(tx, repo, limit=limit)
 
+    def active_jobs(self, repo: str) -> list[Job]:
+        """The repo's queued and running jobs (at most one of each)."""
+        with self._read() as tx:
+            found = [queue.in_state(tx, repo, s) for s in (Status.RUNNING, Status.QUEUED)]
+        return [job for job in found if job is not None]
+
     def deliveries(
         self, repo: str, *, limit: int = 50, before: int | None = None
     ) -> list[Delivery]:
