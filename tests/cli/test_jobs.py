@@ -244,3 +244,27 @@ def test_cancel_unknown_or_bad_job_exits_2(settings: Settings, service: Service)
     unknown = run(settings, "cancel", "999")
     assert (unknown.exit_code, unknown.stderr) == (2, "deployhook: no job 999\n")
     assert run(settings, "cancel", "abc").exit_code == 2
+
+
+def test_deploy_from_a_git_hook_acts_on_the_checkout(
+    settings: Settings, remote: Remote, service: Service
+) -> None:
+    """A push mirror's post-receive runs `deployhook deploy`: git exports GIT_DIR (the
+    bare repository) to it, which must not become the checkout's repository."""
+    import os
+    import shlex
+    import sys
+
+    hook = remote.origin / "hooks" / "post-receive"
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in settings.to_environ().items())
+    hook.write_text(
+        "#!/bin/sh\nwhile read -r old new ref; do\n"
+        '  [ "$ref" = refs/heads/main ] && '
+        f"env {env} PYTHONPATH={shlex.quote(os.getcwd())} "
+        f"{shlex.quote(sys.executable)} -m deployhook deploy site\n"
+        "done\nexit 0\n"
+    )
+    hook.chmod(0o755)
+    sha = remote.commit_and_push({"index.html": "from the mirror\n"})
+    [job] = service.jobs("site")
+    assert (job.sha, job.trigger, job.status) == (sha, Trigger.MANUAL, Status.QUEUED)
