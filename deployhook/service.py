@@ -15,9 +15,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from deployhook import preflight, summary, tail
+from deployhook import summary, tail
 from deployhook.config import Settings, find_registry
 from deployhook.errors import (
     ConfigError,
@@ -51,9 +51,11 @@ from deployhook.registry import (
     token,
     webhook_secrets,
 )
-from deployhook.registry import edit as registry_edit
 from deployhook.store import Store, open_store, totals
 from deployhook.text import check_sha
+
+if TYPE_CHECKING:
+    from deployhook import preflight
 
 # A worker beats every few seconds; one silent for this long is taken for dead.
 WORKER_STALE_S = 30.0
@@ -155,10 +157,14 @@ class Service:
 
     def add_repo(self, name: str, entry: dict[str, Any]) -> Repo:
         """Add an entry to repos.yml, keeping the file's comments and layout."""
-        return registry_edit.add_repo(self.settings.registry, name, entry)
+        from deployhook.registry import edit  # ruamel.yaml: only for an edit
+
+        return edit.add_repo(self.settings.registry, name, entry)
 
     def remove_repo(self, name: str) -> None:
-        registry_edit.remove_repo(self.settings.registry, name)
+        from deployhook.registry import edit
+
+        edit.remove_repo(self.settings.registry, name)
 
     def down_problem(self, repo: Repo) -> str | None:
         """Why `repos remove --down` cannot take repo's stack down, or None."""
@@ -234,6 +240,8 @@ class Service:
 
     def check_repos(self) -> preflight.Report:
         """This host's and each repo's problems, as `repos check` shows them."""
+        from deployhook import preflight  # git and the Docker SDK: only for a check
+
         return preflight.check_all(self.repos(), self.settings)
 
     def secret(self, repo: Repo) -> str:

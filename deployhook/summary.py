@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deployhook.models import Job, RepoView, Status, Step, StepStatus, Trigger, iso
-from deployhook.registry import Repo
+
+if TYPE_CHECKING:
+    from deployhook.registry import Repo
 
 NEVER = "never"
 ROLLED_BACK = "rolled_back"

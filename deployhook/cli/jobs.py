@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from deployhook.cli.common import handle_errors, open_service, repo_names, shown
 from deployhook.models import Job, Status
-from deployhook.registry import Repo
-from deployhook.service import Service
+
+if TYPE_CHECKING:
+    from deployhook.registry import Repo
+    from deployhook.service import Service
 
 # How often --wait looks for new steps and output lines (cheap reads of the store).
 POLL_S = 0.3

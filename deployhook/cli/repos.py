@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,8 +21,9 @@ from deployhook.cli.common import (
 from deployhook.cli.status import print_json
 from deployhook.errors import DeployhookError
 from deployhook.models import Status
-from deployhook.service import Service
-from deployhook.summary import RepoSummary
+
+if TYPE_CHECKING:
+    from deployhook.summary import RepoSummary
 
 
 @click.group()
@@ -162,6 +163,8 @@ def add(name: str, path: Path, **options: Any) -> None:
         "services": list(options["services"]) or None,
         "rollback": False if options["no_rollback"] else None,
     }
+    from deployhook.service import Service
+
     svc = Service.open(settings)
     repo = svc.add_repo(name, entry)
     click.echo(
@@ -195,6 +198,8 @@ def remove(name: str, down: bool) -> None:
     """
     settings = load_settings()
     require_registry(settings)
+    from deployhook.service import Service
+
     svc = Service.open(settings)
     try:
         repo = svc.registry.find(name)  # None: remove_repo says so, naming the file

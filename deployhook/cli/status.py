@@ -10,14 +10,16 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from deployhook import summary
 from deployhook.cli.common import handle_errors, open_service, repo_names, shown
-from deployhook.models import Job
-from deployhook.service import Service
+
+if TYPE_CHECKING:
+    from deployhook.models import Job
+    from deployhook.service import Service
 
 COLOURS = {
     # a ledger row's outcome (deployhook deliveries)
