@@ -372,6 +372,8 @@ class Store:
                 removed += queue.prune(tx, repo, keep=keep_jobs)
         with self._write() as tx:
             removed += ledger.prune(tx, keep=keep_deliveries, known=repos)
+        if removed:
+            self.backend.compact()
         return removed
 
     # -- workers ---------------------------------------------------------------------

@@ -368,6 +368,9 @@ class PostgresBackend:
             return str(exc)
         return None
 
+    def compact(self) -> None:
+        """Nothing to do: PostgreSQL's autovacuum reuses the space of deleted rows."""
+
     # -- wake-ups and liveness -----------------------------------------------------
 
     def wake(self) -> None:
