@@ -10,9 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deployhook import redact
 from deployhook.errors import ConfigError
 
 PREFIX = "DEPLOYHOOK_"
+# The admin token guards root-equivalent actions: long enough not to be guessed online.
+MIN_ADMIN_TOKEN = 16
 
 
 def _positive_int(name: str, raw: str) -> int:
@@ -92,6 +95,7 @@ class Settings:
     compose: tuple[str, ...] | None = None
     public_url: str | None = None
     max_body: int = 5 * 1024 * 1024
+    max_output: int = 1024 * 1024
     log_format: str = "auto"
     log_level: str = "info"
     private_status: bool = False
@@ -120,6 +124,13 @@ class Settings:
             else:
                 values[name] = given
         settings = cls(**values)
+        # Read: now secret. Nothing this process prints may show them from here on.
+        redact.register([settings.secret, settings.admin_token, settings.database_url])
+        if settings.admin_token and len(settings.admin_token) < MIN_ADMIN_TOKEN:
+            raise ConfigError(
+                f"{PREFIX}ADMIN_TOKEN: {len(settings.admin_token)} characters, at least "
+                f"{MIN_ADMIN_TOKEN} needed (make one: openssl rand -hex 32)"
+            )
         if settings.web_processes < 1:
             raise ConfigError(f"{PREFIX}WEB_PROCESSES: must be at least 1")
         if settings.workers < 1:
@@ -159,6 +170,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "compose": _command,
     "public_url": lambda _n, raw: raw.rstrip("/") or None,
     "max_body": _positive_int,
+    "max_output": _positive_int,
     "log_format": _choice("auto", "json", "console"),
     "log_level": _choice("debug", "info", "warning", "error"),
     "private_status": _flag,

@@ -83,12 +83,22 @@ class Unauthorized(DeployhookError):
     """Raised when an admin request has no valid token."""
 
 
+class CrossSite(DeployhookError):
+    """Raised when a browser's credentials come with a state-changing request from another
+    site (Fetch Metadata or Origin say so): a cross-site request forgery."""
+
+
 class AdminDisabled(DeployhookError):
     """Raised when an admin endpoint is called but DEPLOYHOOK_ADMIN_TOKEN is unset."""
 
 
 class StepFailed(DeployhookError):
     """Raised inside a deploy step; its message becomes the job's one-line error."""
+
+
+class NothingToDo(DeployhookError):
+    """Raised inside a deploy when there is nothing to deploy; the job ends `skipped` and
+    its message becomes the job's note."""
 
 
 class JobCancelled(StepFailed):

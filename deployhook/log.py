@@ -1,48 +1,51 @@
 """structlog setup: JSON lines when not on a terminal, console lines when on one.
 
 Context (repo, job, delivery) is bound once with contextvars. A last processor masks
-every known secret value, so a secret that slips into an event never reaches the log.
+every known secret value (redact.py), so a secret that slips into an event never reaches
+the log; on a console, control characters from requests are shown escaped, not obeyed.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
-import threading
-from collections.abc import Iterable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
-_MASK = "[redacted]"
-_secrets: set[str] = set()
-_secrets_lock = threading.Lock()
+from deployhook import redact
 
-
-def redact(values: Iterable[str | None]) -> None:
-    """Register secret values that must never appear in a log line."""
-    fresh = {v for v in values if v and len(v) >= 4} - _secrets
-    if fresh:
-        with _secrets_lock:
-            _secrets.update(fresh)
-
-
-def mask(text: str) -> str:
-    """Return text with every registered secret replaced."""
-    for secret in _secrets:
-        if secret in text:
-            text = text.replace(secret, _MASK)
-    return text
+# C0 controls but newline and tab, DEL, and C1 controls: a terminal acts on them.
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def _mask_secrets(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
-    if not _secrets:
+    """Hide every registered secret in every value (redact.py is the one way to)."""
+    if not redact.known():
         return event
     for key, value in event.items():
         if isinstance(value, str):
-            event[key] = mask(value)
+            event[key] = redact.mask(value)
         elif value is not None and not isinstance(value, int | float | bool):
-            event[key] = mask(str(value))
+            event[key] = redact.mask(str(value))
+    return event
+
+
+def escape_controls(text: str) -> str:
+    """Control characters as visible escapes (\\x1b), so text cannot drive a terminal."""
+    return _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _escape_controls(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
+    """On a console, a value from a request (a repo name, a header) is shown, not obeyed.
+
+    JSON lines need nothing: the JSON encoder escapes every control character.
+    """
+    for key, value in event.items():
+        if isinstance(value, str) and _CONTROL_RE.search(value):
+            event[key] = escape_controls(value)
     return event
 
 
@@ -56,6 +59,7 @@ def configure(*, fmt: str = "auto", level: str = "info", stream: TextIO | None =
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
+    last: list[Any] = [_mask_secrets] if fmt == "json" else [_mask_secrets, _escape_controls]
     numeric = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=[
@@ -63,7 +67,7 @@ def configure(*, fmt: str = "auto", level: str = "info", stream: TextIO | None =
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            _mask_secrets,
+            *last,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -75,7 +79,7 @@ def configure(*, fmt: str = "auto", level: str = "info", stream: TextIO | None =
         structlog.stdlib.ProcessorFormatter(
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                _mask_secrets,
+                *last,
                 renderer,
             ],
             foreign_pre_chain=[

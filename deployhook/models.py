@@ -15,6 +15,7 @@ class Status(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"
+    SKIPPED = "skipped"  # nothing to do (see the job's note): not a deploy
 
     @property
     def ended(self) -> bool:
@@ -114,6 +115,11 @@ class Job:
     node: str = ""
     repo_url: str | None = None
     cancel_requested: bool = False
+    # One line: why it was skipped, or that it deployed the branch head instead of the
+    # older pushed commit.
+    note: str | None = None
+    # A retry: the job it retries (and whose rules it follows).
+    retry_of: int | None = None
     steps: tuple[Step, ...] = field(default=())
     # Where it runs: the worker's host, and its process group there (while running).
     host: str | None = None
@@ -147,6 +153,7 @@ class Job:
             "finished_at": iso(self.finished_at),
             "duration_s": self.duration_s,
             "error": self.error,
+            "note": self.note,
             "steps": [s.to_dict() for s in self.steps],
         }
 

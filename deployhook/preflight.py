@@ -59,6 +59,6 @@ def _compose_problems(repo: Repo, settings: Settings) -> list[str]:
     except StepFailed as exc:
         return [f"compose: {exc}"]
     problem = compose.config_problem(
-        base, repo, env=process.scrubbed_environ(), timeout=COMPOSE_CONFIG_TIMEOUT_S
+        base, repo, env=process.child_environ(), timeout=COMPOSE_CONFIG_TIMEOUT_S
     )
     return [f"compose: {problem}"] if problem else []

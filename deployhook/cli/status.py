@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import click
 
 from deployhook import summary
-from deployhook.cli.common import handle_errors, open_service
+from deployhook.cli.common import handle_errors, open_service, shown
 from deployhook.service import Service
 
 COLOURS = {
@@ -22,6 +22,7 @@ COLOURS = {
     "queued": "yellow",
     "cancelled": "bright_black",
     "interrupted": "bright_black",
+    "skipped": "bright_black",
     "never": "bright_black",
 }
 
@@ -82,7 +83,7 @@ def _repos_table(svc: Service) -> int:
     for line in lines:
         error = line.problem or (line.last_job.error if line.last_job else None)
         if error:
-            click.echo(f"{line.repo}: {error}")
+            click.echo(f"{line.repo}: {shown(error)}")
     return 0
 
 
@@ -96,7 +97,7 @@ def _repo_jobs(svc: Service, name: str, limit: int) -> int:
         + (", a job is queued" if line.queued else "")
     )
     if line.problem:
-        click.echo(f"problem: {line.problem}")
+        click.echo(f"problem: {shown(line.problem)}")
     jobs = svc.jobs(repo.name, limit=limit)
     if not jobs:
         click.echo("no jobs yet")
@@ -109,7 +110,7 @@ def _repo_jobs(svc: Service, name: str, limit: int) -> int:
             _short(j.sha),
             summary.ago(j.created_at),
             summary.duration(j.duration_s).replace("—", "-"),
-            j.error or "",
+            shown(j.error or ""),
         ]
         for j in jobs
     ]
@@ -145,7 +146,7 @@ def logs(job: int, follow: bool) -> None:
     with open_service() as svc:
         try:
             for line in svc.output(job, follow=follow):
-                sys.stdout.write(line)
+                sys.stdout.write(shown(line))
                 sys.stdout.flush()
         except KeyboardInterrupt:  # the reader stopped following: not a failure
             pass

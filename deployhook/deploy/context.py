@@ -6,6 +6,7 @@ pipeline that runs them.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import Callable
@@ -14,10 +15,9 @@ from typing import Protocol
 
 import structlog
 
-from deployhook import log
 from deployhook.config import Settings
 from deployhook.deploy import compose, process
-from deployhook.models import Job
+from deployhook.models import Job, Trigger
 from deployhook.registry import Repo
 from deployhook.store import Store
 
@@ -28,16 +28,78 @@ _FLUSH_LINES = 200
 _MAX_LINE = 8192
 
 
+class OutputCap:
+    """Keeps a job's output within `limit` bytes: its beginning and its end.
+
+    The first half of the budget is stored as it comes (and followed live). Past it, a
+    line says so, and the newest lines are kept in memory, within the other half; when
+    the job ends, a line says how much was left out and the kept end follows it, so the
+    error a failed build ends with is never lost (docs/status.md).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.head_budget = limit // 2
+        self.tail_budget = limit - self.head_budget
+        self.head_used = 0
+        self.tail: collections.deque[tuple[float, str]] = collections.deque()
+        self.tail_used = 0
+        self.dropped_lines = 0
+        self.dropped_bytes = 0
+
+    def admit(self, ts: float, line: str) -> list[tuple[float, str]]:
+        """The lines to store now for this new one."""
+        size = len(line.encode("utf-8", "replace")) + 1
+        if self.head_used + size <= self.head_budget:
+            self.head_used += size
+            return [(ts, line)]
+        first_past = self.head_used <= self.head_budget
+        self.head_used = self.head_budget + 1  # past the head for good
+        self.tail.append((ts, line))
+        self.tail_used += size
+        while self.tail_used > self.tail_budget and self.tail:
+            _, old = self.tail.popleft()
+            old_size = len(old.encode("utf-8", "replace")) + 1
+            self.tail_used -= old_size
+            self.dropped_lines += 1
+            self.dropped_bytes += old_size
+        if first_past:
+            return [
+                (
+                    ts,
+                    f"[deployhook] output past {_size(self.head_budget)}: the rest is "
+                    f"kept to its last {_size(self.tail_budget)}, shown when the job ends",
+                )
+            ]
+        return []
+
+    def end(self) -> list[tuple[float, str]]:
+        """What to store when the job ends: how much was left out, then the kept end."""
+        kept, self.tail, self.tail_used = list(self.tail), collections.deque(), 0
+        if not self.dropped_lines:
+            return kept
+        note = (
+            f"[deployhook] {self.dropped_lines} lines ({_size(self.dropped_bytes)}) of output "
+            "were left out here; its end follows"
+        )
+        self.dropped_lines = self.dropped_bytes = 0
+        return [(kept[0][0] if kept else time.time(), note), *kept]
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
 class JobOutput:
     """A job's output: lines with their times, written to the store as they come.
 
     A background flusher writes pending lines every fifth of a second, so a live log is
-    never far behind and a crash loses at most that much.
+    never far behind and a crash loses at most that much. OutputCap bounds what is kept.
     """
 
-    def __init__(self, store: Store, job_id: int) -> None:
+    def __init__(self, store: Store, job_id: int, *, limit: int) -> None:
         self._store = store
         self._job_id = job_id
+        self._cap = OutputCap(limit)
         self._pending: list[tuple[float, str]] = []
         self._cond = threading.Condition()
         self._closed = False
@@ -47,9 +109,10 @@ class JobOutput:
         self._thread.start()
 
     def __call__(self, line: str) -> None:
-        text = log.mask(line[:_MAX_LINE])
+        text, now = line[:_MAX_LINE], time.time()
         with self._cond:
-            self._pending.append((time.time(), text))
+            # Late lines (a reporter's, after the job ended) are few: written as they are.
+            self._pending.extend([(now, text)] if self._closed else self._cap.admit(now, text))
             closed = self._closed
             if len(self._pending) >= _FLUSH_LINES:
                 self._cond.notify()
@@ -76,6 +139,7 @@ class JobOutput:
 
     def close(self) -> None:
         with self._cond:
+            self._pending.extend(self._cap.end())
             self._closed = True
             self._cond.notify()
         self._thread.join(timeout=10)
@@ -93,11 +157,31 @@ class Context:
     output: JobOutput
     deadline: process.Deadline
     cancel: threading.Event
+    # The trigger whose rules the job follows (a retry: the job it retries).
+    rules: Trigger = Trigger.PUSH
     changed: bool = False
     previous_sha: str | None = None
+    # The commit the job was created for, when it deploys another (the branch head).
+    pushed_sha: str | None = None
     notes: dict[str, str] = field(default_factory=dict)
 
-    def run(self, argv: list[str]) -> int:
+    @property
+    def follows_branch(self) -> bool:
+        """A push or reconcile job (or a retry of one): it deploys only what the branch has."""
+        return self.rules in {Trigger.PUSH, Trigger.RECONCILE}
+
+    def retarget(self, sha: str, *, note: str) -> None:
+        """Deploy sha instead of the job's commit, and say so on the job."""
+        self.pushed_sha = self.pushed_sha or self.job.sha
+        self.output(f"==> {note}")
+        self.job = self.store.retarget(self.job.id, repo=self.repo.name, sha=sha, note=note)
+
+    def child_env(self) -> dict[str, str]:
+        """The environment every child of this job runs with: never a secret of deployhook's
+        or of any repo's (deploy/process.py)."""
+        return process.child_environ()
+
+    def run(self, argv: list[str], *, env: dict[str, str] | None = None) -> int:
         """Run a child process in the checkout, in its own group, output to the job log."""
         return process.run(
             argv,
@@ -105,6 +189,7 @@ class Context:
             output=self.output,
             deadline=self.deadline,
             cancel=self.cancel,
+            env=self.child_env() if env is None else env,
             job_id=self.job.id,
             on_start=lambda pgid: self.store.set_job_fields(self.job.id, pgid=pgid),
         )

@@ -27,7 +27,7 @@ from deployhook.deploy.steps.health import HEALTH
 from deployhook.deploy.steps.mirror import MIRROR
 from deployhook.deploy.steps.mirror_sync import MIRROR_SYNC
 from deployhook.deploy.steps.prune import PRUNE
-from deployhook.errors import JobCancelled, JobTimedOut, StepFailed
+from deployhook.errors import JobCancelled, JobTimedOut, NothingToDo, StepFailed
 from deployhook.models import Job, Status, StepStatus
 from deployhook.registry import Repo
 from deployhook.store import Store
@@ -54,6 +54,7 @@ class Result:
     status: Status
     error: str | None
     changed: bool
+    note: str | None = None
 
 
 class Deploy:
@@ -63,7 +64,7 @@ class Deploy:
         self, *, job: Job, repo: Repo, settings: Settings, store: Store, cancel: threading.Event
     ) -> None:
         self.job = job
-        output = JobOutput(store, job.id)
+        output = JobOutput(store, job.id, limit=settings.max_output)
         self.ctx = Context(
             job=job,
             repo=repo,
@@ -72,6 +73,7 @@ class Deploy:
             output=output,
             deadline=process.Deadline(repo.timeout),
             cancel=cancel,
+            rules=store.rules_of(job),
         )
 
     def _step(self, step: StepSpec) -> None:
@@ -84,6 +86,10 @@ class Deploy:
                 raise JobCancelled("cancelled")
             ctx.deadline.check()
             step.run(ctx)
+        except NothingToDo as exc:
+            ctx.output(f"==> {name}: nothing to do: {exc}")
+            ctx.store.finish_step(ctx.job.id, idx, status=StepStatus.SUCCEEDED)
+            raise
         except StepFailed as exc:
             ctx.output(f"==> {name} failed: {exc}")
             ctx.store.finish_step(
@@ -114,11 +120,13 @@ class Deploy:
                 reporter.started(ctx)
             except Exception:  # a forge or notifier must never fail a deploy
                 logger.exception("reporter_failed")
-        status, error = Status.SUCCEEDED, None
+        status, error, note = Status.SUCCEEDED, None, None
         try:
             for step in DEPLOY_STEPS:
                 if step.applies(ctx.repo):
                     self._step(step)
+        except NothingToDo as exc:
+            status, note = Status.SKIPPED, one_line(str(exc))
         except JobCancelled:
             status, error = Status.CANCELLED, "cancelled by an admin"
         except JobTimedOut as exc:
@@ -131,9 +139,9 @@ class Deploy:
                     # A failed post step is recorded on it; the deploy stands.
                     with contextlib.suppress(StepFailed):
                         self._step(step)
-        ctx.output(f"==> job {status}" + (f": {error}" if error else ""))
+        ctx.output(f"==> job {status}" + (f": {error or note}" if error or note else ""))
         ctx.output.close()
-        return Result(status, error, ctx.changed)
+        return Result(status, error, ctx.changed, note)
 
     def report_finished(self, job: Job) -> None:
         _report_finished(self.ctx, job)
@@ -154,7 +162,7 @@ def report_ended(job: Job, *, repo: Repo, settings: Settings, store: Store) -> N
         repo=repo,
         settings=settings,
         store=store,
-        output=JobOutput(store, job.id),
+        output=JobOutput(store, job.id, limit=settings.max_output),
         deadline=process.Deadline(repo.timeout),
         cancel=threading.Event(),
     )

@@ -13,9 +13,10 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from deployhook import redact
 from deployhook.errors import JobCancelled, JobTimedOut, StepFailed
 
 TERM_GRACE_S = 5.0
@@ -40,23 +41,18 @@ class Deadline:
             raise JobTimedOut(f"timed out after {self.seconds:g} s")
 
 
-# Secrets of deployhook itself, which a deployed repo's compose file must not be able to
-# interpolate into its containers (`${DEPLOYHOOK_ADMIN_TOKEN}`).
-_PRIVATE_VARIABLES = frozenset(
+# Settings a deployed repo's compose file must never interpolate into its containers
+# (`${DEPLOYHOOK_ADMIN_TOKEN}`): hidden by name, on top of every registered secret value.
+PRIVATE_SETTINGS = frozenset(
     {"DEPLOYHOOK_SECRET", "DEPLOYHOOK_ADMIN_TOKEN", "DEPLOYHOOK_DATABASE_URL"}
 )
-_private_names: set[str] = set()
 
 
-def keep_private(names: Iterable[str | None]) -> None:
-    """Name more variables (repos' secret_env, token_env, notify_env) children never see."""
-    _private_names.update(n for n in names if n)
-
-
-def scrubbed_environ(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for a child process: this one's, without deployhook's secrets."""
-    hidden = _PRIVATE_VARIABLES | _private_names
-    return {k: v for k, v in (os.environ if base is None else base).items() if k not in hidden}
+def child_environ(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child process: this one's, without any of deployhook's
+    secrets or the repos' (a variable whose value holds a registered secret is dropped,
+    whatever its name)."""
+    return redact.child_environ(os.environ if base is None else base, hidden_names=PRIVATE_SETTINGS)
 
 
 def stop_group(
@@ -110,7 +106,7 @@ def run(
     process group was stopped.
     """
     deadline.check()
-    child_env = scrubbed_environ() if env is None else dict(env)
+    child_env = child_environ() if env is None else dict(env)
     if job_id is not None:
         child_env[JOB_ENV] = str(job_id)
     try:

@@ -1,15 +1,24 @@
-"""A checkout's Compose project as Compose itself resolves it: files, `.env`, name, services.
+"""A checkout's Compose project as Compose itself resolves it: its name and services.
 
-Compose v1 (Python, 1.29) and v2 (Go, compose-go) differ in where they read `.env`, in
-`name:` and in how they normalize names; each rule here was checked against both
-binaries (tests/e2e/test_project_e2e.py).
+Compose v2 is asked (`config --format json`, in the checkout, with the environment the
+deploy's compose ran with). Its answer holds the interpolated environment, so it is
+parsed here and never logged or stored. Compose v1 cannot say: for it (and for a v2 that
+refuses to answer) the files and `.env` are read by the rules below. v1 (Python, 1.29)
+and v2 (Go, compose-go) differ in where they read `.env`, in `name:` and in how they
+normalize names; each rule was checked against both binaries
+(tests/e2e/test_project_e2e.py).
+
+Either way the environment is the child's (deploy/process.py): deployhook's own
+secrets are not in it, so a `.env` that interpolates them resolves as Compose did.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +27,65 @@ from typing import Any
 import dotenv
 import yaml
 
-from deployhook.deploy import compose
+from deployhook.deploy import compose, process
 from deployhook.registry import Repo
+
+CONFIG_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    """A Compose project: its name (the `com.docker.compose.project` label) and services."""
+
+    name: str
+    services: set[str] | None  # None: not known here, take every container of the project
+
+
+def resolve(
+    repo: Repo,
+    compose_base: tuple[str, ...],
+    *,
+    environ: Mapping[str, str] | None = None,
+    timeout: float = CONFIG_TIMEOUT_S,
+) -> Project:
+    """The project as Compose resolves it in the checkout, with the child environment."""
+    env = process.child_environ() if environ is None else dict(environ)
+    if not compose.is_v1(compose_base):
+        asked = _ask(repo, compose_base, env=env, timeout=timeout)
+        if asked is not None:
+            return asked
+    return Project(
+        project_name(repo, compose_base, environ=env),
+        current_services(repo, compose_base, environ=env),
+    )
+
+
+def _ask(
+    repo: Repo, compose_base: tuple[str, ...], *, env: dict[str, str], timeout: float
+) -> Project | None:
+    """Compose v2's own answer (`config --format json`), or None if it gave none."""
+    argv = [*compose.base_args(compose_base, repo), "config", "--format", "json"]
+    try:
+        done = subprocess.run(
+            argv,
+            cwd=repo.path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+            start_new_session=True,
+        )
+        doc = json.loads(done.stdout) if done.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("name"), str) or not doc["name"]:
+        return None
+    services = doc.get("services")
+    wanted = set(repo.services) if repo.services else None
+    if wanted is None and isinstance(services, dict):
+        wanted = {str(name) for name in services}
+    return Project(doc["name"], wanted)
 
 
 def _normalize_v1(name: str) -> str:
@@ -59,15 +125,21 @@ def _interpolate(text: str, env: Mapping[str, str]) -> str:
     return _VAR_RE.sub(expand, text)
 
 
-def _dotenv(directory: Path) -> dict[str, str]:
+def _dotenv(directory: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    """A `.env` file's values, `${VAR}` expanded from environ and the lines above, as
+    Compose does (python-dotenv's own expansion would read this process's environment)."""
     file = directory / ".env"
     if not file.is_file():
         return {}
     try:
-        values = dotenv.dotenv_values(file, encoding="utf-8-sig")
+        raw = dotenv.dotenv_values(file, encoding="utf-8-sig", interpolate=False)
     except (OSError, UnicodeDecodeError):
         return {}
-    return {k: v for k, v in values.items() if v is not None}
+    values: dict[str, str] = {}
+    for key, value in raw.items():
+        if value is not None:
+            values[key] = _interpolate(value, {**values, **environ})
+    return values
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +154,7 @@ class _Config:
 def _config(repo: Repo, *, v1: bool, environ: Mapping[str, str]) -> _Config:
     # Compose runs in the checkout and sees its real path (getcwd), not a symlink to it.
     cwd = Path(os.path.realpath(repo.path))
-    root_env = _dotenv(cwd)
+    root_env = _dotenv(cwd, environ)
     explicit = [cwd / f for f in repo.compose_files]
     from_env = environ.get("COMPOSE_FILE") or root_env.get("COMPOSE_FILE")
     if not explicit and from_env:
@@ -98,11 +170,11 @@ def _config(repo: Repo, *, v1: bool, environ: Mapping[str, str]) -> _Config:
         # 1.29 reads .env beside the first file only when files were named on the
         # command line or in the process environment; else the one in the cwd.
         named = bool(repo.compose_files or environ.get("COMPOSE_FILE"))
-        layers = [_dotenv(workdir) if named else root_env]
+        layers = [_dotenv(workdir, environ) if named else root_env]
     else:
         # v2 reads the cwd's .env unless -f moved the project directory, then the
         # project directory's; the first value of a key wins.
-        layers = ([] if repo.compose_files else [root_env]) + [_dotenv(workdir)]
+        layers = ([] if repo.compose_files else [root_env]) + [_dotenv(workdir, environ)]
     env: dict[str, str] = {}
     for layer in reversed(layers):
         env.update(layer)
@@ -147,7 +219,8 @@ def project_name(
     normalize = _normalize_v1 if v1 else _normalize_v2
     if repo.project_name:
         return normalize(repo.project_name) if v1 else repo.project_name
-    cfg = _config(repo, v1=v1, environ=os.environ if environ is None else environ)
+    env = process.child_environ() if environ is None else environ
+    cfg = _config(repo, v1=v1, environ=env)
     if cfg.env.get("COMPOSE_PROJECT_NAME"):
         name = cfg.env["COMPOSE_PROJECT_NAME"]
         return normalize(name) if v1 else name
@@ -161,14 +234,17 @@ def project_name(
     return normalize(cfg.workdir.name) if cfg.workdir.name else "default"
 
 
-def current_services(repo: Repo, compose_base: tuple[str, ...]) -> set[str] | None:
+def current_services(
+    repo: Repo, compose_base: tuple[str, ...], *, environ: Mapping[str, str] | None = None
+) -> set[str] | None:
     """The services the compose files declare (active profiles only); None if unknown.
 
     Containers of other services are orphans that `up` left alone: not this deploy's.
     """
     if repo.services:
         return set(repo.services)
-    cfg = _config(repo, v1=compose.is_v1(compose_base), environ=os.environ)
+    env = process.child_environ() if environ is None else environ
+    cfg = _config(repo, v1=compose.is_v1(compose_base), environ=env)
     docs = _documents(cfg.files)
     if not docs or any("include" in doc for doc in docs):
         return None  # included files bring services we don't resolve: take them all

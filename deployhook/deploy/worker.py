@@ -22,7 +22,6 @@ from typing import Any, Protocol
 
 import structlog
 
-from deployhook import log as log_setup
 from deployhook.config import Settings
 from deployhook.deploy import process
 from deployhook.deploy.pipeline import Deploy, report_ended
@@ -181,10 +180,9 @@ class Worker:
         _stop_orphans(repo, job.id)
         # No repo's compose file may read another's secrets (or its own) from our env,
         # and whatever a deploy prints is stored with every known secret masked.
-        process.keep_private(name for r in self.registry for name in r.private_variables)
-        log_setup.redact(
-            [self.settings.admin_token, *secret_values(self.registry, default=self.settings.secret)]
-        )
+        # Every repo's secrets, read again now (a rotated file), are registered: whatever a
+        # deploy prints is stored masked, and no child's environment holds one.
+        secret_values(self.registry, default=self.settings.secret)
         deploy = Deploy(
             job=job, repo=repo, settings=self.settings, store=self.store, cancel=entry.cancel
         )
@@ -195,7 +193,9 @@ class Worker:
             log.warning("job_interrupted", retry=retry.id if retry else None)
             deploy.report_finished(self.store.job(job.id))
             return
-        if not self.store.finish(job.id, status=result.status, error=result.error, worker=self.id):
+        if not self.store.finish(
+            job.id, status=result.status, error=result.error, worker=self.id, note=result.note
+        ):
             log.warning("job_already_ended")  # its lease expired and someone else ended it
             return
         log.info("job_finished", status=str(result.status), error=result.error)

@@ -20,7 +20,7 @@ import requests
 import structlog
 import tenacity
 
-from deployhook import log, retry
+from deployhook import redact, retry
 from deployhook.errors import ConfigError, DeployhookError
 from deployhook.registry import Repo
 from deployhook.text import one_line
@@ -54,6 +54,10 @@ class _Retryable(Exception):
         self.status = status
 
 
+def _is_hook(path: str) -> bool:
+    return "/hooks" in path
+
+
 def _reason(exc: requests.RequestException) -> str:
     """One short line for a transport error (requests' own text is a paragraph)."""
     if isinstance(exc, requests.Timeout):
@@ -82,7 +86,7 @@ class Gitea:
     budget: float = BUDGET_S
 
     def __post_init__(self) -> None:
-        log.redact([self.token])
+        redact.register([self.token])
 
     def request(
         self,
@@ -100,6 +104,10 @@ class Gitea:
         """
         url = self.url.rstrip("/") + "/api/v1" + path
         end = time.monotonic() + self.budget
+        # What a forge is told never holds a secret (a status description from a job's
+        # error); the hook secret deployhook sets on purpose is the one exception.
+        if json is not None and not _is_hook(path):
+            json = redact.mask_all(json)
         headers = {"Authorization": f"token {self.token}", "Accept": "application/json"}
 
         def attempt() -> requests.Response:
@@ -270,6 +278,7 @@ def connect(
             f"repo {repo.name!r}: environment variable "
             f"{gitea.token_env} (gitea.token_env) is unset or empty"
         )
+    redact.register([token])
     timeout = min(TIMEOUT_S, budget)
     return Target(Gitea(gitea.url, token, timeout=timeout, budget=budget), owner, name)
 

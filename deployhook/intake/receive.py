@@ -13,7 +13,6 @@ from typing import IO, Protocol
 
 import structlog
 
-from deployhook import log
 from deployhook.errors import (
     BodyTooLarge,
     DeliveryRejected,
@@ -78,7 +77,6 @@ def _check(req: Request, repo: Repo, *, max_body: int, default_secret: str | Non
     body = read_body(req.body, content_length=req.content_length, limit=max_body)
     media = events.check_media_type(req.content_type)
     secrets = resolve_secrets(repo, default=default_secret)
-    log.redact(secrets)
     signature.verify(events.signed_bodies(body, media), secrets, signature.signatures(req.headers))
     event = events.parse(body, media=media, event=events.header(req.headers, events.EVENT_HEADERS))
     if repo.source and event.full_name not in repo.source:

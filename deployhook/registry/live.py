@@ -13,6 +13,7 @@ import structlog
 from deployhook.errors import RegistryError, UnknownRepo
 from deployhook.registry.model import Repo
 from deployhook.registry.schema import load
+from deployhook.registry.secrets import secret_values
 
 log = structlog.get_logger()
 
@@ -118,6 +119,8 @@ class Registry:
                 log.info("registry_reloaded", file=str(self.file), repos=len(repos))
             self._repos = repos
             self.error = None
+            # Every secret the repos name is known before anything can print it.
+            secret_values(repos.values(), default=None)
         self._stamp = stamp
         self._checked_at = now
         self.loaded = True

@@ -51,6 +51,7 @@ class Repo:
     notify_env: str | None = None
     node: str = ""  # "" is the default node: workers without DEPLOYHOOK_NODE
     mode: Mode = Mode.COMPOSE
+    public_badge: bool = False
     image_registry: str | None = None
 
     @property

@@ -54,6 +54,7 @@ _REPO_KEYS: dict[str, _Key] = {
     "node": _Key("str", "a node name"),
     "mode": _Key("choice", "compose or swarm", Mode),
     "image_registry": _Key("str", "a registry prefix such as registry.example.com/jeff"),
+    "public_badge": _Key("bool", "true or false"),
 }
 _MIRROR_KEYS = {"url": "str", "token_env": "env"}
 _GITEA_KEYS = {"url": "str", "token_env": "env", "commit_status": "bool", "mirror_sync": "bool"}

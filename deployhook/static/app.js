@@ -186,7 +186,7 @@
 
   // -- one job --------------------------------------------------------------------
 
-  const ENDED = new Set(["succeeded", "failed", "cancelled", "interrupted"]);
+  const ENDED = new Set(["succeeded", "failed", "cancelled", "interrupted", "skipped"]);
 
   let lastJob = null;
 

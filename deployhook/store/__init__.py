@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from deployhook import redact
 from deployhook.config import Settings
 from deployhook.errors import Conflict, StoreUnavailable, UnknownJob
 from deployhook.models import (
@@ -185,7 +186,7 @@ class Store:
 
     @staticmethod
     def _view(tx: Tx, repo: str) -> RepoView:
-        last = queue.history(tx, repo, limit=1)
+        last = queue.history(tx, repo, limit=1, shown=True)
         running = queue.in_state(tx, repo, Status.RUNNING)
         good = queue.newest_good(tx, repo)
         return RepoView(
@@ -294,7 +295,31 @@ class Store:
         with self._write() as tx:
             return queue.renew(tx, worker=worker, job_ids=job_ids, lease_s=lease_s, now=time.time())
 
+    def retarget(self, job_id: int, *, repo: str, sha: str, note: str) -> Job:
+        """Make a job deploy sha instead (the branch head past its pushed commit).
+
+        The head counts as seen: reconcile need not deploy it again.
+        """
+        with self._write() as tx:
+            queue.set_fields(tx, job_id, sha=sha, note=redact.mask(note))
+            ledger.see_head(tx, repo, sha, now=time.time())
+            job = queue.get(tx, job_id)
+        assert job is not None
+        return job
+
+    def failed_and_rolled_back(self, repo: str, sha: str) -> bool:
+        """True if sha's last deploy failed and the repo was rolled back after it."""
+        with self._read() as tx:
+            return queue.failed_and_rolled_back(tx, repo, sha)
+
+    def rules_of(self, job: Job) -> Trigger:
+        """The trigger whose rules a job follows (a retry: the job it retries)."""
+        with self._read() as tx:
+            return queue.rules_of(tx, job)
+
     def set_job_fields(self, job_id: int, **fields: Any) -> None:
+        if fields.get("error"):
+            fields["error"] = redact.mask(fields["error"])
         with self._write() as tx:
             queue.set_fields(tx, job_id, **fields)
 
@@ -305,10 +330,13 @@ class Store:
     def finish_step(
         self, job_id: int, idx: int, *, status: StepStatus, error: str | None = None
     ) -> None:
+        error = redact.mask(error) if error else error
         with self._write() as tx:
             queue.finish_step(tx, job_id, idx, status=status, error=error, now=time.time())
 
     def append_log(self, job_id: int, lines: list[tuple[float, str]]) -> None:
+        """Add output lines; what a deploy prints is stored with every secret masked."""
+        lines = [(ts, redact.mask(line)) for ts, line in lines]
         if lines:
             with self._write() as tx:
                 queue.append_log(tx, job_id, lines)
@@ -318,12 +346,22 @@ class Store:
             return queue.log_lines(tx, job_id, after=after, limit=limit)
 
     def finish(
-        self, job_id: int, *, status: Status, error: str | None, worker: str | None = None
+        self,
+        job_id: int,
+        *,
+        status: Status,
+        error: str | None,
+        worker: str | None = None,
+        note: str | None = None,
     ) -> bool:
+        error = redact.mask(error) if error else error
         with self._write() as tx:
-            return queue.finish(
+            ended = queue.finish(
                 tx, job_id, status=status, error=error, now=time.time(), worker=worker
             )
+            if ended and note:
+                queue.set_fields(tx, job_id, note=redact.mask(note))
+            return ended
 
     def enqueue_if_idle(
         self,
@@ -351,6 +389,7 @@ class Store:
         return job
 
     def interrupt(self, job: Job, *, reason: str) -> Job | None:
+        reason = redact.mask(reason)
         with self._write() as tx:
             retry = queue.interrupt(tx, job, reason=reason, now=time.time())
         if retry is not None:

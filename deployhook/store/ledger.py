@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from deployhook import redact
 from deployhook.models import (
     Decision,
     Delivery,
@@ -56,7 +57,7 @@ def record(tx: Tx, item: CheckedDelivery, decision: Decision) -> None:
         event=item.event,
         received_at=item.received_at,
         outcome=str(decision.outcome),
-        reason=decision.reason,
+        reason=redact.mask(decision.reason) if decision.reason else None,
         job_id=job.id if job else None,
         http_status=item.status_of(decision),
         answer=None if decision.outcome == Outcome.REJECTED else json.dumps(kept.to_record()),

@@ -34,6 +34,8 @@ def job_from_row(row: Row, steps: tuple[Step, ...] = ()) -> Job:
         steps=steps,
         host=row.get("host"),
         pgid=row.get("pgid"),
+        note=row.get("note"),
+        retry_of=row.get("retry_of"),
     )
 
 
@@ -69,17 +71,22 @@ def enqueue(
     now: float,
     repo_url: str | None = None,
     join_running: bool = False,
+    retry_of: int | None = None,
 ) -> tuple[Job, bool]:
     """Queue a deploy of sha, or join the repo's queued job (which takes sha and trigger).
 
     Returns the job and whether it was coalesced. With join_running, a running job of
-    the same sha is joined too (a redelivered push must not deploy twice).
+    the same sha is joined too (a redelivered push must not deploy twice). A push or a
+    reconcile never replaces a queued rollback with a commit whose last deploy failed
+    (docs/deploys.md rule 3): it joins the rollback, which stays as it is.
     """
     # The common case under a burst is one statement: the queued job takes the new sha.
     joined = tx.one(
         "UPDATE jobs SET sha = :sha, ref = :ref, trigger = :trigger, delivery = :delivery,"
-        " node = :node, repo_url = COALESCE(:repo_url, repo_url)"
-        " WHERE repo = :repo AND status = 'queued' RETURNING *",
+        " node = :node, repo_url = COALESCE(:repo_url, repo_url), retry_of = :retry_of"
+        " WHERE repo = :repo AND status = 'queued'"
+        " AND NOT (trigger = 'rollback' AND :follows_branch AND " + _LAST_FAILED + ")"
+        " RETURNING *",
         sha=sha,
         ref=ref,
         trigger=str(trigger),
@@ -87,6 +94,8 @@ def enqueue(
         node=node,
         repo_url=repo_url,
         repo=repo,
+        retry_of=retry_of,
+        follows_branch=trigger in {Trigger.PUSH, Trigger.RECONCILE},
     )
     if joined is not None:
         return job_from_row(joined), True
@@ -95,9 +104,10 @@ def enqueue(
         if running is not None and running.sha == sha:
             return running, True
     row = tx.one(
-        "INSERT INTO jobs (repo, status, trigger, sha, ref, delivery, created_at, node, repo_url)"
-        " VALUES (:repo, 'queued', :trigger, :sha, :ref, :delivery, :now, :node, :repo_url)"
-        " RETURNING *",
+        "INSERT INTO jobs (repo, status, trigger, sha, ref, delivery, created_at, node,"
+        " repo_url, retry_of) VALUES (:repo, 'queued', :trigger, :sha, :ref, :delivery, :now,"
+        " :node, :repo_url, :retry_of)"
+        " ON CONFLICT (repo) WHERE status = 'queued' DO NOTHING RETURNING *",
         repo=repo,
         trigger=str(trigger),
         sha=sha,
@@ -106,9 +116,53 @@ def enqueue(
         now=now,
         node=node,
         repo_url=repo_url,
+        retry_of=retry_of,
     )
-    assert row is not None
+    if row is None:  # a queued rollback kept its commit: the push joins it as it is
+        kept = in_state(tx, repo, Status.QUEUED)
+        assert kept is not None
+        return kept, True
     return job_from_row(row), False
+
+
+# True when the newest succeeded-or-failed job of :repo with :sha failed.
+_LAST_FAILED = (
+    "COALESCE((SELECT f.status FROM jobs f WHERE f.repo = :repo AND f.sha = :sha"
+    " AND f.status IN ('succeeded', 'failed') ORDER BY f.id DESC LIMIT 1), '') = 'failed'"
+)
+
+
+def failed_and_rolled_back(tx: Tx, repo: str, sha: str) -> bool:
+    """True if sha's last deploy failed and a rollback succeeded after it."""
+    row = tx.one(
+        "SELECT f.id FROM jobs f WHERE f.repo = :repo AND f.sha = :sha"
+        " AND f.status IN ('succeeded', 'failed') ORDER BY f.id DESC LIMIT 1",
+        repo=repo,
+        sha=sha,
+    )
+    if row is None:
+        return False
+    return (
+        tx.one(
+            "SELECT 1 AS rolled FROM jobs f, jobs r WHERE f.id = :failed AND f.status = 'failed'"
+            " AND r.repo = :repo AND r.trigger = 'rollback' AND r.status = 'succeeded'"
+            " AND r.id > f.id LIMIT 1",
+            failed=row["id"],
+            repo=repo,
+        )
+        is not None
+    )
+
+
+def rules_of(tx: Tx, job: Job) -> Trigger:
+    """The trigger whose rules a job follows: a retry follows the job it retries."""
+    seen = 0
+    while job.trigger == Trigger.RETRY and job.retry_of is not None and seen < 10:
+        original = get(tx, job.retry_of)
+        if original is None:
+            return Trigger.PUSH  # pruned: the stricter rules
+        job, seen = original, seen + 1
+    return Trigger.PUSH if job.trigger == Trigger.RETRY else job.trigger
 
 
 def enqueue_if_idle(
@@ -121,6 +175,7 @@ def enqueue_if_idle(
     node: str,
     now: float,
     repo_url: str | None = None,
+    retry_of: int | None = None,
 ) -> Job | None:
     """Queue a follow-up job (rollback, retry) unless a newer job is already queued."""
     if in_state(tx, repo, Status.QUEUED) is not None:
@@ -135,6 +190,7 @@ def enqueue_if_idle(
         node=node,
         now=now,
         repo_url=repo_url,
+        retry_of=retry_of,
     )
     return job
 
@@ -198,7 +254,7 @@ def renew(tx: Tx, *, worker: str, job_ids: list[int], lease_s: float, now: float
 
 
 def set_fields(tx: Tx, job_id: int, **fields: Any) -> None:
-    allowed = {"previous_sha", "pgid", "error"}
+    allowed = {"previous_sha", "pgid", "error", "sha", "note"}
     assert set(fields) <= allowed, fields
     assignments = ", ".join(f"{k} = :{k}" for k in fields)
     tx.run(f"UPDATE jobs SET {assignments} WHERE id = :id", id=job_id, **fields)
@@ -299,6 +355,7 @@ def interrupt(tx: Tx, job: Job, *, reason: str, now: float) -> Job | None:
         node=job.node,
         now=now,
         repo_url=job.repo_url,
+        retry_of=job.id,
     )
 
 
@@ -323,9 +380,12 @@ def newest_good_sha(tx: Tx, repo: str, *, other_than: str | None = None) -> str 
     return None if row is None else str(row["sha"])
 
 
-def history(tx: Tx, repo: str, *, limit: int) -> list[Job]:
+def history(tx: Tx, repo: str, *, limit: int, shown: bool = False) -> list[Job]:
+    """The repo's newest jobs. shown: only those that say its state (not skipped ones)."""
     rows = tx.all(
-        "SELECT * FROM jobs WHERE repo = :repo ORDER BY id DESC LIMIT :limit",
+        "SELECT * FROM jobs WHERE repo = :repo"
+        + (" AND status <> 'skipped'" if shown else "")
+        + " ORDER BY id DESC LIMIT :limit",
         repo=repo,
         limit=limit,
     )

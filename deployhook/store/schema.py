@@ -103,4 +103,10 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (metric, repo, label)
     );
     """,
+    # 3: a job's note (why it was skipped, or which pushed commit it superseded), and
+    # the job a retry retries.
+    """
+    ALTER TABLE jobs ADD COLUMN note TEXT;
+    ALTER TABLE jobs ADD COLUMN retry_of INTEGER;
+    """,
 )

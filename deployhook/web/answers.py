@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deployhook import errors
+from deployhook import errors, redact
 from deployhook.models import Decision, DeliveryKind, Outcome
 
 # Most specific first: the first class an error is an instance of gives its status.
@@ -25,11 +25,30 @@ STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
     (errors.InvalidRequest, 400),
     (errors.Unauthorized, 401),
     (errors.AdminDisabled, 403),
+    (errors.CrossSite, 403),
     (errors.Conflict, 409),
     (errors.SecretNotConfigured, 503),
     (errors.StoreUnavailable, 503),
     (errors.ConfigError, 503),
 )
+
+
+def error_body(exc: BaseException, *, detail: bool = True) -> dict[str, str]:
+    """The JSON body of an error answer: its one line, with any secret masked.
+
+    Without detail (private mode, to a stranger), a server-side error (5xx) says what
+    is wrong but not where: no file path, no variable name.
+    """
+    text = redact.mask(str(exc))
+    if not detail and error_status(exc) >= 500:
+        text = outline(text)
+    return {"error": text}
+
+
+def outline(text: str) -> str:
+    """A message without its detail: what comes before the first ": " (the rest names
+    files, variables and keys, for admins)."""
+    return text.split(": ", 1)[0]
 
 
 def error_status(exc: BaseException) -> int:
@@ -48,16 +67,18 @@ def decision_status(decision: Decision) -> int:
     return 200
 
 
-def decision_body(decision: Decision) -> dict[str, Any]:
-    """The JSON body of the answer to a delivery."""
+def decision_body(decision: Decision, *, detail: bool = True) -> dict[str, Any]:
+    """The JSON body of the answer to a delivery (detail: as in error_body)."""
     if decision.first is not None:
         return {**decision_body(decision.first), "duplicate": True}
     if decision.outcome == Outcome.REJECTED:
-        return {"error": decision.reason}
+        if decision.error is not None:
+            return error_body(decision.error, detail=detail)
+        return {"error": redact.mask(decision.reason or "rejected")}
     if decision.kind == DeliveryKind.PING:
         return {"status": "pong"}
     if decision.outcome in {Outcome.IGNORED, Outcome.HELD}:
-        return {"status": str(decision.outcome), "reason": decision.reason}
+        return {"status": str(decision.outcome), "reason": redact.mask(decision.reason or "")}
     job = decision.job
     assert job is not None, decision
     body: dict[str, Any] = {

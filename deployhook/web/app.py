@@ -15,6 +15,7 @@ from deployhook import errors, log
 from deployhook.config import Settings
 from deployhook.service import Service
 from deployhook.web import admin, answers, logs, metrics, nodes, status, ui, webhook
+from deployhook.web.auth import shows_detail
 
 
 def create_app(
@@ -27,7 +28,6 @@ def create_app(
     settings = settings or Settings.load()
     if configure_logging:
         log.configure(fmt=settings.log_format, level=settings.log_level)
-    log.redact([settings.secret, settings.admin_token])
     app = Flask("deployhook")
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -38,7 +38,7 @@ def create_app(
     @app.errorhandler(errors.DeployhookError)
     def domain_error(exc: errors.DeployhookError) -> Any:
         code = answers.error_status(exc)
-        response = jsonify(error=str(exc))
+        response = jsonify(answers.error_body(exc, detail=shows_detail()))
         response.status_code = code
         if code == 401:
             response.headers["WWW-Authenticate"] = 'Basic realm="deployhook", charset="UTF-8"'

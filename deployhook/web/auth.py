@@ -8,10 +8,11 @@ import functools
 import hmac
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from flask import request
 
-from deployhook.errors import AdminDisabled, Unauthorized
+from deployhook.errors import AdminDisabled, CrossSite, Unauthorized
 from deployhook.web.context import service
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,6 +51,55 @@ def check_admin() -> None:
         raise AdminDisabled("admin endpoints are disabled: set DEPLOYHOOK_ADMIN_TOKEN")
     if not is_admin():
         raise Unauthorized("a valid admin token is required (Bearer, or Basic as password)")
+    refusal = _cross_site_refusal()
+    if refusal:
+        raise CrossSite(refusal)
+
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _origin(url: str) -> str:
+    """scheme://host[:port], lower case, the default port left out (as browsers send it)."""
+    parts = urlsplit(url.strip())
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        number = parts.port
+    except ValueError:  # a port that is not one: no origin of ours
+        return url.strip().lower()
+    default = {"http": 80, "https": 443}.get(scheme)
+    port = f":{number}" if number and number != default else ""
+    return f"{scheme}://{host}{port}"
+
+
+def own_origin() -> str:
+    """This server's origin: DEPLOYHOOK_PUBLIC_URL's (behind a TLS proxy the request
+    itself says http), else the request's scheme and host."""
+    public = service().settings.public_url
+    return _origin(public if public else f"{request.scheme}://{request.host}")
+
+
+def _cross_site_refusal() -> str | None:
+    """Why a state-changing request authenticated by HTTP Basic came from another site.
+
+    A browser resends Basic credentials by itself, to any page that posts here (CSRF).
+    Fetch Metadata says where a request came from; Origin, on browsers without it.
+    Bearer tokens are never sent by a browser on its own: scripts and the CLI pass.
+    """
+    if request.method in _SAFE_METHODS:
+        return None
+    scheme = (request.headers.get("Authorization") or "").strip().partition(" ")[0].lower()
+    if scheme != "basic":
+        return None
+    site = (request.headers.get("Sec-Fetch-Site") or "").strip().lower()
+    if site and site not in {"same-origin", "none"}:
+        return f"a cross-site request ({site}) may not act with a browser's credentials"
+    origin = request.headers.get("Origin")
+    if origin is not None and _origin(origin) != own_origin():
+        return "a request from another origin may not act with a browser's credentials"
+    return None
 
 
 def admin_required(view: F) -> F:
@@ -59,6 +109,12 @@ def admin_required(view: F) -> F:
         return view(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def shows_detail() -> bool:
+    """Whether answers to this request may name files, variables and keys: always, but in
+    private mode to an admin only."""
+    return not service().settings.private_status or is_admin()
 
 
 def status_access(view: F) -> F:

@@ -11,6 +11,7 @@ COLOURS = {
     "queued": "#dfb317",
     "cancelled": "#7d7d7d",
     "interrupted": "#7d7d7d",
+    "skipped": "#9f9f9f",
     "never": "#9f9f9f",
 }
 LABEL_COLOUR = "#555"

@@ -7,10 +7,10 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from deployhook.errors import InvalidRequest, StoreUnavailable
+from deployhook.errors import InvalidRequest, StoreUnavailable, UnknownRepo
 from deployhook.models import iso
-from deployhook.web import badge
-from deployhook.web.auth import status_access
+from deployhook.web import answers, badge
+from deployhook.web.auth import is_admin, shows_detail, status_access
 from deployhook.web.context import service
 
 bp = Blueprint("status", __name__)
@@ -69,8 +69,13 @@ def overview() -> Any:
 
 @bp.get("/deploy/<repo>/badge.svg")
 def repo_badge(repo: str) -> Any:
-    """Always public: a README shows it to anyone."""
-    [line] = service().summaries([repo])
+    """Public, for a README; in private mode only for repos with `public_badge: true` (any
+    other name, known or not, answers the same 404)."""
+    svc = service()
+    found = svc.registry.find(repo)
+    if found is None or (svc.settings.private_status and not found.public_badge and not is_admin()):
+        raise UnknownRepo(f"no repo named {repo!r} in the registry")
+    [line] = svc.summaries([found.name])
     message = "running" if line.running else line.status
     label = request.args.get("label", "deploy")[:MAX_LABEL] or "deploy"
     response = Response(badge.render(message, label=label), mimetype="image/svg+xml")
@@ -81,13 +86,14 @@ def repo_badge(repo: str) -> Any:
 @bp.get("/healthz")
 def healthz() -> Any:
     svc = service()
+    shown = (lambda p: p) if shows_detail() else answers.outline
     unwritable = svc.unwritable()
     if unwritable:
-        response = jsonify(status="unavailable", problems=[unwritable])
+        response = jsonify(status="unavailable", problems=[shown(unwritable)])
         response.status_code = 503
         return response
     try:
         problems = svc.problems()
     except StoreUnavailable as exc:
         problems = [str(exc)]
-    return jsonify(status="degraded" if problems else "ok", problems=problems)
+    return jsonify(status="degraded" if problems else "ok", problems=[shown(p) for p in problems])

@@ -8,6 +8,7 @@ from flask import Blueprint, jsonify, request
 
 from deployhook.intake.receive import Request
 from deployhook.web import answers
+from deployhook.web.auth import shows_detail
 from deployhook.web.context import service
 
 bp = Blueprint("webhook", __name__)
@@ -25,6 +26,6 @@ def deliver(repo: str) -> Any:
         ),
         status_of=answers.decision_status,
     )
-    response = jsonify(answers.decision_body(decision))
+    response = jsonify(answers.decision_body(decision, detail=shows_detail()))
     response.status_code = answers.decision_status(decision)
     return response

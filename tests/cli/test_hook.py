@@ -60,7 +60,7 @@ def run(tmp_path: Path, env: dict[str, str], *args: str) -> Any:
 def env(token: str, secret: str) -> dict[str, str]:
     return {
         "GITEA_TOKEN": token,
-        "SITE_SECRET": f"{secret},older-secret",
+        "SITE_SECRET": f"{secret},older-secret-0123456789",
         "DEPLOYHOOK_PUBLIC_URL": PUBLIC + "/",
     }
 

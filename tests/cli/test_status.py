@@ -115,6 +115,18 @@ def test_logs_prints_the_whole_output(env: dict[str, str], service: Service) -> 
     assert all(line[10] == "T" and line.split(" ")[0].endswith("Z") for line in lines)
 
 
+def test_logs_strip_a_stacks_escape_sequences(env: dict[str, str], service: Service) -> None:
+    """Trust finding 6: a stack's output cleared the admin's screen and set its title."""
+    job, _ = service.store.enqueue(
+        repo="site", sha="a" * 40, ref=None, trigger=Trigger.MANUAL, node=""
+    )
+    hostile = "\x1b[31mred\x1b[0m \x1b[2J\x1b[H\x1b]0;owned\x07\x1b]52;c;cHduZWQ=\x07done"
+    service.store.append_log(job.id, [(time.time(), hostile)])
+    result = cli(env, "logs", str(job.id))
+    assert result.exit_code == 0
+    assert result.stdout.split(" ", 1)[1] == "red done\n"  # not a terminal: no colours
+
+
 @pytest.mark.parametrize("args", [["logs", "999"], ["logs", "999", "--follow"]])
 def test_logs_of_unknown_job_is_exit_2(
     env: dict[str, str], service: Service, args: list[str]

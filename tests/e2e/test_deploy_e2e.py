@@ -156,3 +156,37 @@ def test_unhealthy_version_fails_at_health_and_rolls_back(deployer: Deployer, st
     back_id, served = stack.served()
     assert served == "v1"
     assert back_id != good_id  # the broken container was replaced by the old version
+
+
+def test_a_repo_interpolating_deployhooks_secrets_deploys_as_compose_ran_it(
+    deployer: Deployer, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trust finding 1 on the real engine: `.env` and labels interpolate every secret.
+
+    Compose runs without them, so the project name it sets is the `.env`'s with those
+    parts empty; deployhook resolves the same name (the health step finds the
+    containers), the label holds nothing, and no answer or output shows a secret.
+    """
+    settings = deployer.service.settings
+    secrets = {"the admin token": str(settings.admin_token), "the webhook secret": SECRET}
+    # In deployhook's own environment, where a careless child would find them.
+    monkeypatch.setenv("DEPLOYHOOK_ADMIN_TOKEN", str(settings.admin_token))
+    monkeypatch.setenv("DEPLOYHOOK_SECRET", SECRET)
+    every = "${DEPLOYHOOK_ADMIN_TOKEN}${DEPLOYHOOK_SECRET}"
+    (stack.remote.checkout / ".env").write_text(f"COMPOSE_PROJECT_NAME={stack.project}{every}\n")
+    compose_file = stack.remote.dev / "docker-compose.yml"
+    compose_file.write_text(
+        compose_file.read_text().replace(
+            "    init: true\n", f'    init: true\n    labels:\n      leak: "x{every}"\n'
+        )
+    )
+    job = deployer.deploy(stack.push_version("hostile"))
+    assert job.status == Status.SUCCEEDED, (job.error, deployer.log(job))
+    [container] = stack.containers()
+    assert container.labels["leak"] == "x"
+    assert container.labels["com.docker.compose.project"] == stack.project
+    shown = deployer.log(job) + str(deployer.client.get(f"/jobs/{job.id}").get_json())
+    shown += deployer.client.get("/api/overview").get_data(as_text=True)
+    for name, value in secrets.items():
+        assert value not in shown, name
+        assert value not in str(container.attrs), name

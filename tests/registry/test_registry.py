@@ -236,25 +236,51 @@ def test_invalid_at_start_serves_nothing_and_says_why(tmp_path: Path) -> None:
 
 
 def test_secrets_from_env_file_and_default(tmp_path: Path) -> None:
-    secret_file = _write(tmp_path / "s", "  from-file \n")
+    secret_file = _write(tmp_path / "s", "  from-file-0123456789 \n")
     a = Repo(name="a", path=tmp_path, secret_env="A_SECRET")
     b = Repo(name="b", path=tmp_path, secret_file=secret_file)
     c = Repo(name="c", path=tmp_path)
-    assert resolve_secrets(a, default=None, environ={"A_SECRET": "one, two\nthree"}) == (
-        "one",
-        "two",
-        "three",
+    rotating = "one-0123456789abcdef, two-0123456789abcdef\nthree-0123456789abcdef"
+    assert resolve_secrets(a, default=None, environ={"A_SECRET": rotating}) == (
+        "one-0123456789abcdef",
+        "two-0123456789abcdef",
+        "three-0123456789abcdef",
     )
-    assert resolve_secrets(b, default=None) == ("from-file",)
-    assert resolve_secrets(c, default="dflt", environ={}) == ("dflt",)
+    assert resolve_secrets(b, default=None) == ("from-file-0123456789",)
+    assert resolve_secrets(c, default="dflt-0123456789abcdef", environ={}) == (
+        "dflt-0123456789abcdef",
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("short", "5 characters; a secret needs at least 16"),
+        ("x,Zq8#p1Lm9v2Ws4Tq7RkY0", "split at ',' into 1 + 21 characters"),
+        ("a-long-enough-secret-1\nshort", "split at a newline into 22 + 5 characters"),
+        ("0123456789abcde", "15 characters"),
+    ],
+)
+def test_comma_in_a_secret_never_splits_off_a_weak_one(
+    tmp_path: Path, value: str, said: str
+) -> None:
+    """Trust finding 9: `x,Zq8#...` made `x` verify; now the whole secret is refused."""
+    repo = Repo(name="a", path=tmp_path, secret_env="A_SECRET")
+    with pytest.raises(SecretNotConfigured, match="too short") as refused:
+        resolve_secrets(repo, default=None, environ={"A_SECRET": value})
+    assert said in str(refused.value)
+    assert resolve_secrets(repo, default=None, environ={"A_SECRET": "0123456789abcdef"}) == (
+        "0123456789abcdef",
+    )
 
 
 @pytest.mark.parametrize(
     ("repo_kwargs", "environ", "default"),
     [
-        ({"secret_env": "UNSET"}, {}, "dflt"),
-        ({"secret_env": "EMPTY"}, {"EMPTY": " , \n"}, "dflt"),
-        ({"secret_file": Path("/nonexistent/secret")}, {}, "dflt"),
+        ({"secret_env": "UNSET"}, {}, "dflt-0123456789abcdef"),
+        ({"secret_env": "EMPTY"}, {"EMPTY": " , \n"}, "dflt-0123456789abcdef"),
+        ({"secret_file": Path("/nonexistent/secret")}, {}, "dflt-0123456789abcdef"),
+        ({}, {}, "dflt"),
         ({}, {}, None),
         ({}, {}, ""),
     ],

@@ -15,6 +15,7 @@ from deployhook.deploy.worker import Worker
 from deployhook.models import Status
 from deployhook.service import Service
 from deployhook.web import create_app
+from tests.conftest import write_registry
 from tests.helpers import FakeDocker, Remote, gitea_headers, gitea_push_body
 
 TOKEN = "admin-token-for-tests"
@@ -331,12 +332,65 @@ def test_public_mode_needs_no_token(client: Any, deployed: int) -> None:
         assert client.get(url.format(job=deployed)).status_code == 200, url
 
 
-@pytest.mark.parametrize("url", ["/deploy/site/badge.svg", "/healthz"])
-def test_badge_and_healthz_stay_public_in_private_mode(
-    settings: Settings, open_service: Callable[[Settings], Service], url: str
+def test_healthz_stays_public_in_private_mode(
+    settings: Settings, open_service: Callable[[Settings], Service]
 ) -> None:
     client = make_client(settings, open_service, private_status=True)
-    assert client.get(url).status_code == 200
+    assert client.get("/healthz").status_code == 200
+
+
+def test_private_mode_serves_only_public_badges(
+    settings: Settings, open_service: Callable[[Settings], Service], remote: Remote
+) -> None:
+    """Trust finding 7: the badge answered for any repo; now a private repo's badge
+    answers exactly as a name that does not exist."""
+    write_registry(
+        settings.registry,
+        {
+            "site": {"path": str(remote.checkout), "health_timeout": 0, "public_badge": True},
+            "hidden": {"path": str(remote.checkout) + "-2", "health_timeout": 0},
+        },
+    )
+    client = make_client(settings, open_service, private_status=True)
+    assert client.get("/deploy/site/badge.svg").status_code == 200
+    hidden, unknown = client.get("/deploy/hidden/badge.svg"), client.get("/deploy/nope/badge.svg")
+    assert hidden.status_code == unknown.status_code == 404
+    assert hidden.get_json()["error"].replace("hidden", "nope") == unknown.get_json()["error"]
+    assert client.get("/deploy/hidden/badge.svg", headers=bearer()).status_code == 200
+    public = make_client(settings, open_service)
+    assert public.get("/deploy/hidden/badge.svg").status_code == 200
+
+
+def test_private_mode_names_no_file_or_variable_to_strangers(
+    settings: Settings, open_service: Callable[[Settings], Service], remote: Remote
+) -> None:
+    """Trust finding 7: 503 bodies named the secret file and the variable, /healthz the
+    repos and keys of a broken registry. Details are for admins."""
+    secret_file = settings.registry.parent / "no-such-secret-file"
+    write_registry(
+        settings.registry,
+        {
+            "site": {"path": str(remote.checkout), "health_timeout": 0},
+            "filed": {"path": str(remote.checkout) + "-2", "secret_file": str(secret_file)},
+            "envd": {"path": str(remote.checkout) + "-3", "secret_env": "ENVD_SECRET_VAR"},
+        },
+    )
+    private = make_client(settings, open_service, private_status=True)
+    public = make_client(settings, open_service)
+    body = gitea_push_body(sha="1" * 40)
+    names = (str(secret_file), "no-such-secret-file", "ENVD_SECRET_VAR", str(settings.registry))
+    for repo in ("filed", "envd"):
+        hidden = private.post(f"/deploy/{repo}", data=body, headers=gitea_headers(body))
+        shown = public.post(f"/deploy/{repo}", data=body, headers=gitea_headers(body))
+        assert hidden.status_code == shown.status_code == 503
+        assert not any(n in hidden.get_data(as_text=True) for n in names), hidden.get_json()
+        assert any(n in shown.get_data(as_text=True) for n in names), shown.get_json()
+    settings.registry.write_text("repos:\n  site:\n    pathh: /typo\n")
+    stranger = private.get("/healthz").get_data(as_text=True)
+    admin = private.get("/healthz", headers=bearer()).get_json()
+    assert "registry invalid" in stranger
+    assert not any(word in stranger for word in ("pathh", "repos.site", str(settings.registry)))
+    assert any("pathh" in problem for problem in admin["problems"])
 
 
 # -- pages and the log ---------------------------------------------------------------
@@ -446,3 +500,21 @@ def test_live_followers_are_limited_per_process_and_released(
     again = client.get(f"/jobs/{waiting.id}/log?follow=1", headers=bearer())
     assert again.status_code == 200
     again.close()
+
+
+def test_healthz_is_degraded_while_a_repo_cannot_verify(
+    settings: Settings,
+    open_service: Callable[[Settings], Service],
+    remote: Remote,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A secret under 16 characters (or a comma splitting one off) verifies nothing."""
+    write_registry(
+        settings.registry,
+        {"site": {"path": str(remote.checkout), "secret_env": "SHORT_SECRET_FOR_TEST"}},
+    )
+    monkeypatch.setenv("SHORT_SECRET_FOR_TEST", "x,Zq8#p1Lm9v2Ws4Tq7RkY0")
+    body = make_client(settings, open_service).get("/healthz").get_json()
+    assert body["status"] == "degraded"
+    [problem] = [p for p in body["problems"] if "cannot verify" in p]
+    assert "split at ',' into 1 + 21 characters" in problem

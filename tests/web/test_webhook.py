@@ -175,9 +175,9 @@ def test_wrong_signature_is_403_and_rejected_in_ledger(client: Any) -> None:
 
 
 def test_rotated_secrets_any_verifies(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ROTATED_SECRET", "old-secret-aaaa,\nnew-secret-bbbb")
+    monkeypatch.setenv("ROTATED_SECRET", "old-secret-aaaa-0000,\nnew-secret-bbbb-1111")
     body = gitea_push_body(sha="a" * 40)
-    for secret in ("old-secret-aaaa", "new-secret-bbbb"):
+    for secret in ("old-secret-aaaa-0000", "new-secret-bbbb-1111"):
         resp = post(client, body, gitea_headers(body, secret=secret), repo="rotated")
         assert resp.status_code == 202, resp.get_json()
     assert post(client, body, gitea_headers(body, secret=SECRET), repo="rotated").status_code == 403

@@ -27,6 +27,7 @@ _STATE_OF = {
     Status.FAILED: "failure",
     Status.CANCELLED: "error",
     Status.INTERRUPTED: "error",
+    Status.SKIPPED: "success",  # nothing to deploy is not a failure (docs/deploys.md)
 }
 
 
@@ -121,10 +122,21 @@ class CommitStatus:
             target.owner,
             target.name,
         )
+        if ctx.pushed_sha and ctx.pushed_sha != job.sha:
+            # The job deployed the branch head instead: the pushed commit's pending ends.
+            self._send(
+                ctx,
+                target,
+                sha=ctx.pushed_sha,
+                state="success",
+                description=f"superseded by HEAD {job.sha[:12]}",
+            )
         if job.status == Status.SUCCEEDED:
             description = (
                 f"deployed in {job.duration_s:g} s" if job.duration_s is not None else "deployed"
             )
+        elif job.status == Status.SKIPPED:
+            description = job.note or "nothing to deploy"
         else:
             description = job.error or str(job.status)
         self._send(

@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 import tenacity
 
-from deployhook import log, retry
+from deployhook import redact, retry
 from deployhook.deploy.context import Context, job_url
 from deployhook.models import Job, Status, Trigger
 from deployhook.store import Store
@@ -126,12 +126,13 @@ def send(urls: str, message: Message) -> tuple[int, list[str]]:
     sent, failed = 0, [] if valid else ["(an invalid Apprise URL)"]
     end = time.monotonic() + BUDGET_S
     for service in hub:
-        shown = log.mask(service.url(privacy=True))
+        shown = redact.mask(service.url(privacy=True))
         service.socket_connect_timeout = min(service.socket_connect_timeout, _TIMEOUT_S)
         service.socket_read_timeout = min(service.socket_read_timeout, _TIMEOUT_S)
 
         def attempt(service: Any = service) -> None:
-            if not service.notify(body=message.body, title=message.title, notify_type=notify_type):
+            body, title = redact.mask(message.body), redact.mask(message.title)
+            if not service.notify(body=body, title=title, notify_type=notify_type):
                 raise _NotSent
 
         retrying = tenacity.Retrying(
@@ -156,6 +157,7 @@ def urls_for(notify_env: str | None, environ: Mapping[str, str] | None = None) -
         return None
     # These URLs often embed tokens: they are shown only as Apprise's privacy form.
     raw = ((os.environ if environ is None else environ).get(notify_env) or "").strip()
+    redact.register([raw, *raw.split()])
     return raw or None
 
 

@@ -15,7 +15,7 @@ import git
 
 from deployhook.deploy import process
 from deployhook.deploy.context import Context, StepSpec
-from deployhook.errors import StepFailed
+from deployhook.errors import NothingToDo, StepFailed
 from deployhook.models import OnLocalChanges
 from deployhook.registry import Repo
 
@@ -38,7 +38,7 @@ def _ssh_command(path: Path) -> str:
 
 def git_env(path: Path, extra_config: dict[str, str] | None = None) -> dict[str, str]:
     """The environment every git process runs with (deployhook's own secrets removed)."""
-    env = process.scrubbed_environ()
+    env = process.child_environ()
     env.update(
         {
             "GIT_TERMINAL_PROMPT": "0",
@@ -158,27 +158,57 @@ def has_commit(handle: git.Repo, sha: str) -> bool:
     return True
 
 
-def fetch(repo: Repo, sha: str, *, timeout: float, output: Callable[[str], None]) -> None:
-    """Fetch the repo's branch from its remote; make sure the commit sha is then present."""
+def fetch(repo: Repo, *, timeout: float, output: Callable[[str], None]) -> str:
+    """Fetch the repo's branch from its remote; return the branch head fetched."""
     handle = _open(repo)
     if repo.remote not in [r.name for r in handle.remotes]:
         raise StepFailed(f"{repo.path} has no remote named {repo.remote!r}")
-    refspec = f"+{repo.ref}:refs/remotes/{repo.remote}/{repo.branch}"
+    tracking = f"refs/remotes/{repo.remote}/{repo.branch}"
     try:
-        _git(handle, "fetch", "--prune", "--no-tags", "--", repo.remote, refspec, timeout=timeout)
+        _git(
+            handle,
+            "fetch",
+            "--prune",
+            "--no-tags",
+            "--",
+            repo.remote,
+            f"+{repo.ref}:{tracking}",
+            timeout=timeout,
+        )
     except StepFailed as exc:
         raise StepFailed(f"{exc} (remote {repo.remote!r})") from None
-    output(f"fetched {repo.branch} from {repo.remote}")
+    head = _git(handle, "rev-parse", "--verify", "--quiet", f"{tracking}^{{commit}}").strip()
+    output(f"fetched {repo.branch} from {repo.remote}: {head[:12]}")
+    return head
+
+
+def contains(repo: Repo, head: str, sha: str) -> bool:
+    """True if the commit sha is head or one of its ancestors (present here)."""
+    handle = _open(repo)
     if not has_commit(handle, sha):
-        # A sha that is no longer the tip (a coalesced or rolled-back push): ask for it.
-        try:
-            _git(handle, "fetch", "--no-tags", "--", repo.remote, sha, timeout=timeout)
-        except StepFailed as exc:
-            output(str(exc))
-        if not has_commit(handle, sha):
-            raise StepFailed(
-                f"commit {sha[:12]} is not on {repo.remote} (was it force-pushed away?)"
-            )
+        return False
+    try:
+        _git(handle, "merge-base", "--is-ancestor", sha, head)
+    except StepFailed:
+        return False
+    return True
+
+
+def fetch_commit(repo: Repo, sha: str, *, timeout: float, output: Callable[[str], None]) -> None:
+    """Make sure the commit sha is here, asking the remote for it by id if it is not.
+
+    For manual deploys and rollbacks only, which name an exact earlier commit: a push
+    deploys only what its branch contains (docs/deploys.md rule 3).
+    """
+    handle = _open(repo)
+    if has_commit(handle, sha):
+        return
+    try:
+        _git(handle, "fetch", "--no-tags", "--", repo.remote, sha, timeout=timeout)
+    except StepFailed as exc:
+        output(str(exc))
+    if not has_commit(handle, sha):
+        raise StepFailed(f"commit {sha[:12]} is not on {repo.remote} (was it force-pushed away?)")
 
 
 def local_changes(handle: git.Repo) -> list[str]:
@@ -229,7 +259,28 @@ def update_submodules(repo: Repo, *, timeout: float, output: Callable[[str], Non
 
 
 def step_fetch(ctx: Context) -> None:
-    fetch(ctx.repo, ctx.job.sha, timeout=max(ctx.deadline.remaining(), 1), output=ctx.output)
+    """Fetch the branch, then settle which commit this job deploys (docs/deploys.md rule 3).
+
+    A push or reconcile job (and a retry of one) deploys only what the branch contains:
+    its own commit when it is the head, the head when the branch has moved past it, and
+    nothing when the commit is not on the branch. A head that already failed and was
+    rolled back is not deployed again by a push. Manual deploys and rollbacks deploy
+    exactly their commit.
+    """
+    timeout = max(ctx.deadline.remaining(), 1)
+    head = fetch(ctx.repo, timeout=timeout, output=ctx.output)
+    sha, branch = ctx.job.sha, ctx.repo.branch
+    if not ctx.follows_branch:
+        fetch_commit(ctx.repo, sha, timeout=timeout, output=ctx.output)
+        return
+    if sha != head:
+        if not contains(ctx.repo, head, sha):
+            raise StepFailed(f"{sha[:12]} is not on {branch}")
+        ctx.retarget(head, note=f"pushed {sha[:12]}; deployed the head of {branch}, {head[:12]}")
+    if ctx.store.failed_and_rolled_back(ctx.repo.name, head):
+        raise NothingToDo(
+            f"{head[:12]} already failed and was rolled back; a push does not deploy it again"
+        )
 
 
 def step_checkout(ctx: Context) -> None:

@@ -10,7 +10,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -20,7 +20,7 @@ from deployhook.deploy import process
 from deployhook.deploy.compose import ONEOFF_LABEL, PROJECT_LABEL, SERVICE_LABEL, WORKDIR_LABEL
 from deployhook.deploy.context import Context, StepSpec
 from deployhook.deploy.engine import DockerClient, NotFound, engine
-from deployhook.deploy.project import current_services, project_name
+from deployhook.deploy.project import project_name, resolve
 from deployhook.errors import JobCancelled, StepFailed
 from deployhook.models import Mode
 from deployhook.registry import Repo
@@ -152,14 +152,15 @@ def wait_healthy(
     deadline: process.Deadline,
     cancel: threading.Event,
     output: Callable[[str], None],
+    environ: Mapping[str, str] | None = None,
 ) -> None:
     """Wait until the project's containers run (healthy where checked) or one fails.
 
     A one-shot container that exited 0 is done. Unhealthy, exited non-zero, restarting
     or dead fails at once; still starting after `health_timeout` fails then.
     """
-    project = project_name(repo, compose_base)
-    services = current_services(repo, compose_base)
+    resolved = resolve(repo, compose_base, environ=environ, timeout=min(30.0, deadline.remaining()))
+    project, services = resolved.name, resolved.services
     started = time.monotonic()
     end = min(started + repo.health_timeout, deadline.at)
     shown: tuple[tuple[str, str, str | None], ...] = ()
@@ -231,6 +232,7 @@ def step_health(ctx: Context) -> None:
         deadline=ctx.deadline,
         cancel=ctx.cancel,
         output=ctx.output,
+        environ=ctx.child_env(),
     )
 
 

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import git
 import structlog
 
-from deployhook import log
+from deployhook import redact
 from deployhook.deploy.context import Context, StepSpec
 from deployhook.deploy.steps import git as gitsync
 from deployhook.errors import StepFailed
@@ -52,7 +52,7 @@ def auth_config(url: str, token: str | None) -> dict[str, str]:
     if not token or urlsplit(url).scheme not in {"http", "https"}:
         return {}
     basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
-    log.redact([token, basic])
+    redact.register([token, basic])
     return {"http.extraHeader": f"Authorization: Basic {basic}"}
 
 
@@ -60,7 +60,7 @@ def _short(exc: git.GitCommandError) -> str:
     lines = [ln.strip() for ln in str(exc.stderr or "").splitlines() if ln.strip()]
     meaningful = [ln for ln in lines if ln.lower().startswith(("fatal", "error", "remote:"))]
     text = (meaningful or lines or [f"git exited with {exc.status}"])[-1]
-    return log.mask(text.removeprefix("stderr: ").strip(" '"))
+    return redact.mask(text.removeprefix("stderr: ").strip(" '"))
 
 
 def _run(cwd: Path, args: list[str], *, env: dict[str, str], timeout: float) -> str:
@@ -114,6 +114,7 @@ def resolve_token(repo: Repo, environ: Mapping[str, str] | None = None) -> str |
     if mirror is None or not mirror.token_env:
         return None
     token = ((os.environ if environ is None else environ).get(mirror.token_env) or "").strip()
+    redact.register([token])
     if not token:
         raise StepFailed(
             f"mirror.token_env: environment variable {mirror.token_env} is unset or empty"
@@ -165,7 +166,7 @@ def push(
         flag, _, rest = line.partition("\t")
         if flag in {"*", "+", " ", "-"} and rest:
             changed += 1
-            output(f"mirror: {log.mask(' '.join(rest.split()))}")
+            output(f"mirror: {redact.mask(' '.join(rest.split()))}")
     output(f"mirror: {safe_url(mirror.url)} is up to date ({changed} refs changed)")
     logger.info("mirror_pushed", url=safe_url(mirror.url), changed=changed)
     return changed

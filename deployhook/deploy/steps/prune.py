@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import structlog
 
@@ -10,21 +10,25 @@ from deployhook.deploy import compose
 from deployhook.deploy.compose import PROJECT_LABEL
 from deployhook.deploy.context import Context, StepSpec
 from deployhook.deploy.engine import engine
-from deployhook.deploy.project import project_name
+from deployhook.deploy.project import resolve
 from deployhook.registry import Repo
 
 log = structlog.get_logger()
 
 
 def prune_images(
-    repo: Repo, *, compose_base: tuple[str, ...], output: Callable[[str], None]
+    repo: Repo,
+    *,
+    compose_base: tuple[str, ...],
+    output: Callable[[str], None],
+    environ: Mapping[str, str] | None = None,
 ) -> None:
     """Remove this project's dangling images, never another project's.
 
     Compose v2 labels the images it builds with the project; v1 labels nothing, and a
     dangling image has lost its `<project>_<service>` name, so v1 images are left alone.
     """
-    project = project_name(repo, compose_base)
+    project = resolve(repo, compose_base, environ=environ).name
     if compose.is_v1(compose_base):
         output(
             "prune skipped: docker-compose v1 does not label the images it builds, so a "
@@ -48,7 +52,9 @@ def prune_images(
 
 
 def step_prune(ctx: Context) -> None:
-    prune_images(ctx.repo, compose_base=ctx.compose_base(), output=ctx.output)
+    prune_images(
+        ctx.repo, compose_base=ctx.compose_base(), output=ctx.output, environ=ctx.child_env()
+    )
 
 
 PRUNE = StepSpec("prune", step_prune, applies=lambda repo: repo.prune_images)

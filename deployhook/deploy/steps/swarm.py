@@ -13,7 +13,6 @@ that builds an image without that tag (docs/scaling.md).
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import threading
@@ -74,7 +73,7 @@ def stack_files(repo: Repo) -> list[str]:
 
 
 def environment(ctx: Context) -> dict[str, str]:
-    env = {**os.environ, TAG_ENV: image_tag(ctx.job.sha)}
+    env = {**ctx.child_env(), TAG_ENV: image_tag(ctx.job.sha)}
     if ctx.repo.image_registry:
         env[REGISTRY_ENV] = ctx.repo.image_registry
     return env
