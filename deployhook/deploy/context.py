@@ -17,6 +17,7 @@ import structlog
 
 from deployhook.config import Settings
 from deployhook.deploy import compose, process
+from deployhook.errors import StoreUnavailable
 from deployhook.models import Job, Trigger
 from deployhook.registry import Repo
 from deployhook.store import Store
@@ -191,8 +192,16 @@ class Context:
             cancel=self.cancel,
             env=self.child_env() if env is None else env,
             job_id=self.job.id,
-            on_start=lambda pgid: self.store.set_job_fields(self.job.id, pgid=pgid),
+            on_start=self._record_pgid,
         )
+
+    def _record_pgid(self, pgid: int) -> None:
+        """Note the group a dead worker's successor must stop; a store blip must not
+        fail the deploy for it (the successor also finds the group in /proc)."""
+        try:
+            self.store.set_job_fields(self.job.id, pgid=pgid)
+        except StoreUnavailable as exc:
+            logger.warning("job_pgid_not_recorded", pgid=pgid, error=str(exc))
 
     def compose_base(self) -> tuple[str, ...]:
         return compose.command(self.settings.compose)

@@ -27,7 +27,7 @@ from deployhook.deploy.steps.health import HEALTH
 from deployhook.deploy.steps.mirror import MIRROR
 from deployhook.deploy.steps.mirror_sync import MIRROR_SYNC
 from deployhook.deploy.steps.prune import PRUNE
-from deployhook.errors import JobCancelled, JobTimedOut, NothingToDo, StepFailed
+from deployhook.errors import JobCancelled, JobTimedOut, NothingToDo, StepFailed, StoreUnavailable
 from deployhook.models import Job, Status, StepStatus
 from deployhook.registry import Repo
 from deployhook.store import Store
@@ -97,6 +97,8 @@ class Deploy:
             )
             logger.warning("step_failed", step=name, error=str(exc))
             raise
+        except StoreUnavailable:
+            raise  # not the step's failure: the worker ends the job interrupted, to retry
         except Exception as exc:
             ctx.output(f"==> {name} crashed: {type(exc).__name__}: {exc}")
             for line in traceback.format_exc().splitlines():

@@ -15,10 +15,11 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -39,6 +40,12 @@ HEARTBEAT_ROW_S = 5.0
 IDLE_POLL_S = 2.0
 PRUNE_EVERY_S = 600.0
 RECONCILE_TIMEOUT_S = 20.0
+# A job's last write (its end) is tried again for this long while the store is away;
+# past it the job is ended `interrupted`, with a retry, as soon as the store is back.
+FINISH_RETRY_S = 10.0
+_RETRY_PAUSE_S = (0.1, 0.25, 0.5, 1.0)
+
+T = TypeVar("T")
 
 
 class Opened(Protocol):
@@ -88,6 +95,9 @@ class Worker:
         self._last_prune = 0.0
         self._last_reconcile = 0.0
         self._last_row_beat = 0.0
+        # Jobs whose end could not be recorded (the store was away): id -> (job, reason),
+        # ended `interrupted` by the beat once the store takes writes again.
+        self._unsettled: dict[int, tuple[Job, str]] = {}
 
     # -- the main loop -------------------------------------------------------------
 
@@ -99,7 +109,7 @@ class Worker:
     def _work(self, *, burst: bool) -> None:
         self.store.register_worker(worker=self.id, node=self.node, slots=self.slots)
         log.info("worker_started", node=self.node or None, slots=self.slots)
-        self.recover()
+        self.recover(startup=True)
         if burst:
             while (job := self._claim()) is not None:
                 self._execute(job, _Active(job))
@@ -153,12 +163,24 @@ class Worker:
         started = time.monotonic()
         try:
             self._run_job(job, entry)
+        except StoreUnavailable as exc:
+            # Nothing more can be recorded now. It must not stay `running`: it ends
+            # interrupted once the store is back, and its retry deploys it (rule 7).
+            log.error("job_end_not_recorded", error=str(exc))
+            self._unsettle(job, "interrupted: the store could not be written when it ran")
         except Exception:  # nothing around one job may kill the worker
             log.exception("job_crashed")
-            with contextlib.suppress(Exception):
-                self.store.finish(
-                    job.id, status=Status.FAILED, error="internal error in the worker (see its log)"
+            try:
+                self._persist(
+                    lambda: self.store.finish(
+                        job.id,
+                        status=Status.FAILED,
+                        error="internal error in the worker (see its log)",
+                        worker=self.id,
+                    )
                 )
+            except StoreUnavailable:
+                self._unsettle(job, "interrupted: the store could not be written when it ran")
         finally:
             with self._lock:
                 self.active.pop(job.id, None)
@@ -166,20 +188,50 @@ class Worker:
             structlog.contextvars.unbind_contextvars("repo", "job", "delivery")
             self.store.wake()  # a slot is free
 
+    def _persist(self, write: Callable[[], T]) -> T:
+        """Run a job's last write, trying again for FINISH_RETRY_S while the store is away."""
+        end = time.monotonic() + FINISH_RETRY_S
+        for attempt in range(1_000_000):
+            try:
+                return write()
+            except StoreUnavailable as exc:
+                pause = _RETRY_PAUSE_S[min(attempt, len(_RETRY_PAUSE_S) - 1)]
+                if time.monotonic() + pause > end:
+                    raise
+                log.warning("job_end_retried", error=str(exc), attempt=attempt + 1)
+                time.sleep(pause)
+        raise AssertionError("unreachable")
+
+    def _unsettle(self, job: Job, reason: str) -> None:
+        with self._lock:
+            self._unsettled[job.id] = (job, reason)
+
+    def _settle(self) -> None:
+        """End the jobs whose end was lost to a store outage, now that it may be back."""
+        with self._lock:
+            pending = list(self._unsettled.items())
+        for job_id, (_job, reason) in pending:
+            try:
+                self._interrupt(job_id, reason)
+            except StoreUnavailable:
+                return  # still away: the next beat tries again
+            with self._lock:
+                self._unsettled.pop(job_id, None)
+
     def _run_job(self, job: Job, entry: _Active) -> None:
         repo = self.registry.find(job.repo)
         log.info("job_started", trigger=str(job.trigger), sha=job.sha)
         if repo is None:
-            self.store.finish(
-                job.id,
-                status=Status.FAILED,
-                worker=self.id,
-                error=f"repo {job.repo!r} is no longer in the registry",
+            self._persist(
+                lambda: self.store.finish(
+                    job.id,
+                    status=Status.FAILED,
+                    worker=self.id,
+                    error=f"repo {job.repo!r} is no longer in the registry",
+                )
             )
             return
         _stop_orphans(repo, job.id)
-        # No repo's compose file may read another's secrets (or its own) from our env,
-        # and whatever a deploy prints is stored with every known secret masked.
         # Every repo's secrets, read again now (a rotated file), are registered: whatever a
         # deploy prints is stored masked, and no child's environment holds one.
         secret_values(self.registry, default=self.settings.secret)
@@ -189,12 +241,15 @@ class Worker:
         result = deploy.run()
         if entry.stopping and result.status == Status.CANCELLED:
             # Stopped by a shutdown, not by an admin: retried when a worker is back.
-            retry = self.store.interrupt(job, reason="interrupted: the worker was stopped")
+            reason = "interrupted: the worker was stopped"
+            retry = self._persist(lambda: self.store.interrupt(job, reason=reason))
             log.warning("job_interrupted", retry=retry.id if retry else None)
             deploy.report_finished(self.store.job(job.id))
             return
-        if not self.store.finish(
-            job.id, status=result.status, error=result.error, worker=self.id, note=result.note
+        if not self._persist(
+            lambda: self.store.finish(
+                job.id, status=result.status, error=result.error, worker=self.id, note=result.note
+            )
         ):
             log.warning("job_already_ended")  # its lease expired and someone else ended it
             return
@@ -231,11 +286,14 @@ class Worker:
         while not self._stop.wait(BEAT_S):
             try:
                 self.beat()
+            except StoreUnavailable as exc:
+                log.warning("beat_failed", error=str(exc))
             except Exception:
                 log.exception("beat_failed")
 
     def beat(self) -> None:
-        """Renew leases, pick up cancels, and end the jobs of workers that died."""
+        """Settle lost ends, renew leases, pick up cancels, end the jobs of dead workers."""
+        self._settle()
         with self._lock:
             ids = list(self.active)
         if ids:
@@ -250,10 +308,21 @@ class Worker:
             self._last_row_beat = now
             self.recover()
 
-    def recover(self) -> None:
-        """Interrupt running jobs whose worker is gone (lock released, or lease expired)."""
+    def recover(self, *, startup: bool = False) -> None:
+        """Interrupt running jobs nobody runs: their worker is gone (lock released, lease
+        expired), or they are this worker's own and it is not running them (a lost end,
+        or, at start, a previous life of a fixed DEPLOYHOOK_WORKER_ID)."""
+        expired = {job.id: job for job in self.store.expired_jobs()}
+        with self._lock:
+            ours = set(self.active) | set(self._unsettled)
         for running in self.store.running_jobs():
-            if running.worker == self.id or running.worker is None:
+            here = (running.host or "") == self.store.host
+            if running.worker == self.id:
+                if running.id not in ours and (startup or running.id in expired):
+                    reason = "interrupted: its worker lost track of it"
+                    self._interrupt(running.id, reason, stop_processes=here)
+                continue
+            if running.worker is None:
                 continue
             host = running.host or ""
             alive = (
@@ -264,9 +333,8 @@ class Worker:
             if alive is not False:
                 continue
             # Its processes can only be stopped from its own host.
-            here = host == self.store.host
             self._interrupt(running.id, "interrupted: its worker died", stop_processes=here)
-        for job in self.store.expired_jobs():
+        for job in expired.values():
             if job.worker != self.id:
                 self._interrupt(job.id, "interrupted: its worker stopped renewing its lease")
 
@@ -274,7 +342,12 @@ class Worker:
         job = self.store.job(job_id)
         if job.status != Status.RUNNING:
             return
-        if stop_processes and job.pgid and process.group_of_job(job.pgid, job_id):
+        if (
+            stop_processes
+            and job.pgid
+            and process.group_of_job(job.pgid, job_id)
+            and not process.started_by_live_worker(job.pgid)
+        ):
             # The dead worker's compose may still run: it must not overlap the retry.
             process.stop_group(job.pgid, grace=2)
         retry = self.store.interrupt(job, reason=reason)
@@ -374,6 +447,10 @@ class Worker:
         for entry in left:
             if entry.thread is not None:
                 entry.thread.join(timeout=process.TERM_GRACE_S + 10)
+        with contextlib.suppress(Exception):
+            self._settle()
+        if self._unsettled:  # the next worker's start interrupts them (this one's lock is gone)
+            log.error("job_ends_not_recorded", jobs=sorted(self._unsettled))
 
 
 def _stop_orphans(repo: Repo, job_id: int) -> None:
@@ -396,6 +473,9 @@ def _stop_orphans(repo: Repo, job_id: int) -> None:
             continue
         marks = [v for v in environ if v.startswith(f"{process.JOB_ENV}=".encode())]
         if marks and marks[0] != f"{process.JOB_ENV}={job_id}".encode():
+            if process.started_by_live_worker(pid):  # not an orphan: never ours to stop
+                log.warning("orphan_spared", pid=pid, of_job=marks[0].split(b"=")[1].decode())
+                continue
             log.warning("orphan_stopped", pid=pid, of_job=marks[0].split(b"=")[1].decode())
             process.stop_group(pid)
 

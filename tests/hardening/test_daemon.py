@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import resource
+import secrets
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,12 +21,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from deployhook.config import Settings
-from deployhook.models import Status, Trigger
+from deployhook.models import Job, Status, Trigger
 from deployhook.store import Store, open_store
 from tests.conftest import write_registry
+from tests.databases import PrivateCluster, private_cluster, with_search_path
 from tests.hardening.support import wait_for
 from tests.helpers import SECRET, FakeDocker, Remote, make_fake_docker, make_remote
 
@@ -148,3 +152,121 @@ def test_finding_1_no_descriptor_leak_500_jobs_under_nofile_256(tmp_path: Path) 
     assert max(s[1] for s in late) <= max(s[1] for s in early) + 8, (early[-1], late[-1])
     assert max(s[2] for s in late) <= max(s[2] for s in early) + 2, (early[-1], late[-1])
     assert max(s[1] for s in samples) < 80
+
+
+# -- finding 2: a job stayed running forever when its end could not be written ---------------
+
+
+def compose_started(fake: FakeDocker, count: int = 1) -> bool:
+    return len(fake.starts()) >= count
+
+
+def settled_after(store: Store, repo: str, job_id: int) -> list[Job] | None:
+    """The repo's jobs once none is running or queued and one after job_id succeeded."""
+    jobs = store.jobs(repo, limit=20)
+    if any(not j.status.ended for j in jobs):
+        return None
+    if not any(j.id > job_id and j.status == Status.SUCCEEDED for j in jobs):
+        return None
+    return jobs
+
+
+def test_finding_2_a_job_ending_while_sqlite_refuses_writes_is_interrupted_then_retried(
+    tmp_path: Path,
+) -> None:
+    """The end of a job met an unwritable store: the final write and its fallback both
+    failed, and the job stayed `running` with an expired lease, since the worker skipped
+    its own jobs when recovering. Here another connection holds SQLite's write lock from
+    the moment compose runs, for 35 s: each write waits SQLite's 10 s busy timeout and
+    fails, longer than the worker retries a job's end (10 s)."""
+    settings, [remote], fake = world(tmp_path, 1)
+    fake.set(sleep=1.5)
+    name = remote.checkout.name
+    store = open_store(settings)
+    try:
+        with worker_process(settings, log=tmp_path / "worker.log") as proc:
+            job, _ = store.enqueue(
+                repo=name, sha=remote.deployed(), ref=None, trigger=Trigger.MANUAL, node=""
+            )
+            wait_for(lambda: compose_started(fake), what="compose to start")
+            blocker = sqlite3.connect(settings.database_path, isolation_level=None)
+            blocker.execute("BEGIN IMMEDIATE")  # every writer now waits, then fails
+            try:
+                time.sleep(35)
+                assert store.job(job.id).status == Status.RUNNING  # nothing could be written
+            finally:
+                blocker.execute("ROLLBACK")
+                blocker.close()
+            jobs = wait_for(
+                lambda: settled_after(store, name, job.id), timeout=60, what="the retry to end"
+            )
+            assert proc.poll() is None
+    finally:
+        store.close()
+    first = next(j for j in jobs if j.id == job.id)
+    assert first.status == Status.INTERRUPTED, first
+    assert "store" in (first.error or "")
+    retry = next(j for j in jobs if j.id > job.id)
+    assert (retry.trigger, retry.sha, retry.status) == (
+        Trigger.RETRY,
+        remote.deployed(),
+        Status.SUCCEEDED,
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[PrivateCluster]:
+    """A PostgreSQL of these tests' own, stopped and started by them."""
+    with private_cluster() as running:
+        yield running
+
+
+@contextmanager
+def pg_schema(cluster: PrivateCluster) -> Iterator[str]:
+    schema = "t_" + secrets.token_hex(6)
+    with psycopg.connect(cluster.url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    yield with_search_path(cluster.url, schema)
+
+
+@contextmanager
+def outage(cluster: PrivateCluster) -> Iterator[None]:
+    """The database server stopped for the block; started again however it ends."""
+    cluster.stop()
+    try:
+        yield
+    finally:
+        cluster.start()
+
+
+@pytest.mark.postgres
+def test_finding_2_a_job_ending_during_a_postgres_outage_is_interrupted_then_retried(
+    tmp_path: Path, cluster: PrivateCluster
+) -> None:
+    """As above, with the database server stopped from the moment compose runs, for 15 s."""
+    with pg_schema(cluster) as url:
+        settings, [remote], fake = world(tmp_path, 1, database_url=url)
+        fake.set(sleep=1.5)
+        name = remote.checkout.name
+        store = open_store(settings)
+        try:
+            with worker_process(settings, log=tmp_path / "worker.log") as proc:
+                job, _ = store.enqueue(
+                    repo=name, sha=remote.deployed(), ref=None, trigger=Trigger.MANUAL, node=""
+                )
+                wait_for(lambda: compose_started(fake), what="compose to start")
+                with outage(cluster):
+                    time.sleep(15)
+                jobs = wait_for(
+                    lambda: settled_after(store, name, job.id),
+                    timeout=60,
+                    what="the retry to end",
+                )
+                assert proc.poll() is None
+        finally:
+            store.close()
+    first = next(j for j in jobs if j.id == job.id)
+    assert first.status == Status.INTERRUPTED, first
+    assert "store" in (first.error or "")
+    retry = next(j for j in jobs if j.id > job.id)
+    assert (retry.trigger, retry.status) == (Trigger.RETRY, Status.SUCCEEDED)
