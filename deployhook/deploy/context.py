@@ -104,6 +104,7 @@ class JobOutput:
         self._pending: list[tuple[float, str]] = []
         self._cond = threading.Condition()
         self._closed = False
+        self._delayed = False  # the last flush could not be written
         self._thread = threading.Thread(
             target=self._flusher, name=f"job-{job_id}-output", daemon=True
         )
@@ -126,8 +127,18 @@ class JobOutput:
         if lines:
             try:
                 self._store.append_log(self._job_id, lines)
+            except StoreUnavailable as exc:
+                # Kept for the next flush (OutputCap bounds them): the store may be back.
+                with self._cond:
+                    self._pending[:0] = lines
+                    first = not self._delayed
+                    self._delayed = True
+                if first:
+                    logger.warning("job_output_delayed", lines=len(lines), error=str(exc))
             except Exception:  # the deploy must go on; the log line says what was lost
                 logger.exception("job_output_lost", lines=len(lines))
+            else:
+                self._delayed = False
 
     def _flusher(self) -> None:
         while True:
@@ -145,6 +156,8 @@ class JobOutput:
             self._cond.notify()
         self._thread.join(timeout=10)
         self.flush()
+        if self._pending:  # the store stayed away to the end
+            logger.warning("job_output_lost", lines=len(self._pending))
 
 
 @dataclass

@@ -30,7 +30,7 @@ from deployhook.deploy.steps import git as gitsync
 from deployhook.errors import StepFailed, StoreUnavailable
 from deployhook.models import Job, Status, Trigger
 from deployhook.registry import Registry, Repo, secret_values
-from deployhook.store import Store, open_store
+from deployhook.store import PERSIST_S, Store, open_store, persist
 
 log = structlog.get_logger()
 
@@ -42,8 +42,15 @@ PRUNE_EVERY_S = 600.0
 RECONCILE_TIMEOUT_S = 20.0
 # A job's last write (its end) is tried again for this long while the store is away;
 # past it the job is ended `interrupted`, with a retry, as soon as the store is back.
-FINISH_RETRY_S = 10.0
-_RETRY_PAUSE_S = (0.1, 0.25, 0.5, 1.0)
+FINISH_RETRY_S = PERSIST_S
+# A worker whose liveness lock looks free is taken for dead only when it still looks so
+# this much later and has not beaten meanwhile: a database blip drops the lock for a
+# moment (its owner re-takes it within a second), a dead worker never beats again.
+DEAD_AFTER_S = 2 * HEARTBEAT_ROW_S
+# A job whose lease this worker could not renew for this long is stopped by the worker
+# itself, before the lease runs out and another worker interrupts and retries it: the
+# two deploys must never overlap.
+LEASE_GIVE_UP_S = LEASE_S - 5.0
 
 T = TypeVar("T")
 
@@ -73,7 +80,9 @@ class _Active:
     job: Job
     cancel: threading.Event = field(default_factory=threading.Event)
     stopping: bool = False
+    lease_lost: bool = False  # stopped by this worker: it could not renew the lease
     thread: threading.Thread | None = None
+    renewed_at: float = field(default_factory=time.monotonic)
 
 
 class Worker:
@@ -98,6 +107,8 @@ class Worker:
         # Jobs whose end could not be recorded (the store was away): id -> (job, reason),
         # ended `interrupted` by the beat once the store takes writes again.
         self._unsettled: dict[int, tuple[Job, str]] = {}
+        # Workers whose lock looked free: id -> (since, monotonic; their heartbeat then).
+        self._suspects: dict[str, tuple[float, float | None]] = {}
 
     # -- the main loop -------------------------------------------------------------
 
@@ -188,19 +199,10 @@ class Worker:
             structlog.contextvars.unbind_contextvars("repo", "job", "delivery")
             self.store.wake()  # a slot is free
 
-    def _persist(self, write: Callable[[], T]) -> T:
-        """Run a job's last write, trying again for FINISH_RETRY_S while the store is away."""
-        end = time.monotonic() + FINISH_RETRY_S
-        for attempt in range(1_000_000):
-            try:
-                return write()
-            except StoreUnavailable as exc:
-                pause = _RETRY_PAUSE_S[min(attempt, len(_RETRY_PAUSE_S) - 1)]
-                if time.monotonic() + pause > end:
-                    raise
-                log.warning("job_end_retried", error=str(exc), attempt=attempt + 1)
-                time.sleep(pause)
-        raise AssertionError("unreachable")
+    @staticmethod
+    def _persist(write: Callable[[], T]) -> T:
+        """A job's last write, tried again for FINISH_RETRY_S while the store is away."""
+        return persist(write, within=FINISH_RETRY_S)
 
     def _unsettle(self, job: Job, reason: str) -> None:
         with self._lock:
@@ -239,9 +241,14 @@ class Worker:
             job=job, repo=repo, settings=self.settings, store=self.store, cancel=entry.cancel
         )
         result = deploy.run()
-        if entry.stopping and result.status == Status.CANCELLED:
-            # Stopped by a shutdown, not by an admin: retried when a worker is back.
-            reason = "interrupted: the worker was stopped"
+        if (entry.stopping or entry.lease_lost) and result.status == Status.CANCELLED:
+            # Stopped by a shutdown or a lost lease, not by an admin: retried when a
+            # worker (and the store) is back.
+            reason = (
+                "interrupted: its worker could not renew its lease (store unavailable)"
+                if entry.lease_lost
+                else "interrupted: the worker was stopped"
+            )
             retry = self._persist(lambda: self.store.interrupt(job, reason=reason))
             log.warning("job_interrupted", retry=retry.id if retry else None)
             deploy.report_finished(self.store.job(job.id))
@@ -294,19 +301,35 @@ class Worker:
     def beat(self) -> None:
         """Settle lost ends, renew leases, pick up cancels, end the jobs of dead workers."""
         self._settle()
-        with self._lock:
-            ids = list(self.active)
-        if ids:
-            for job_id in self.store.renew(worker=self.id, job_ids=ids, lease_s=LEASE_S):
-                entry = self.active.get(job_id)
-                if entry is not None and not entry.cancel.is_set():
-                    log.info("job_cancel_requested", job=job_id)
-                    entry.cancel.set()
+        self._renew()
         now = time.monotonic()
         if now - self._last_row_beat >= HEARTBEAT_ROW_S:
             self.store.heartbeat(self.id)
             self._last_row_beat = now
             self.recover()
+
+    def _renew(self) -> None:
+        """Extend the leases of the running jobs; stop those it cannot for too long."""
+        with self._lock:
+            entries = dict(self.active)
+        if not entries:
+            return
+        try:
+            cancelled = self.store.renew(worker=self.id, job_ids=list(entries), lease_s=LEASE_S)
+        except StoreUnavailable:
+            now = time.monotonic()
+            for job_id, entry in entries.items():
+                if now - entry.renewed_at > LEASE_GIVE_UP_S and not entry.cancel.is_set():
+                    log.error("job_lease_lost", job=job_id)
+                    entry.lease_lost = True
+                    entry.cancel.set()
+            raise
+        now = time.monotonic()
+        for job_id, entry in entries.items():
+            entry.renewed_at = now
+            if job_id in cancelled and not entry.cancel.is_set():
+                log.info("job_cancel_requested", job=job_id)
+                entry.cancel.set()
 
     def recover(self, *, startup: bool = False) -> None:
         """Interrupt running jobs nobody runs: their worker is gone (lock released, lease
@@ -315,28 +338,45 @@ class Worker:
         expired = {job.id: job for job in self.store.expired_jobs()}
         with self._lock:
             ours = set(self.active) | set(self._unsettled)
-        for running in self.store.running_jobs():
-            here = (running.host or "") == self.store.host
-            if running.worker == self.id:
-                if running.id not in ours and (startup or running.id in expired):
+        running = self.store.running_jobs()
+        verdicts: dict[str, bool] = {}  # one look at each worker per round
+        for job in running:
+            here = (job.host or "") == self.store.host
+            if job.worker == self.id:
+                if job.id not in ours and (startup or job.id in expired):
                     reason = "interrupted: its worker lost track of it"
-                    self._interrupt(running.id, reason, stop_processes=here)
+                    self._interrupt(job.id, reason, stop_processes=here)
                 continue
-            if running.worker is None:
+            if job.worker is None:
                 continue
-            host = running.host or ""
-            alive = (
-                self.store.worker_alive(running.worker)
-                if self.store.can_tell_liveness(host)
-                else None
-            )
-            if alive is not False:
-                continue
-            # Its processes can only be stopped from its own host.
-            self._interrupt(running.id, "interrupted: its worker died", stop_processes=here)
+            if job.worker not in verdicts:
+                verdicts[job.worker] = self._dead(job.worker, job.host or "")
+            if verdicts[job.worker]:
+                # Its processes can only be stopped from its own host.
+                self._interrupt(job.id, "interrupted: its worker died", stop_processes=here)
+        for suspect in set(self._suspects) - {j.worker for j in running}:
+            del self._suspects[suspect]
         for job in expired.values():
             if job.worker != self.id:
                 self._interrupt(job.id, "interrupted: its worker stopped renewing its lease")
+
+    def _dead(self, worker: str, host: str) -> bool:
+        """True once a worker's lock has looked free for DEAD_AFTER_S with no beat since."""
+        alive = self.store.worker_alive(worker) if self.store.can_tell_liveness(host) else None
+        if alive is not False:
+            self._suspects.pop(worker, None)
+            return False
+        now = time.monotonic()
+        beat = self.store.heartbeat_of(worker)
+        since, beat_then = self._suspects.setdefault(worker, (now, beat))
+        if beat != beat_then:  # it beat after its lock looked free: alive, lock re-taken
+            self._suspects[worker] = (now, beat)
+            return False
+        if now - since < DEAD_AFTER_S:
+            log.info("worker_suspected", suspect=worker, for_s=round(now - since, 1))
+            return False
+        del self._suspects[worker]
+        return True
 
     def _interrupt(self, job_id: int, reason: str, *, stop_processes: bool = False) -> None:
         job = self.store.job(job_id)

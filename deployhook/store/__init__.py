@@ -8,9 +8,11 @@ docs/deploys.md (rules 1-2) hold across processes.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import socket
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import structlog
 
@@ -36,7 +38,33 @@ from deployhook.store.ledger import CheckedDelivery
 
 log = structlog.get_logger()
 
-__all__ = ["CheckedDelivery", "Store", "Tx", "open_store"]
+__all__ = ["CheckedDelivery", "Store", "Tx", "open_store", "persist"]
+
+T = TypeVar("T")
+
+# How long a write that must not be lost (a job's step, its end) is tried again while
+# the store is away: a database restart or a blip passes, a real outage does not.
+PERSIST_S = 10.0
+_PERSIST_PAUSES_S = (0.1, 0.25, 0.5, 1.0)
+
+
+def persist(write: Callable[[], T], *, within: float = PERSIST_S) -> T:
+    """Run write(); while it raises StoreUnavailable, try again for `within` seconds.
+
+    Only for writes that are safe to repeat after a failed attempt (a failed transaction
+    changed nothing).
+    """
+    end = time.monotonic() + within
+    for attempt in itertools.count():
+        try:
+            return write()
+        except StoreUnavailable as exc:
+            pause = _PERSIST_PAUSES_S[min(attempt, len(_PERSIST_PAUSES_S) - 1)]
+            if time.monotonic() + pause > end:
+                raise
+            log.warning("store_write_retried", error=str(exc), attempt=attempt + 1)
+            time.sleep(pause)
+    raise AssertionError("unreachable")
 
 
 class Store:
@@ -427,6 +455,11 @@ class Store:
     def heartbeat(self, worker: str) -> None:
         with self._write() as tx:
             workers.heartbeat(tx, worker, now=time.time())
+
+    def heartbeat_of(self, worker: str) -> float | None:
+        """The worker's last heartbeat as it wrote it (compare values, not clocks)."""
+        with self._read() as tx:
+            return workers.heartbeat_of(tx, worker)
 
     def stop_worker(self, worker: str) -> None:
         with self._write() as tx:

@@ -26,6 +26,12 @@ def heartbeat(tx: Tx, worker: str, *, now: float) -> None:
     tx.run("UPDATE workers SET heartbeat_at = :now WHERE id = :id", now=now, id=worker)
 
 
+def heartbeat_of(tx: Tx, worker: str) -> float | None:
+    """When the worker last beat, by its own clock (None: never registered)."""
+    value = tx.value("SELECT heartbeat_at FROM workers WHERE id = :id", id=worker)
+    return None if value is None else float(value)
+
+
 def stop(tx: Tx, worker: str, *, now: float) -> None:
     tx.run("UPDATE workers SET stopped_at = :now WHERE id = :id", now=now, id=worker)
 

@@ -17,7 +17,8 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,12 +26,17 @@ import psycopg
 import pytest
 
 from deployhook.config import Settings
+from deployhook.deploy import worker as worker_module
+from deployhook.deploy.worker import Worker
 from deployhook.models import Job, Status, Trigger
+from deployhook.service import Service
 from deployhook.store import Store, open_store
+from deployhook.store.postgres import _key
 from tests.conftest import write_registry
-from tests.databases import PrivateCluster, private_cluster, with_search_path
-from tests.hardening.support import wait_for
+from tests.databases import PrivateCluster, fresh_schema, private_cluster, with_search_path
+from tests.hardening.support import Answer, call, push, wait_for
 from tests.helpers import SECRET, FakeDocker, Remote, make_fake_docker, make_remote
+from tests.server import serve
 
 pytestmark = pytest.mark.slow
 
@@ -270,3 +276,162 @@ def test_finding_2_a_job_ending_during_a_postgres_outage_is_interrupted_then_ret
     assert "store" in (first.error or "")
     retry = next(j for j in jobs if j.id > job.id)
     assert (retry.trigger, retry.status) == (Trigger.RETRY, Status.SUCCEEDED)
+
+
+# -- finding 3: a live worker's deploy killed by another after a database blip ------------
+
+
+@pytest.mark.postgres
+def test_finding_3_two_workers_through_five_database_restarts_never_interrupt_each_other(
+    tmp_path: Path, cluster: PrivateCluster
+) -> None:
+    """A database restart drops every session, and with it each worker's liveness lock
+    until its owner takes it again; another worker that looked in between took the owner
+    for dead and SIGTERMed its compose (2 restarts in 5). Now: five restarts while both
+    workers run deploys; every deploy runs to its end, none is interrupted."""
+    with pg_schema(cluster) as url:
+        settings, remotes, fake = world(tmp_path, 4, database_url=url, workers=2)
+        fake.set(sleep=6)
+        names = [r.checkout.name for r in remotes]
+        store = open_store(settings)
+        try:
+            with (
+                worker_process(settings, log=tmp_path / "a.log") as a,
+                worker_process(settings, log=tmp_path / "b.log") as b,
+            ):
+                for round_ in range(5):
+                    for remote in remotes:
+                        store.enqueue(
+                            repo=remote.checkout.name,
+                            sha=remote.deployed(),
+                            ref=None,
+                            trigger=Trigger.MANUAL,
+                            node="",
+                        )
+                    wait_for(
+                        lambda n=round_: len(fake.starts()) >= 4 * (n + 1),
+                        timeout=30,
+                        what="four deploys to run",
+                    )
+                    with outage(cluster):
+                        time.sleep(0.2)
+                    wait_for(
+                        lambda: all(s.ended for n in names for s in ended_or_not(store, n)),
+                        timeout=60,
+                        what="the round's deploys to end",
+                    )
+                assert a.poll() is None and b.poll() is None
+            jobs = [j for n in names for j in store.jobs(n, limit=100)]
+        finally:
+            store.close()
+    assert len(jobs) == 20
+    assert {j.status for j in jobs} == {Status.SUCCEEDED}, [(j.id, j.status, j.error) for j in jobs]
+    assert len({j.worker for j in jobs}) == 2  # both ran deploys
+    starts, ends = fake.starts(), fake.calls()
+    assert len(starts) == len(ends) == 20  # no compose was stopped before its end
+
+
+def ended_or_not(store: Store, repo: str) -> list[Status]:
+    return [j.status for j in store.jobs(repo, limit=100)]
+
+
+def _lock_sessions_of(url: str, namespace: str, worker: str) -> int:
+    """End the session holding a worker's liveness lock (what a server restart does)."""
+    key = _key(namespace, "worker", worker) & 0xFFFFFFFFFFFFFFFF
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory'"
+            " AND granted AND classid = %s AND objid = %s AND objsubid = 1",
+            (key >> 32, key & 0xFFFFFFFF),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+@pytest.mark.postgres
+def test_finding_3_a_worker_whose_lock_session_dropped_is_not_taken_for_dead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The moment between a lost lock session and its owner taking it again: another
+    worker looking then must not interrupt the owner's job; a worker that really died is
+    still found (after the grace, with no heartbeat since)."""
+    monkeypatch.setattr(worker_module, "DEAD_AFTER_S", 1.5)
+    with fresh_schema() as url:
+        settings, [remote], _fake = world(tmp_path, 1, database_url=url)
+        owner, observer = Service.open(settings), Service.open(settings)
+        try:
+            owner.store.register_worker(worker="owner", node="", slots=1)
+            job, _ = owner.store.enqueue(
+                repo=remote.checkout.name,
+                sha=remote.deployed(),
+                ref=None,
+                trigger=Trigger.MANUAL,
+                node="",
+            )
+            assert owner.store.claim(worker="owner", node="", lease_s=60) is not None
+            namespace = observer.store.backend.namespace  # type: ignore[attr-defined]
+            watcher = Worker(observer)
+            for _ in range(3):  # three blips, each looked at at once and for 2 s after
+                assert _lock_sessions_of(url, namespace, "owner") == 1
+                end = time.monotonic() + 2.0
+                while time.monotonic() < end:
+                    watcher.recover()
+                    owner.store.heartbeat("owner")  # the owner lives on and beats
+                    time.sleep(0.1)
+                assert observer.store.job(job.id).status == Status.RUNNING
+                assert observer.store.worker_alive("owner") is True  # taken again
+            owner.store.close()  # now it is gone for good: its lock goes with it
+            wait_for(
+                lambda: (
+                    (watcher.recover(), observer.store.job(job.id).status)[1] == Status.INTERRUPTED
+                ),
+                timeout=20,
+                what="the dead worker's job to be interrupted",
+            )
+        finally:
+            owner.close()
+            observer.close()
+
+
+# -- finding 4: 503s past Gitea's timeout during an outage, and a slow recovery ------------
+
+
+@pytest.mark.postgres
+def test_finding_4_a_delivery_during_a_database_outage_answers_503_within_a_second(
+    tmp_path: Path, cluster: PrivateCluster
+) -> None:
+    """During an 8 s outage 503s took 3-6 s (waiting for a pooled connection, then a
+    connect timeout) and 202s came back 5.8 s after the database did (the pool's
+    reconnect backoff). The spec: a delivery that cannot be stored answers 503 within
+    1 s; deliveries are accepted within 1 s of the database's return."""
+    with pg_schema(cluster) as url:
+        settings, [remote], _fake = world(tmp_path, 1, database_url=url)
+        env = {**settings.to_environ(), "DEPLOYHOOK_WEB_PROCESSES": "2"}
+        name = remote.checkout.name
+        with serve(env, cwd=tmp_path, args=("--no-worker",)) as served:
+            assert push(served.url, name, remote.deployed()).status == 202
+
+            def timed(call: Callable[[], Answer]) -> tuple[float, Answer]:
+                started = time.monotonic()
+                answer = call()
+                return time.monotonic() - started, answer
+
+            with outage(cluster):
+                sha = remote.commit_and_push({"index.html": "during\n"})
+                with ThreadPoolExecutor(max_workers=8) as pool:
+                    answers = list(
+                        pool.map(lambda _: timed(lambda: push(served.url, name, sha)), range(40))
+                    )
+                health = [timed(lambda: call(served.url, "/healthz")) for _ in range(10)]
+            back = time.monotonic()
+            first_202 = wait_for(
+                lambda: push(served.url, name, sha, timeout=5).status == 202 and time.monotonic(),
+                timeout=10,
+                what="a delivery accepted again",
+            )
+    assert {a.status for _, a in answers} == {503}
+    assert all("store" in a.json()["error"] for _, a in answers)
+    slowest = max(t for t, _ in answers)
+    assert slowest < 1.0, f"503 after {slowest:.2f} s"
+    assert {a.status for _, a in health} == {503}
+    assert max(t for t, _ in health) < 1.0
+    assert first_202 - back < 1.0, f"202 again {first_202 - back:.2f} s after the database"
