@@ -14,6 +14,9 @@ from deployhook import redact
 from deployhook.errors import ConfigError
 
 PREFIX = "DEPLOYHOOK_"
+# How `serve` hands its worker the pipe the worker tells it is well through (server.py,
+# deploy/worker.py): the descriptor's number. Not a setting.
+WATCHDOG_ENV = "DEPLOYHOOK_WATCHDOG_FD"
 # The admin token guards root-equivalent actions: long enough not to be guessed online.
 MIN_ADMIN_TOKEN = 16
 
@@ -106,6 +109,7 @@ class Settings:
     node: str = ""  # "" is the default node
     stop_grace: int = 600
     worker_id: str | None = None
+    worker_watchdog: int = 60
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -181,4 +185,5 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "node": lambda _n, raw: raw,
     "stop_grace": _positive_int,
     "worker_id": _optional,
+    "worker_watchdog": _positive_int,
 }

@@ -9,7 +9,9 @@ dead workers (queueing their retries), reconciles remote heads and prunes old hi
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -23,12 +25,12 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 
-from deployhook.config import Settings
+from deployhook.config import WATCHDOG_ENV, Settings
 from deployhook.deploy import process
 from deployhook.deploy.pipeline import Deploy, report_ended
 from deployhook.deploy.steps import git as gitsync
 from deployhook.errors import StepFailed, StoreUnavailable
-from deployhook.models import Job, Status, Trigger
+from deployhook.models import JOB_STUCK_GRACE_S, Job, Status, Trigger
 from deployhook.registry import Registry, Repo, secret_values
 from deployhook.store import PERSIST_S, Store, open_store, persist
 
@@ -51,6 +53,13 @@ DEAD_AFTER_S = 2 * HEARTBEAT_ROW_S
 # itself, before the lease runs out and another worker interrupts and retries it: the
 # two deploys must never overlap.
 LEASE_GIVE_UP_S = LEASE_S - 5.0
+# `serve` hands its worker the write end of a pipe (config.WATCHDOG_ENV names its
+# descriptor): the worker writes to it after every round of its main loop while it is
+# well, and `serve` restarts a worker that falls silent (server.py).
+# A worker is not well when it uses this share of its descriptor limit, or when its beat
+# thread (leases, cancels) has not come round for this long.
+FD_WEDGED_SHARE = 0.9
+BEAT_STALE_S = 60.0
 
 T = TypeVar("T")
 
@@ -83,12 +92,15 @@ class _Active:
     lease_lost: bool = False  # stopped by this worker: it could not renew the lease
     thread: threading.Thread | None = None
     renewed_at: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=time.monotonic)
 
 
 class Worker:
     """Claims and runs jobs; `work(burst=True)` runs what is queued and returns (tests)."""
 
-    def __init__(self, opened: Opened, *, slots: int | None = None) -> None:
+    def __init__(
+        self, opened: Opened, *, slots: int | None = None, watchdog_fd: int | None = None
+    ) -> None:
         self.registry = opened.registry
         self.store = opened.store
         self.settings: Settings = opened.settings
@@ -109,6 +121,9 @@ class Worker:
         self._unsettled: dict[int, tuple[Job, str]] = {}
         # Workers whose lock looked free: id -> (since, monotonic; their heartbeat then).
         self._suspects: dict[str, tuple[float, float | None]] = {}
+        self._watchdog_fd = watchdog_fd
+        self._unwell: str | None = None
+        self._beat_seen = time.monotonic()
 
     # -- the main loop -------------------------------------------------------------
 
@@ -134,6 +149,7 @@ class Worker:
         try:
             while not self._stop.is_set():
                 self._fill_slots()
+                self._tell_watchdog()
                 waiter.wait(IDLE_POLL_S)
         finally:
             waiter.close()
@@ -161,6 +177,42 @@ class Worker:
             with self._lock:
                 self.active[job.id] = entry
             entry.thread.start()
+
+    # -- telling serve that this worker is well ---------------------------------------
+
+    def unwell(self) -> str | None:
+        """Why this worker cannot do its work (so it had better be restarted), or None."""
+        usage = descriptor_usage()
+        if usage is not None and usage[0] >= usage[1] * FD_WEDGED_SHARE:
+            return f"{usage[0]} of {usage[1]} file descriptors open"
+        if time.monotonic() - self._beat_seen > BEAT_STALE_S:
+            return f"its beat (leases, cancels) has not run for {BEAT_STALE_S:.0f} s"
+        with self._lock:
+            entries = list(self.active.values())
+        for entry in entries:
+            repo = self.registry.find(entry.job.repo)
+            limit = (repo.timeout if repo else 0) + JOB_STUCK_GRACE_S
+            if time.monotonic() - entry.started > limit:
+                return f"job {entry.job.id} runs past its timeout and a grace"
+        return None
+
+    def _tell_watchdog(self) -> None:
+        if self._watchdog_fd is None:
+            return
+        reason = self.unwell()
+        if reason != self._unwell:
+            if reason:
+                log.error("worker_unwell", reason=reason)
+            self._unwell = reason
+        if reason:
+            return  # silence: serve restarts this worker
+        try:
+            os.write(self._watchdog_fd, b".")
+        except BlockingIOError:
+            pass  # serve has not read the last ones yet: it knows we live
+        except OSError as exc:  # serve is gone: nobody to tell
+            if exc.errno == errno.EPIPE:
+                self._watchdog_fd = None
 
     def _claim(self) -> Job | None:
         with self._lock:
@@ -291,6 +343,7 @@ class Worker:
 
     def _beat_loop(self) -> None:
         while not self._stop.wait(BEAT_S):
+            self._beat_seen = time.monotonic()
             try:
                 self.beat()
             except StoreUnavailable as exc:
@@ -304,7 +357,12 @@ class Worker:
         self._renew()
         now = time.monotonic()
         if now - self._last_row_beat >= HEARTBEAT_ROW_S:
-            self.store.heartbeat(self.id)
+            usage = descriptor_usage()
+            self.store.heartbeat(
+                self.id,
+                fds=usage[0] if usage else None,
+                fd_limit=usage[1] if usage else None,
+            )
             self._last_row_beat = now
             self.recover()
 
@@ -477,6 +535,7 @@ class Worker:
             log.info("worker_draining", jobs=list(self.active), grace_s=self.settings.stop_grace)
         while self.active and time.monotonic() < end:
             time.sleep(0.2)
+            self._tell_watchdog()  # draining is not being wedged
             with contextlib.suppress(Exception):
                 self.beat()
         with self._lock:
@@ -520,12 +579,31 @@ def _stop_orphans(repo: Repo, job_id: int) -> None:
             process.stop_group(pid)
 
 
+def descriptor_usage() -> tuple[int, int] | None:
+    """This process's open file descriptors and its (soft) limit; None where unknown."""
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if limit == resource.RLIM_INFINITY:
+        return None
+    try:
+        count = len(os.listdir("/proc/self/fd")) - 1  # less the one listdir opened
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return limit, limit  # not even one more: at the limit
+        return None
+    return count, limit
+
+
 def run_worker(settings: Settings) -> int:
     """Run a worker process until SIGTERM or SIGINT."""
     registry = Registry(settings.registry)
     registry.refresh(force=True)
     opened = _Opened(settings, registry, open_store(settings))
-    worker = Worker(opened)
+    watchdog = os.environ.pop(WATCHDOG_ENV, None)  # children must not inherit it
+    watchdog_fd = int(watchdog) if watchdog and watchdog.isdigit() else None
+    if watchdog_fd is not None:
+        os.set_blocking(watchdog_fd, False)
+        os.set_inheritable(watchdog_fd, False)
+    worker = Worker(opened, watchdog_fd=watchdog_fd)
 
     def stop(signum: int, _frame: Any) -> None:
         log.info("worker_signal", signal=signal.Signals(signum).name)

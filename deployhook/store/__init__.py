@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import structlog
@@ -67,12 +68,47 @@ def persist(write: Callable[[], T], *, within: float = PERSIST_S) -> T:
     raise AssertionError("unreachable")
 
 
+# /healthz asks whether the store takes writes; the answer (from a probe, or from a real
+# write of this process) is trusted for this long, so a flood of /healthz costs one probe
+# a second per process, not one each.
+WRITABLE_FRESH_S = 1.0
+
+
+class _Writability:
+    """The newest sign of whether the store takes writes: a probe, or a real write."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._probing = False
+        self._at = float("-inf")
+        self._error: str | None = None
+
+    def saw(self, error: str | None) -> None:
+        """Record a write's outcome (None: it committed)."""
+        self._at, self._error = time.monotonic(), error
+
+    def check(self, probe: Callable[[], str | None]) -> str | None:
+        """The fresh answer, else probe (one thread at a time; the others get the last)."""
+        with self._lock:
+            if time.monotonic() - self._at < WRITABLE_FRESH_S or self._probing:
+                return self._error
+            self._probing = True
+        try:
+            error = probe()
+            self.saw(error)
+            return error
+        finally:
+            with self._lock:
+                self._probing = False
+
+
 class Store:
     """Domain operations on the ledger and the queue, each one transaction."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self._group = GroupCommit(backend, on_job=backend.wake)
+        self._writability = _Writability()
+        self._group = GroupCommit(backend, on_job=backend.wake, on_outcome=self._writability.saw)
         self._schema_ready = False
         self._schema_tried_at = 0.0
         self._schema_error: str | None = None
@@ -115,9 +151,16 @@ class Store:
             self._schema_error = str(exc)
             raise
 
-    def _write(self) -> Any:
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Tx]:
         self._ensure_schema()
-        return self.backend.write()
+        try:
+            with self.backend.write() as tx:
+                yield tx
+        except StoreUnavailable as exc:
+            self._writability.saw(str(exc))
+            raise
+        self._writability.saw(None)
 
     def _read(self) -> Any:
         # A store that cannot be written may still be read (status pages while the disk
@@ -428,6 +471,11 @@ class Store:
         with self._read() as tx:
             return queue.running(tx)
 
+    def waiting_jobs(self, *, since: float) -> list[Job]:
+        """Queued jobs created before `since` (wall time)."""
+        with self._read() as tx:
+            return queue.waiting(tx, since=since)
+
     def expired_jobs(self) -> list[Job]:
         with self._read() as tx:
             return queue.orphaned(tx, now=time.time())
@@ -452,9 +500,11 @@ class Store:
                 tx, worker=worker, node=node, host=self.host, slots=slots, now=time.time()
             )
 
-    def heartbeat(self, worker: str) -> None:
+    def heartbeat(
+        self, worker: str, *, fds: int | None = None, fd_limit: int | None = None
+    ) -> None:
         with self._write() as tx:
-            workers.heartbeat(tx, worker, now=time.time())
+            workers.heartbeat(tx, worker, now=time.time(), fds=fds, fd_limit=fd_limit)
 
     def heartbeat_of(self, worker: str) -> float | None:
         """The worker's last heartbeat as it wrote it (compare values, not clocks)."""
@@ -479,11 +529,12 @@ class Store:
         return host == self.host or self.backend.liveness_across_hosts
 
     def writable(self) -> str | None:
+        """None if deliveries can be stored now, else why not (fresh within a second)."""
         try:
             self._ensure_schema()
         except StoreUnavailable as exc:
             return str(exc)
-        return self.backend.writable()
+        return self._writability.check(self.backend.writable)
 
 
 def open_store(settings: Settings, *, migrate: bool = True) -> Store:

@@ -45,9 +45,17 @@ class _Slot:
 class GroupCommit:
     """Admits deliveries in shared transactions; see the module docstring."""
 
-    def __init__(self, backend: Backend, *, on_job: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        on_job: Callable[[], None],
+        on_outcome: Callable[[str | None], None] = lambda _error: None,
+    ) -> None:
         self._backend = backend
         self._on_job = on_job
+        # Told whether each batch committed (None) or why the store refused it.
+        self._on_outcome = on_outcome
         self._lock = threading.Lock()
         self._pending: list[_Slot] = []
         self._leading = False
@@ -124,9 +132,12 @@ class GroupCommit:
                 # so the fast path goes without.
                 results = self._admit_all(batch, isolate=True)
         except Exception as exc:
-            if not isinstance(exc, StoreUnavailable):
+            if isinstance(exc, StoreUnavailable):
+                self._on_outcome(str(exc))
+            else:
                 log.exception("delivery_batch_failed", size=len(batch))
             return [exc] * len(batch)
+        self._on_outcome(None)
         # Only a new job needs an idle worker woken: one that joined the queued job is
         # already known to the worker, which claims it when its repo is free.
         if any(isinstance(r, Decision) and r.outcome == Outcome.QUEUED for r in results):

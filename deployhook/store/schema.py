@@ -109,4 +109,10 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN note TEXT;
     ALTER TABLE jobs ADD COLUMN retry_of INTEGER;
     """,
+    # 4: how many file descriptors each worker has open, and its limit (/healthz warns
+    # before a worker runs out).
+    """
+    ALTER TABLE workers ADD COLUMN fds INTEGER;
+    ALTER TABLE workers ADD COLUMN fd_limit INTEGER;
+    """,
 )

@@ -435,3 +435,52 @@ def test_finding_4_a_delivery_during_a_database_outage_answers_503_within_a_seco
     assert {a.status for _, a in health} == {503}
     assert max(t for t, _ in health) < 1.0
     assert first_202 - back < 1.0, f"202 again {first_202 - back:.2f} s after the database"
+
+
+# -- health that tells the truth: a wedged worker is restarted by serve ---------------------
+
+
+def test_a_wedged_worker_is_restarted_by_serve(tmp_path: Path) -> None:
+    """The worker wedged (out of descriptors) yet lived on, and serve only restarted a
+    worker that exited. Now the worker writes to a pipe while it is well, and serve
+    restarts one that falls silent; a stopped (SIGSTOP) worker stands for any wedge."""
+    settings, [remote], _fake = world(tmp_path, 1, worker_watchdog=4)
+    env = {**settings.to_environ(), "DEPLOYHOOK_WEB_PROCESSES": "1"}
+    name = remote.checkout.name
+    with serve(env, cwd=tmp_path) as served:
+        [first] = wait_for(lambda: served.pids_of("worker"), what="the worker")
+        time.sleep(6)  # well: not restarted while it keeps telling serve
+        assert served.pids_of("worker") == [first]
+        os.kill(first, signal.SIGSTOP)
+        [second] = wait_for(
+            lambda: [p for p in served.pids_of("worker") if p != first] or None,
+            timeout=30,
+            what="serve to restart the wedged worker",
+        )
+        sha = remote.commit_and_push({"index.html": "after the wedge\n"})
+        job = push(served.url, name, sha).json()["job"]
+        wait_for(
+            lambda: call(served.url, f"/jobs/{job}").json()["status"] == "succeeded",
+            timeout=30,
+            what="the new worker to deploy",
+        )
+        events = [e["event"] for e in served.events()]
+    assert second != first
+    assert "worker_wedged" in events
+    assert remote.deployed() == sha
+
+
+def test_a_worker_near_its_descriptor_limit_says_it_is_unwell(tmp_path: Path) -> None:
+    settings, _remotes, _fake = world(tmp_path, 1)
+    svc = Service.open(settings)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        worker = Worker(svc)
+        assert worker.unwell() is None
+        used = len(os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (used, hard))
+        reason = worker.unwell()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        svc.close()
+    assert reason is not None and "file descriptors open" in reason
