@@ -110,6 +110,8 @@ class Settings:
     stop_grace: int = 600
     worker_id: str | None = None
     worker_watchdog: int = 60
+    rejected_per_minute: int = 120
+    prune_interval: int = 300
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -186,4 +188,6 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "stop_grace": _positive_int,
     "worker_id": _optional,
     "worker_watchdog": _positive_int,
+    "rejected_per_minute": _positive_int,
+    "prune_interval": _positive_int,
 }

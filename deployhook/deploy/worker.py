@@ -40,7 +40,6 @@ LEASE_S = 30.0
 BEAT_S = 1.0
 HEARTBEAT_ROW_S = 5.0
 IDLE_POLL_S = 2.0
-PRUNE_EVERY_S = 600.0
 RECONCILE_TIMEOUT_S = 20.0
 # A job's last write (its end) is tried again for this long while the store is away;
 # past it the job is ended `interrupted`, with a retry, as soon as the store is back.
@@ -247,9 +246,17 @@ class Worker:
         finally:
             with self._lock:
                 self.active.pop(job.id, None)
+            self._prune_jobs(job.repo)
             log.info("job_ended", duration_s=round(time.monotonic() - started, 3))
             structlog.contextvars.unbind_contextvars("repo", "job", "delivery")
             self.store.wake()  # a slot is free
+
+    def _prune_jobs(self, repo: str) -> None:
+        """Keep DEPLOYHOOK_KEEP_JOBS of the repo's jobs, now that one more ended."""
+        try:
+            self.store.prune_jobs(repo, keep=self.settings.keep_jobs)
+        except StoreUnavailable as exc:  # the periodic prune catches up
+            log.warning("jobs_not_pruned", error=str(exc))
 
     @staticmethod
     def _persist(write: Callable[[], T]) -> T:
@@ -480,7 +487,8 @@ class Worker:
         ):
             self._last_reconcile = now
             self.reconcile()
-        if force or not self._last_prune or now - self._last_prune >= PRUNE_EVERY_S:
+        every = self.settings.prune_interval
+        if force or (every and (not self._last_prune or now - self._last_prune >= every)):
             self._last_prune = now
             removed = self.store.prune(
                 repos=self.registry.names(),

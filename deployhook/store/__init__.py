@@ -105,10 +105,15 @@ class _Writability:
 class Store:
     """Domain operations on the ledger and the queue, each one transaction."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, *, limits: ledger.Limits | None = None) -> None:
         self.backend = backend
         self._writability = _Writability()
-        self._group = GroupCommit(backend, on_job=backend.wake, on_outcome=self._writability.saw)
+        self._group = GroupCommit(
+            backend,
+            on_job=backend.wake,
+            on_outcome=self._writability.saw,
+            ledger=ledger.Ledger(limits or ledger.Limits()),
+        )
         self._schema_ready = False
         self._schema_tried_at = 0.0
         self._schema_error: str | None = None
@@ -480,6 +485,11 @@ class Store:
         with self._read() as tx:
             return queue.orphaned(tx, now=time.time())
 
+    def prune_jobs(self, repo: str, *, keep: int) -> int:
+        """Keep a repo's newest `keep` ended jobs (and the last good one)."""
+        with self._write() as tx:
+            return queue.prune(tx, repo, keep=keep)
+
     def prune(self, *, repos: list[str], keep_jobs: int, keep_deliveries: int) -> int:
         removed = 0
         for repo in repos:
@@ -553,7 +563,10 @@ def open_store(settings: Settings, *, migrate: bool = True) -> Store:
         from deployhook.store.sqlite import SqliteBackend
 
         backend = SqliteBackend(settings.database_path)
-    store = Store(backend)
+    limits = ledger.Limits(
+        keep=settings.keep_deliveries, rejected_per_minute=settings.rejected_per_minute
+    )
+    store = Store(backend, limits=limits)
     if migrate:
         store.migrate_or_defer()
     return store

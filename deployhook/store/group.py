@@ -19,7 +19,7 @@ from deployhook.errors import StoreUnavailable
 from deployhook.models import Decision, Outcome
 from deployhook.store import ledger
 from deployhook.store.backend import Backend
-from deployhook.store.ledger import CheckedDelivery
+from deployhook.store.ledger import CheckedDelivery, Ledger
 
 log = structlog.get_logger()
 
@@ -51,8 +51,10 @@ class GroupCommit:
         *,
         on_job: Callable[[], None],
         on_outcome: Callable[[str | None], None] = lambda _error: None,
+        ledger: Ledger | None = None,
     ) -> None:
         self._backend = backend
+        self._ledger = ledger or Ledger()
         self._on_job = on_job
         # Told whether each batch committed (None) or why the store refused it.
         self._on_outcome = on_outcome
@@ -110,11 +112,11 @@ class GroupCommit:
         with self._backend.write() as tx:
             for slot in batch:
                 if not isolate:
-                    results.append(ledger.admit(tx, slot.item))
+                    results.append(ledger.admit(tx, slot.item, self._ledger))
                     continue
                 try:
                     with tx.savepoint():
-                        results.append(ledger.admit(tx, slot.item))
+                        results.append(ledger.admit(tx, slot.item, self._ledger))
                 except Exception as exc:  # one bad item must not sink the batch
                     log.exception("delivery_admit_failed", repo=slot.item.repo)
                     results.append(exc)

@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from deployhook.config import Settings
 from deployhook.deploy import worker as worker_module
@@ -35,7 +37,15 @@ from deployhook.store.postgres import _key
 from tests.conftest import write_registry
 from tests.databases import PrivateCluster, fresh_schema, private_cluster, with_search_path
 from tests.hardening.support import Answer, call, push, wait_for
-from tests.helpers import SECRET, FakeDocker, Remote, make_fake_docker, make_remote
+from tests.helpers import (
+    SECRET,
+    FakeDocker,
+    Remote,
+    gitea_headers,
+    gitea_push_body,
+    make_fake_docker,
+    make_remote,
+)
 from tests.server import serve
 
 pytestmark = pytest.mark.slow
@@ -484,3 +494,73 @@ def test_a_worker_near_its_descriptor_limit_says_it_is_unwell(tmp_path: Path) ->
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         svc.close()
     assert reason is not None and "file descriptors open" in reason
+
+
+# -- the ledger flood (trust issue, finding 4) -----------------------------------------------
+
+
+def data_dir_size(data: Path) -> int:
+    return sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
+
+
+def test_a_flood_of_rejected_deliveries_grows_the_data_dir_by_less_than_5_mb(
+    tmp_path: Path,
+) -> None:
+    """8 threads posting to 8 KB unknown names grew the database by ~4 MB/s (names and
+    reasons stored whole, every one). Now 10,000 deliveries, to 8,000-character unknown
+    names and with bad signatures, grow the data dir (WAL included) by less than 5 MB;
+    /metrics counts every one; another repo's own rejections stay in its ledger."""
+    remotes = {name: make_remote(tmp_path, name) for name in ("site", "beta")}
+    registry = write_registry(
+        tmp_path / "repos.yml",
+        {n: {"path": str(r.checkout), "health_timeout": 0} for n, r in remotes.items()},
+    )
+    env = {
+        "DEPLOYHOOK_REGISTRY": str(registry),
+        "DEPLOYHOOK_DATA_DIR": str(tmp_path / "data"),
+        "DEPLOYHOOK_SECRET": SECRET,
+        "DEPLOYHOOK_RECONCILE_INTERVAL": "0",
+        "DEPLOYHOOK_WEB_PROCESSES": "2",
+        "DEPLOYHOOK_LOG_LEVEL": "warning",
+    }
+    body = gitea_push_body(sha=remotes["site"].deployed(), full_name="jeff/site", pad_to=3072)
+    forged = gitea_headers(body, secret="not-the-secret-at-all")
+
+    def flood(n: int) -> int:
+        if n % 2:
+            name = f"{n:08d}" + "x" * 7992
+            return call(served.url, f"/deploy/{name}", method="POST", body=body).status
+        return call(served.url, "/deploy/site", method="POST", body=body, headers=forged).status
+
+    with serve(env, cwd=tmp_path, args=("--no-worker",)) as served:
+        assert push(served.url, "site", remotes["site"].deployed()).status == 202
+        before = data_dir_size(tmp_path / "data")
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = pool.map(flood, range(10_000))  # all submitted at once
+            for _ in range(20):  # beta's own rejections, during the flood
+                answer = call(served.url, "/deploy/beta", method="POST", body=body, headers=forged)
+                assert answer.status == 403
+                time.sleep(0.05)
+            statuses = Counter(answers)
+        grown = data_dir_size(tmp_path / "data") - before
+        metrics = call(served.url, "/metrics").body.decode()
+        site = call(served.url, "/deploy/site/deliveries?limit=1000").json()["deliveries"]
+        beta = call(served.url, "/deploy/beta/deliveries?limit=1000").json()["deliveries"]
+    assert statuses == {404: 5000, 403: 5000}
+    print(f"\nflood of 10,000: the data dir grew by {grown / 2**20:.2f} MiB")
+    assert grown < 5 * 2**20, f"the data dir grew by {grown / 2**20:.1f} MiB"
+    counted = {
+        (s.labels["repo"], s.labels["outcome"]): s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+        if s.name == "deployhook_deliveries_total"
+    }
+    assert counted[("site", "rejected")] == 5000
+    assert counted[("_other", "rejected")] == 5000
+    assert counted[("beta", "rejected")] == 20
+    assert len([d for d in beta if d["outcome"] == "rejected"]) == 20
+    rejected = [d for d in site if d["outcome"] == "rejected"]
+    summaries = [d for d in rejected if "left out of the ledger" in (d["reason"] or "")]
+    assert summaries, "no row says how many were left out"
+    assert len(rejected) - len(summaries) <= 120 * (1 + len(summaries))
+    assert all(len(d["reason"] or "") <= 300 for d in site)
