@@ -449,7 +449,9 @@ class SqliteBackend:
     def hold_worker_lock(self, worker_id: str) -> None:
         path = self._worker_lock_path(worker_id)
         path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        _tighten(path.parent, DIR_MODE)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        _tighten(path, FILE_MODE)
         fcntl.flock(fd, fcntl.LOCK_EX)
         self._worker_lock_fd = fd
 
