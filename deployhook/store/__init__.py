@@ -68,6 +68,17 @@ def persist(write: Callable[[], T], *, within: float = PERSIST_S) -> T:
     raise AssertionError("unreachable")
 
 
+# Job ids are 64-bit integers in both backends: an id past that range (a request can
+# name any) is no job, not an error of the database.
+MAX_ID = 2**63 - 1
+
+
+def _known_id(job_id: int) -> int:
+    if not 0 < job_id <= MAX_ID:
+        raise UnknownJob(f"no job {job_id}")
+    return job_id
+
+
 # /healthz asks whether the store takes writes; the answer (from a probe, or from a real
 # write of this process) is trusted for this long, so a flood of /healthz costs one probe
 # a second per process, not one each.
@@ -236,6 +247,7 @@ class Store:
         return job, coalesced
 
     def job(self, job_id: int) -> Job:
+        _known_id(job_id)
         with self._read() as tx:
             job = queue.get(tx, job_id)
         if job is None:
@@ -282,6 +294,9 @@ class Store:
         Status is read first: once it says ended, every line written before the end
         is among the lines returned. None: no such job.
         """
+        if not 0 < job_id <= MAX_ID:
+            return None, []
+        after = min(after, MAX_ID)
         with self._read() as tx:
             status = queue.status_of(tx, job_id)
             return status, queue.log_lines(tx, job_id, after=after, limit=limit)
@@ -300,6 +315,7 @@ class Store:
 
     def cancel(self, job_id: int) -> Job:
         """Cancel a queued job now, or ask a running one's worker to stop it."""
+        _known_id(job_id)
         with self._write() as tx:
             job = queue.get(tx, job_id)
             if job is None:
@@ -418,6 +434,9 @@ class Store:
                 queue.append_log(tx, job_id, lines)
 
     def log_lines(self, job_id: int, *, after: int = 0, limit: int = 5000) -> list[LogLine]:
+        if not 0 < job_id <= MAX_ID:
+            return []
+        after = min(after, MAX_ID)
         with self._read() as tx:
             return queue.log_lines(tx, job_id, after=after, limit=limit)
 
