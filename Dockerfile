@@ -15,7 +15,7 @@ RUN python3 -m venv /opt/deployhook
 # image/build-ca.pem (optional, never committed, not in the final image): the CA bundle
 # to trust when pip must go through a TLS-inspecting proxy (.ci/build-image.sh).
 COPY image/constraints.txt image/build-ca.pe[m] /src/image/
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml README.md LICENSE /src/
 COPY deployhook /src/deployhook
 RUN if [ -f /src/image/build-ca.pem ]; then export PIP_CERT=/src/image/build-ca.pem; fi; \
     /opt/deployhook/bin/pip install --only-binary=:all: --no-binary=deployhook \
@@ -100,3 +100,18 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
 # interrupted; docker-compose.yml's stop_grace_period must be longer.
 ENTRYPOINT ["tini", "--", "deployhook"]
 CMD ["serve"]
+
+# OCI metadata, last: a new revision or date changes no other layer. .ci/build-image.sh
+# passes VERSION (deployhook/__init__.py), REVISION (the git commit), CREATED (RFC 3339)
+# and SOURCE (the clone's origin URL); a plain `docker build` leaves them empty.
+ARG VERSION=
+ARG REVISION=
+ARG CREATED=
+ARG SOURCE=
+LABEL org.opencontainers.image.title="deployhook" \
+      org.opencontainers.image.description="Push-to-deploy receiver for self-hosters: Gitea/GitHub webhooks in, docker compose deploys out" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.source="${SOURCE}"

@@ -21,6 +21,8 @@ export LC_ALL=C.UTF-8
 PACKAGES=(
   docker.io busybox-static docker-compose webhook wrk
   chromium chromium-driver postgresql git ca-certificates procps iproute2
+  # .ci/build-image.sh's stand-in base; systemd-analyze for tests/test_contrib.py
+  debootstrap systemd
 )
 COMPOSE_PLUGIN_SUITE=${COMPOSE_PLUGIN_SUITE:-trixie}
 COMPOSE_PLUGIN_DIR=${COMPOSE_PLUGIN_DIR:-/usr/local/lib/docker/cli-plugins}
@@ -219,6 +221,8 @@ else
   log "FAIL no /usr/lib/postgresql/*/bin/initdb"; fail=1
 fi
 check  "git" git --version
+check  "debootstrap" debootstrap --version
+check  "systemd-analyze" systemd-analyze --version
 check  "ip" ip -V
 
 [[ $fail -eq 0 ]] || die "verification failed"

@@ -20,6 +20,39 @@ WATCHDOG_ENV = "DEPLOYHOOK_WATCHDOG_FD"
 # The admin token guards root-equivalent actions: long enough not to be guessed online.
 MIN_ADMIN_TOKEN = 16
 
+# Where the registry is looked for when DEPLOYHOOK_REGISTRY is unset, first found wins
+# (docs/settings.md): a live registry beside a checkout of deployhook (config/ is
+# git-ignored, so `git pull` never touches it), the file in the current directory (a
+# checkout's tracked example), the system-wide one. Relative ones: from the current
+# directory.
+REGISTRY_CANDIDATES: tuple[Path, ...] = (
+    Path("config/repos.yml"),
+    Path("repos.yml"),
+    Path("/etc/deployhook/repos.yml"),
+)
+
+
+def find_registry(
+    cwd: Path | None = None, candidates: tuple[Path, ...] = REGISTRY_CANDIDATES
+) -> Path | None:
+    """The first candidate registry file that exists (absolute), or None."""
+    base = Path.cwd() if cwd is None else cwd
+    for candidate in candidates:
+        path = base / candidate  # an absolute candidate stays as it is
+        if path.is_file():
+            return path
+    return None
+
+
+def registry_not_found(cwd: Path | None = None) -> str:
+    """What to say when DEPLOYHOOK_REGISTRY is unset and no candidate exists."""
+    base = Path.cwd() if cwd is None else cwd
+    looked = ", ".join(str(base / c) for c in REGISTRY_CANDIDATES)
+    return (
+        f"no registry found (looked for {looked}): run this where deployhook serve runs, "
+        f"or set {PREFIX}REGISTRY"
+    )
+
 
 def _positive_int(name: str, raw: str) -> int:
     try:
@@ -115,7 +148,11 @@ class Settings:
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Build settings from an environment mapping, then apply non-None overrides."""
+        """Build settings from an environment mapping, then apply non-None overrides.
+
+        Unset, the registry is the first of REGISTRY_CANDIDATES that exists, and the data
+        dir is `data/` beside it.
+        """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for name, parse in _PARSERS.items():
@@ -129,6 +166,12 @@ class Settings:
                 values[name] = _PARSERS[name](name.upper(), given)
             else:
                 values[name] = given
+        if "registry" not in values:
+            values["registry"] = find_registry() or Path("repos.yml")
+        if "data_dir" not in values:
+            # Beside the registry, not in the current directory: every command that
+            # finds the server's registry finds its store too.
+            values["data_dir"] = values["registry"].parent / "data"
         settings = cls(**values)
         # Read: now secret. Nothing this process prints may show them from here on.
         redact.register([settings.secret, settings.admin_token, settings.database_url])

@@ -23,6 +23,14 @@ class RegistryError(ConfigError):
     """
 
 
+class NoStore(ConfigError):
+    """Raised when a read-only command finds no store where the settings say it is.
+
+    Only `serve` and `worker` (and commands that queue a job) create one: a command
+    that only reads must not leave an empty store where the server will never look.
+    """
+
+
 class UnknownRepo(DeployhookError):
     """Raised when a name is not in the registry."""
 

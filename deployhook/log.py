@@ -29,8 +29,8 @@ def _mask_secrets(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> 
     if not redact.known():
         return event
     for key, value in event.items():
-        if isinstance(value, str):
-            event[key] = redact.mask(value)
+        if isinstance(value, str | list | tuple | dict):
+            event[key] = redact.mask_all(value)
         elif value is not None and not isinstance(value, int | float | bool):
             event[key] = redact.mask(str(value))
     return event

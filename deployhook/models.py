@@ -124,6 +124,9 @@ class Job:
     # Where it runs: the worker's host, and its process group there (while running).
     host: str | None = None
     pgid: int | None = None
+    # An automatic rollback: the failed job it rolls back from; and the other way round.
+    rollback_of: int | None = None
+    rolled_back_by: int | None = None
 
     @property
     def duration_s(self) -> float | None:
@@ -155,6 +158,8 @@ class Job:
             "error": self.error,
             "note": self.note,
             "steps": [s.to_dict() for s in self.steps],
+            "rollback_of": self.rollback_of,
+            "rolled_back_by": self.rolled_back_by,
         }
 
 
@@ -244,6 +249,10 @@ class RepoView:
     last_job: Job | None
     queued: bool
     running: Job | None
+    # The newest job that ended (the last job itself unless one is queued or running).
+    last_ended: Job | None = None
+    # When the deployed job is an automatic rollback: the failed job it rolled back from.
+    rolled_back_from: Job | None = None
 
 
 @dataclass(frozen=True, slots=True)

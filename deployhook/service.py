@@ -8,14 +8,17 @@ the registry (`repos check`, `deliver`, `hook create`) never open or create one.
 from __future__ import annotations
 
 import functools
+import shlex
+import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from deployhook import preflight, summary, tail
-from deployhook.config import Settings
-from deployhook.errors import ConfigError, Conflict, SecretNotConfigured, StepFailed
+from deployhook.config import Settings, find_registry
+from deployhook.errors import ConfigError, Conflict, NoStore, SecretNotConfigured, StepFailed
 from deployhook.intake import receive as intake
 from deployhook.intake.receive import Request
 from deployhook.models import (
@@ -50,20 +53,44 @@ REMOTE_TIMEOUT_S = 20
 class Service:
     """Settings, registry and (opened on first use) store, once per process."""
 
-    def __init__(self, settings: Settings, registry: Registry, store: Store | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        store: Store | None = None,
+        *,
+        create_store: bool = True,
+    ):
         self.settings = settings
         self.registry = registry
         self._store = store
+        self._create_store = create_store
 
     @classmethod
-    def open(cls, settings: Settings) -> Service:
+    def open(cls, settings: Settings, *, create_store: bool = True) -> Service:
+        """create_store=False: for commands that only read; a missing store is NoStore."""
         registry = Registry(settings.registry)
         registry.refresh(force=True)
-        return cls(settings, registry)
+        return cls(settings, registry, create_store=create_store)
 
     @functools.cached_property
     def store(self) -> Store:
+        if self._store is None and not self._create_store:
+            missing = self.store_missing()
+            if missing:
+                raise NoStore(missing)
         return self._store or open_store(self.settings)
+
+    def store_missing(self) -> str | None:
+        """Why there is no store to read yet (SQLite only: a server creates it), or None."""
+        path = self.settings.database_path
+        if self.settings.database_url or path.exists():
+            return None
+        return (
+            f"no store yet at {path}: `deployhook serve` (or `deployhook worker`) creates it. "
+            f"If a server runs, its store is elsewhere: run this where it runs, or give "
+            f"DEPLOYHOOK_DATA_DIR (or DEPLOYHOOK_REGISTRY) as it has them"
+        )
 
     def close(self) -> None:
         if "store" in self.__dict__:
@@ -84,6 +111,33 @@ class Service:
         """Why the registry file is refused (the last good one serves), or None."""
         return self.registry.error
 
+    def add_repo_command(self) -> str:
+        """The exact command that adds a repo to the registry this process serves.
+
+        `cd DIR &&` when the file is found from this process's directory (a command run
+        elsewhere would look elsewhere), DEPLOYHOOK_REGISTRY=... when it is not found at
+        all; bare for /etc/deployhook/repos.yml. The program as this process runs it.
+        """
+        here = Path.cwd()
+        program = Path(sys.executable).parent / "deployhook"
+        cli = "deployhook"
+        if program.is_file() and shutil.which("deployhook") != str(program):
+            cli = str(program.relative_to(here) if program.is_relative_to(here) else program)
+        command = f"{shlex.quote(cli)} repos add NAME --path /path/to/checkout"
+        registry = self.settings.registry.absolute()
+        found = find_registry(here)
+        if found is None or found.resolve() != registry.resolve():
+            return f"DEPLOYHOOK_REGISTRY={shlex.quote(str(registry))} {command}"
+        if registry.is_relative_to(here):
+            return f"cd {shlex.quote(str(here))} && {command}"
+        return command
+
+    @property
+    def registry_is_example(self) -> bool:
+        """Whether the registry is the example tracked in a git checkout of deployhook."""
+        shipped = Path(__file__).resolve().parents[1] / "repos.yml"
+        return self.settings.registry.resolve() == shipped
+
     def add_repo(self, name: str, entry: dict[str, Any]) -> Repo:
         """Add an entry to repos.yml, keeping the file's comments and layout."""
         return registry_edit.add_repo(self.settings.registry, name, entry)
@@ -91,8 +145,8 @@ class Service:
     def remove_repo(self, name: str) -> None:
         registry_edit.remove_repo(self.settings.registry, name)
 
-    def check_repos(self) -> dict[str, list[str]]:
-        """Each repo's problems, as `repos check` shows them (empty lists: all is well)."""
+    def check_repos(self) -> preflight.Report:
+        """This host's and each repo's problems, as `repos check` shows them."""
         return preflight.check_all(self.repos(), self.settings)
 
     def secret(self, repo: Repo) -> str:
@@ -185,6 +239,17 @@ class Service:
         wanted = sorted(repos) if names is None else [self.repo(n).name for n in names]
         views = self.store.overviews(wanted)
         return [summary.summarize(repos[n], v) for n, v in zip(wanted, views, strict=True)]
+
+    def repo_history(
+        self, name: str, *, jobs: int = 30, deliveries: int = 30
+    ) -> tuple[summary.RepoSummary, list[Job], list[Delivery]]:
+        """One repo's page: its line, its newest jobs and its newest ledger rows."""
+        [line] = self.summaries([name])
+        return (
+            line,
+            self.store.jobs(line.repo, limit=jobs),
+            self.store.deliveries(line.repo, limit=deliveries),
+        )
 
     def repo_status(self, name: str) -> dict[str, Any]:
         """The body of GET /deploy/<repo>."""

@@ -6,10 +6,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from deployhook.models import Job, RepoView, Step, StepStatus, iso
+from deployhook.models import Job, RepoView, Status, Step, StepStatus, Trigger, iso
 from deployhook.registry import Repo
 
 NEVER = "never"
+ROLLED_BACK = "rolled_back"
+
+
+def label(state: str) -> str:
+    """A state as people read it: 'rolled back' for rolled_back."""
+    return state.replace("_", " ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +33,61 @@ class RepoSummary:
     deployed_url: str | None
     deployed_at: float | None
     problem: str | None
+    good_job: Job | None = None  # the deployed one: the newest that succeeded
+    last_ended: Job | None = None
+    rolled_back_from: Job | None = None  # the failed job, when good_job rolled it back
+
+    @property
+    def rolled_back(self) -> bool:
+        """The deployed commit came back by a rollback, and no newer one deployed since."""
+        return self.good_job is not None and self.good_job.trigger == Trigger.ROLLBACK
+
+    @property
+    def state(self) -> str:
+        """What the repo is doing or what last came of it (docs/status.md).
+
+        A job running or queued first; then a failure (the news); then "rolled_back"
+        until a good deploy of another commit; else the last job's status, or "never".
+        """
+        if self.running is not None:
+            return str(Status.RUNNING)
+        if self.queued:
+            return str(Status.QUEUED)
+        last = self.last_job
+        if last is None:
+            return NEVER
+        if last.status in {Status.FAILED, Status.INTERRUPTED}:
+            return str(last.status)
+        if self.rolled_back:
+            return ROLLED_BACK
+        return str(last.status)
+
+    @property
+    def error(self) -> str | None:
+        """The error the repo's line shows: its problem, the last failure, or the one
+        a rollback undid."""
+        if self.problem:
+            return self.problem
+        ended = self.last_ended
+        if ended is not None and ended.status != Status.SUCCEEDED and ended.error:
+            return ended.error
+        if self.rolled_back and self.rolled_back_from is not None:
+            return self.rolled_back_from.error
+        return None
+
+    @property
+    def rollback_note(self) -> str | None:
+        """One line on the rollback that put the deployed commit back, or None."""
+        good = self.good_job
+        if not self.rolled_back or good is None:
+            return None
+        failed = self.rolled_back_from
+        if failed is None:
+            return f"rolled back to {good.sha[:10]} (job {good.id}) by an admin"
+        return (
+            f"rolled back to {good.sha[:10]} (job {good.id}) after job {failed.id} "
+            f"failed to deploy {failed.sha[:10]}"
+        )
 
     @property
     def when(self) -> float | None:
@@ -48,6 +109,7 @@ class RepoSummary:
             "repo": self.repo,
             "branch": self.branch,
             "status": self.status,
+            "state": self.state,
             "held": self.held,
             "queued": 1 if self.queued else 0,
             "running": self.running.id if self.running else None,
@@ -68,9 +130,29 @@ class RepoSummary:
                 "finished_at": iso(last.finished_at),
                 "duration_s": last.duration_s,
                 "error": last.error,
+                "rollback_of": last.rollback_of,
+                "rolled_back_by": last.rolled_back_by,
             },
             "when": iso(self.when),
             "problem": self.problem,
+            "error": self.error,
+            "rolled_back": self._rolled_back_dict(),
+        }
+
+    def _rolled_back_dict(self) -> dict[str, Any] | None:
+        good, failed = self.good_job, self.rolled_back_from
+        if not self.rolled_back or good is None:
+            return None
+        return {
+            "job": good.id,
+            "sha": good.sha,
+            "url": self.deployed_url,
+            "at": iso(good.finished_at),
+            "failed_job": failed.id if failed else None,
+            "failed_sha": failed.sha if failed else None,
+            "failed_url": failed.commit_url if failed else None,
+            "error": failed.error if failed else None,
+            "note": self.rollback_note,
         }
 
 
@@ -92,6 +174,9 @@ def summarize(repo: Repo, view: RepoView) -> RepoSummary:
         deployed_url=url,
         deployed_at=good.finished_at if good else None,
         problem=state.problem,
+        good_job=good,
+        last_ended=view.last_ended,
+        rolled_back_from=view.rolled_back_from,
     )
 
 

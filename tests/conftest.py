@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,14 @@ from deployhook.config import Settings
 from deployhook.service import Service
 from deployhook.web import create_app
 from tests.databases import fresh_schema
-from tests.helpers import SECRET, FakeDocker, Remote, make_fake_docker, make_remote
+from tests.helpers import (
+    SECRET,
+    FakeDocker,
+    FakeEngine,
+    Remote,
+    make_fake_docker,
+    make_remote,
+)
 
 # Test modules whose tests run once per store backend (SQLite, then PostgreSQL when a
 # server is configured): the behaviour suite. Others run on SQLite only, to keep CI fast.
@@ -78,6 +87,19 @@ def remote(tmp_path: Path) -> Remote:
 @pytest.fixture
 def fake_docker(tmp_path: Path) -> FakeDocker:
     return make_fake_docker(tmp_path / "fake-docker")
+
+
+@pytest.fixture
+def fake_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeEngine]:
+    """DOCKER_HOST points at an engine that answers (a short path: sockets have a limit)."""
+    directory = Path(tempfile.mkdtemp(prefix="dh-engine-", dir="/tmp"))
+    engine = FakeEngine(directory)
+    monkeypatch.setenv("DOCKER_HOST", engine.host)
+    try:
+        yield engine
+    finally:
+        engine.close()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

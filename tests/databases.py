@@ -20,9 +20,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests import needs
+
 # Read at import: the autouse isolated_env fixture clears DEPLOYHOOK_* before each test.
 POSTGRES_URL = os.environ.get("DEPLOYHOOK_TEST_DATABASE_URL") or None
-REQUIRE_POSTGRES = os.environ.get("DEPLOYHOOK_REQUIRE_POSTGRES") == "1"
 
 
 def with_search_path(url: str, schema: str) -> str:
@@ -36,9 +37,7 @@ def with_search_path(url: str, schema: str) -> str:
 def server_url() -> str:
     """The test server's URL, or skip (or fail when PostgreSQL is required)."""
     if POSTGRES_URL is None:
-        if REQUIRE_POSTGRES:
-            pytest.fail("DEPLOYHOOK_REQUIRE_POSTGRES=1 but DEPLOYHOOK_TEST_DATABASE_URL is unset")
-        pytest.skip("no PostgreSQL: set DEPLOYHOOK_TEST_DATABASE_URL (see .ci/postgres.sh)")
+        needs.missing("postgres", "no PostgreSQL: DEPLOYHOOK_TEST_DATABASE_URL is unset")
     return POSTGRES_URL
 
 
@@ -109,9 +108,7 @@ class PrivateCluster:
 def private_cluster(port: int = 55450) -> Iterator[PrivateCluster]:
     """Start a private cluster (skip without PostgreSQL's binaries), purge it after."""
     if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
-        if REQUIRE_POSTGRES:
-            pytest.fail("DEPLOYHOOK_REQUIRE_POSTGRES=1 but PostgreSQL's binaries are missing")
-        pytest.skip("no PostgreSQL binaries (apt-get install postgresql)")
+        needs.missing("postgres", "no PostgreSQL binaries (/usr/lib/postgresql/*/bin/initdb)")
     base = Path(tempfile.mkdtemp(prefix="deployhook-test-pg-", dir="/tmp"))
     cluster = PrivateCluster(base, port)
     try:

@@ -290,3 +290,55 @@ def overlapping(calls: list[dict[str, Any]]) -> list[tuple[int, int]]:
             if b["start"] < a["end"]:
                 pairs.append((a["pid"], b["pid"]))
     return pairs
+
+
+class FakeEngine:
+    """A Docker Engine API on a unix socket that answers `/_ping` and `/version` (what a
+    check asks), and records the paths it was asked; DOCKER_HOST is `host`."""
+
+    def __init__(self, directory: Path) -> None:
+        import http.server
+        import socketserver
+        import threading
+
+        self.socket = directory / "engine.sock"
+        self.requests: list[str] = []
+        engine = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                engine.requests.append(self.path)
+                if self.path.endswith("/_ping"):
+                    body, kind = b"OK", "text/plain"
+                elif self.path.endswith("/version"):
+                    doc = {"Version": "99.0.0-fake", "ApiVersion": "1.43", "MinAPIVersion": "1.24"}
+                    body, kind = json.dumps(doc).encode(), "application/json"
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def address_string(self) -> str:
+                return "unix"
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+            daemon_threads = True
+
+        self._server = Server(str(self.socket), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.socket}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

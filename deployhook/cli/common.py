@@ -84,19 +84,31 @@ def quiet_logs(settings: Settings) -> None:
     log.configure(fmt=settings.log_format, level="warning", stream=_CurrentStderr())  # type: ignore[arg-type]
 
 
+def require_registry(settings: Settings) -> None:
+    """A registry that was looked for and not found: say where we looked (exit 2)."""
+    import os
+
+    from deployhook.config import PREFIX, registry_not_found
+
+    if not settings.registry.exists() and f"{PREFIX}REGISTRY" not in os.environ:
+        raise errors.ConfigError(registry_not_found())
+
+
 @contextlib.contextmanager
-def open_service(**overrides: Any) -> Iterator[Service]:
+def open_service(*, read_only: bool = False, **overrides: Any) -> Iterator[Service]:
     """The service for one command; an invalid registry is one line, exit 2.
 
-    The store is opened only if the command uses it.
+    The store is opened only if the command uses it; read_only: never created (a
+    missing one is NoStore).
     """
     from deployhook import registry
     from deployhook.service import Service
 
     settings = load_settings(**overrides)
     quiet_logs(settings)
+    require_registry(settings)
     registry.load(settings.registry)  # an invalid file: one line naming it, not a log line
-    svc = Service.open(settings)
+    svc = Service.open(settings, create_store=not read_only)
     try:
         yield svc
     finally:

@@ -8,7 +8,13 @@ from typing import Any
 
 import click
 
-from deployhook.cli.common import fail, handle_errors, load_settings, open_service
+from deployhook.cli.common import (
+    fail,
+    handle_errors,
+    load_settings,
+    open_service,
+    require_registry,
+)
 from deployhook.errors import DeployhookError
 from deployhook.models import Status
 from deployhook.service import Service
@@ -24,13 +30,22 @@ def repos() -> None:
 @handle_errors
 def list_repos() -> None:
     """Print one line a repo: name, branch, path, last status."""
-    with open_service() as svc:
+    with open_service(read_only=True) as svc:
         entries = svc.repos()
         if not entries:
-            click.echo(f"no repos in {svc.settings.registry}", err=True)
+            click.echo(
+                f"no repos in {svc.settings.registry}: add one with "
+                "`deployhook repos add NAME --path /path/to/checkout`",
+                err=True,
+            )
             return
-        lines = {line.repo: line for line in svc.summaries([r.name for r in entries])}
-        rows = [(r.name, r.branch, str(r.path), _last_status(lines[r.name])) for r in entries]
+        no_store = svc.store_missing()
+        if no_store:  # the registry is there; nothing deployed yet
+            click.echo(f"deployhook: {no_store}", err=True)
+            lines = {}
+        else:
+            lines = {line.repo: line for line in svc.summaries([r.name for r in entries])}
+        rows = [(r.name, r.branch, str(r.path), _last_status(lines.get(r.name))) for r in entries]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
         click.echo(
@@ -38,9 +53,13 @@ def list_repos() -> None:
         )
 
 
-def _last_status(line: RepoSummary) -> str:
+def _last_status(line: RepoSummary | None) -> str:
+    if line is None:
+        return "never deployed (no store yet)"
     last = line.last_job
     parts = [f"{last.status} {last.sha[:12]} (job {last.id})" if last else "never deployed"]
+    if line.rollback_note:
+        parts.append(line.rollback_note)
     if line.queued and (last is None or last.status != Status.QUEUED):
         parts.append("a job queued")
     if line.held:
@@ -105,6 +124,7 @@ def add(name: str, path: Path, **options: Any) -> None:
     if options["secret_env"] and secret_file:
         raise click.UsageError("give --secret-env or --secret-file, not both")
     settings = load_settings()
+    require_registry(settings)
     checkout = Path(os.path.abspath(path))
     problem = git.checkout_problem(checkout)
     if problem:
@@ -139,6 +159,7 @@ def add(name: str, path: Path, **options: Any) -> None:
 def remove(name: str) -> None:
     """Remove a repo from repos.yml, keeping the other entries and comments."""
     settings = load_settings()
+    require_registry(settings)
     Service.open(settings).remove_repo(name)
     click.echo(f"removed {name} from {settings.registry} (its checkout and history are kept)")
 
@@ -146,17 +167,31 @@ def remove(name: str) -> None:
 @repos.command(name="check")
 @handle_errors
 def check() -> None:
-    """Check the registry and every repo; one line per problem, exit 2 if any."""
+    """Check this host and every repo; one line per problem, exit 2 if any.
+
+    What a deploy needs: the Docker engine answers, the compose command runs, and for
+    each repo its secret resolves, its checkout is a git checkout this user can write,
+    its branch is on the remote and compose accepts its files.
+    """
     with open_service() as svc:
-        found = svc.check_repos()
+        report = svc.check_repos()
         registry_file = svc.settings.registry
-    problems = [
+    problems = [f"this host: {problem}" for problem in report.host]
+    problems += [
         f"{registry_file}: repos.{name}: {problem}"
-        for name, repo_problems in found.items()
+        for name, repo_problems in report.repos.items()
         for problem in repo_problems
     ]
     for line in problems:
         click.echo(line, err=True)
     if problems:
         raise SystemExit(2)
-    click.echo(f"{len(found)} repo{'' if len(found) == 1 else 's'} OK")
+    tools = ", ".join(t for t in (report.engine, report.compose) if t)
+    count = len(report.repos)
+    if not count:
+        click.echo(
+            f"no repos in {registry_file} yet ({tools} answer): add one with "
+            "`deployhook repos add NAME --path /path/to/checkout`"
+        )
+        return
+    click.echo(f"{count} repo{'' if count == 1 else 's'} OK ({tools})")

@@ -7,6 +7,7 @@ import sys
 import click
 
 from deployhook.cli.common import handle_errors, load_settings
+from deployhook.config import Settings
 
 
 @click.command()
@@ -32,7 +33,46 @@ def serve(
 
     settings = load_settings(bind=bind, workers=workers, web_processes=web_processes)
     log.configure(fmt=settings.log_format, level=settings.log_level)
+    announce(settings)
     sys.exit(Supervisor(settings, with_worker=not no_worker).run())
+
+
+def announce(settings: Settings) -> None:
+    """Say at start what serve serves, and which repos cannot verify a push (no secret):
+    a log line, and a plain sentence on stderr when a person is watching it."""
+    import structlog
+
+    from deployhook import preflight
+    from deployhook.registry import Registry
+
+    logger = structlog.get_logger()
+    registry = Registry(settings.registry)
+    registry.refresh(force=True)  # an invalid file: the server itself says so
+    repos = list(registry)
+    logger.info(
+        "serve_registry",
+        registry=str(settings.registry.absolute()),
+        data_dir=str(settings.data_dir.absolute()),
+        repos=len(repos),
+    )
+    missing = preflight.unverifiable(repos, settings)
+    if not missing:
+        return
+    names = ", ".join(sorted(missing))
+    logger.warning(
+        "no_webhook_secret",
+        repos=sorted(missing),
+        problems=[missing[n] for n in sorted(missing)],
+        effect="their pushes are refused with 503 until a secret is configured",
+    )
+    if sys.stderr.isatty():
+        some = "repo" if len(missing) == 1 else "repos"
+        click.echo(
+            f"deployhook: warning: {len(missing)} {some} cannot verify a push, no webhook "
+            f"secret: {names}. Their pushes are refused (503). Set DEPLOYHOOK_SECRET, or "
+            f"secret_env / secret_file in {settings.registry} (docs/secrets.md).",
+            err=True,
+        )
 
 
 @click.command()

@@ -13,6 +13,7 @@ import click
 
 from deployhook import summary
 from deployhook.cli.common import handle_errors, open_service, shown
+from deployhook.models import Job
 from deployhook.service import Service
 
 COLOURS = {
@@ -20,6 +21,7 @@ COLOURS = {
     "failed": "red",
     "running": "blue",
     "queued": "yellow",
+    "rolled back": "magenta",
     "cancelled": "bright_black",
     "interrupted": "bright_black",
     "skipped": "bright_black",
@@ -38,7 +40,7 @@ def _table(
         for idx, (cell, width) in enumerate(zip(row, widths, strict=True)):
             text = cell.ljust(width)
             if idx == colour_col:
-                text = click.style(text, fg=COLOURS.get(cell.split()[0]))
+                text = click.style(text, fg=COLOURS.get(cell))
             cells.append(text)
         lines.append("  ".join(cells).rstrip())
     return lines
@@ -53,18 +55,18 @@ def _repos_table(svc: Service) -> int:
     if svc.registry_error:
         click.echo(f"deployhook: {svc.registry_error} (showing the last good registry)", err=True)
     if not lines:
-        click.echo("no repos in the registry")
+        click.echo(
+            f"no repos in {svc.settings.registry} yet: add one with "
+            "`deployhook repos add NAME --path /path/to/checkout`"
+        )
         return 0
     rows = []
     for line in lines:
-        status = line.status
-        if line.running and line.last_job and line.running.id != line.last_job.id:
-            status += " (running)"
         rows.append(
             [
                 line.repo,
                 line.branch,
-                status,
+                summary.label(line.state),
                 _short(line.deployed_sha),
                 summary.ago(line.when) if line.when else "-",
                 summary.duration(line.last_job.duration_s if line.last_job else None).replace(
@@ -81,9 +83,10 @@ def _repos_table(svc: Service) -> int:
     ):
         click.echo(text)
     for line in lines:
-        error = line.problem or (line.last_job.error if line.last_job else None)
-        if error:
-            click.echo(f"{line.repo}: {shown(error)}")
+        if line.rollback_note:
+            click.echo(f"{line.repo}: {shown(line.rollback_note)}")
+        if line.error:
+            click.echo(f"{line.repo}: {shown(line.error)}")
     return 0
 
 
@@ -96,8 +99,11 @@ def _repo_jobs(svc: Service, name: str, limit: int) -> int:
         + (", held" if line.held else "")
         + (", a job is queued" if line.queued else "")
     )
-    if line.problem:
-        click.echo(f"problem: {shown(line.problem)}")
+    click.echo(f"state: {summary.label(line.state)}")
+    if line.rollback_note:
+        click.echo(shown(line.rollback_note))
+    if line.error:
+        click.echo(f"error: {shown(line.error)}")
     jobs = svc.jobs(repo.name, limit=limit)
     if not jobs:
         click.echo("no jobs yet")
@@ -110,7 +116,7 @@ def _repo_jobs(svc: Service, name: str, limit: int) -> int:
             _short(j.sha),
             summary.ago(j.created_at),
             summary.duration(j.duration_s).replace("—", "-"),
-            shown(j.error or ""),
+            shown(_note(j)),
         ]
         for j in jobs
     ]
@@ -119,6 +125,16 @@ def _repo_jobs(svc: Service, name: str, limit: int) -> int:
     ):
         click.echo(text)
     return 0
+
+
+def _note(job: Job) -> str:
+    """A job's error, and the rollback it links to (either way)."""
+    parts = [job.error or ""]
+    if job.rolled_back_by:
+        parts.append(f"(rolled back by job {job.rolled_back_by})")
+    if job.rollback_of:
+        parts.append(f"(rollback of job {job.rollback_of})")
+    return " ".join(p for p in parts if p)
 
 
 @click.command()
@@ -133,7 +149,7 @@ def _repo_jobs(svc: Service, name: str, limit: int) -> int:
 @handle_errors
 def status(name: str | None, limit: int) -> None:
     """Show every repo's state, or one repo's recent jobs."""
-    with open_service() as svc:
+    with open_service(read_only=True) as svc:
         sys.exit(_repo_jobs(svc, name, limit) if name else _repos_table(svc))
 
 
@@ -143,7 +159,7 @@ def status(name: str | None, limit: int) -> None:
 @handle_errors
 def logs(job: int, follow: bool) -> None:
     """Print a job's output, each line with its UTC time."""
-    with open_service() as svc:
+    with open_service(read_only=True) as svc:
         try:
             for line in svc.output(job, follow=follow):
                 sys.stdout.write(shown(line))

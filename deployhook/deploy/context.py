@@ -7,6 +7,7 @@ pipeline that runs them.
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -184,16 +185,38 @@ class Context:
         """A push or reconcile job (or a retry of one): it deploys only what the branch has."""
         return self.rules in {Trigger.PUSH, Trigger.RECONCILE}
 
-    def retarget(self, sha: str, *, note: str) -> None:
-        """Deploy sha instead of the job's commit, and say so on the job."""
+    def retarget(self, sha: str, *, note: str | None) -> None:
+        """Deploy sha instead of the job's commit, and say so on the job (note)."""
         self.pushed_sha = self.pushed_sha or self.job.sha
-        self.output(f"==> {note}")
+        if note:
+            self.output(f"==> {note}")
         self.job = self.store.retarget(self.job.id, repo=self.repo.name, sha=sha, note=note)
 
     def child_env(self) -> dict[str, str]:
         """The environment every child of this job runs with: never a secret of deployhook's
-        or of any repo's (deploy/process.py)."""
-        return process.child_environ()
+        or of any repo's (deploy/process.py), plus what hooks and compose files may use.
+
+        So `image: app:${DEPLOYHOOK_SHA}` and build args work, and a hook's
+        `docker compose exec` reaches this entry's project (docs/registry.md#hooks).
+        """
+        env = process.child_environ()
+        job = self.job
+        env.update(
+            {
+                "DEPLOYHOOK_REPO": self.repo.name,
+                "DEPLOYHOOK_JOB": str(job.id),
+                "DEPLOYHOOK_SHA": job.sha,
+                "DEPLOYHOOK_PREVIOUS_SHA": self.previous_sha or "",
+                "DEPLOYHOOK_REF": job.ref or "",
+                "DEPLOYHOOK_TRIGGER": str(job.trigger),
+            }
+        )
+        if self.repo.project_name:
+            env["COMPOSE_PROJECT_NAME"] = self.repo.project_name
+        if self.repo.compose_files:
+            separator = env.get("COMPOSE_PATH_SEPARATOR") or os.pathsep
+            env["COMPOSE_FILE"] = separator.join(self.repo.compose_files)
+        return env
 
     def run(self, argv: list[str], *, env: dict[str, str] | None = None) -> int:
         """Run a child process in the checkout, in its own group, output to the job log."""

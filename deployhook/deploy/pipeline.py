@@ -21,8 +21,8 @@ from deployhook.deploy import process
 from deployhook.deploy.context import Context, JobOutput, Reporter, StepSpec
 from deployhook.deploy.reporters.commit_status import CommitStatus
 from deployhook.deploy.reporters.notify import Notifier
-from deployhook.deploy.steps import git, swarm
-from deployhook.deploy.steps.compose import COMPOSE
+from deployhook.deploy.steps import git, hooks, swarm
+from deployhook.deploy.steps.compose import COMPOSE, PULL
 from deployhook.deploy.steps.health import HEALTH
 from deployhook.deploy.steps.mirror import MIRROR
 from deployhook.deploy.steps.mirror_sync import MIRROR_SYNC
@@ -40,9 +40,12 @@ logger = structlog.get_logger()
 DEPLOY_STEPS: tuple[StepSpec, ...] = (
     git.FETCH,
     git.CHECKOUT,
+    hooks.PRE_DEPLOY,
+    PULL,
     COMPOSE,
     HEALTH,
     *swarm.STEPS,  # mode: swarm: build, push, stack deploy, task health instead
+    hooks.POST_DEPLOY,
 )
 # After a good deploy: a failure is recorded on the step and does not undo the deploy.
 POST_STEPS: tuple[StepSpec, ...] = (MIRROR, MIRROR_SYNC, PRUNE)

@@ -112,6 +112,7 @@ class Worker:
         self.active: dict[int, _Active] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self.signalled: str | None = None  # the signal that asked it to stop, if one did
         self._last_prune = 0.0
         self._last_reconcile = 0.0
         self._last_row_beat = 0.0
@@ -151,6 +152,8 @@ class Worker:
                 self._tell_watchdog()
                 waiter.wait(IDLE_POLL_S)
         finally:
+            if self.signalled:
+                log.info("worker_signal", signal=self.signalled)
             waiter.close()
             self._drain()
             self.store.stop_worker(self.id)
@@ -159,6 +162,11 @@ class Worker:
     def stop(self) -> None:
         self._stop.set()
         self.store.wake()
+
+    @property
+    def stopping(self) -> threading.Event:
+        """Set to stop after the running deploys (a signal handler sets only this)."""
+        return self._stop
 
     def _fill_slots(self) -> None:
         while len(self.active) < self.slots and not self._stop.is_set():
@@ -339,6 +347,7 @@ class Worker:
             trigger=Trigger.ROLLBACK,
             node=repo.node,
             repo_url=job.repo_url,
+            rollback_of=job.id,
         )
         log.info(
             "rollback_queued" if rollback else "rollback_skipped_newer_job_queued",
@@ -614,8 +623,11 @@ def run_worker(settings: Settings) -> int:
     worker = Worker(opened, watchdog_fd=watchdog_fd)
 
     def stop(signum: int, _frame: Any) -> None:
-        log.info("worker_signal", signal=signal.Signals(signum).name)
-        worker.stop()
+        # A signal handler runs between two bytecodes of the main thread, which may hold
+        # a lock at that moment (the log's, the store pool's): take none here. The loop
+        # sees the flag within a poll and logs the signal itself.
+        worker.signalled = signal.Signals(signum).name
+        worker.stopping.set()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

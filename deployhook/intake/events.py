@@ -41,6 +41,12 @@ class Event:
             return self.ref.removeprefix("refs/heads/")
         return None
 
+    @property
+    def tag(self) -> str | None:
+        if self.ref and self.ref.startswith("refs/tags/"):
+            return self.ref.removeprefix("refs/tags/")
+        return None
+
 
 def header(headers: Any, names: tuple[str, ...]) -> str | None:
     """Return the first non-empty value among several header names."""
@@ -174,10 +180,6 @@ def parse(body: bytes, *, media: str, event: str | None) -> Event:
     )
     if set(sha) == {"0"} or doc.get("deleted") is True:
         return replace(push, kind=DeliveryKind.IGNORED, reason=f"{ref} was deleted")
-    if ref.startswith("refs/tags/"):
-        return replace(
-            push, kind=DeliveryKind.IGNORED, reason=f"tag push ({ref.removeprefix('refs/tags/')})"
-        )
-    if not ref.startswith("refs/heads/"):
+    if not ref.startswith(("refs/heads/", "refs/tags/")):
         return replace(push, kind=DeliveryKind.IGNORED, reason=f"{ref} is not a branch")
     return push

@@ -6,6 +6,7 @@ decision this returns into its answer. Everything slow happens later, in the wor
 
 from __future__ import annotations
 
+import fnmatch
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -151,9 +152,9 @@ def _admit(
     except (DeliveryRejected, SecretNotConfigured) as exc:
         return _reject(store, base, exc)
     kind, reason = event.kind, event.reason
-    if event.kind == DeliveryKind.PUSH and event.ref != repo.ref:
-        kind = DeliveryKind.IGNORED
-        reason = f"push to {event.branch}, not the deploy branch {repo.branch}"
+    if event.kind == DeliveryKind.PUSH:
+        reason = _not_followed(event, repo)
+        kind = DeliveryKind.IGNORED if reason else kind
     item = replace(
         base,
         kind=kind,
@@ -167,6 +168,21 @@ def _admit(
     except StoreUnavailable as exc:
         logger.error("delivery_not_stored", error=str(exc))
         return Decision(Outcome.REJECTED, kind, reason=str(exc), error=exc)
+
+
+def _not_followed(event: events.Event, repo: Repo) -> str | None:
+    """Why a push is not one the entry deploys (docs/webhooks.md), or None."""
+    if repo.tags:
+        if event.tag is None:
+            return f"push to {event.branch}: this entry deploys tags {repo.tags}, not a branch"
+        if not fnmatch.fnmatchcase(event.tag, repo.tags):
+            return f"tag push ({event.tag}) does not match {repo.tags}"
+        return None
+    if event.tag is not None:
+        return f"tag push ({event.tag})"
+    if event.ref != repo.ref:
+        return f"push to {event.branch}, not the deploy branch {repo.branch}"
+    return None
 
 
 def _reject(store: Store, base: CheckedDelivery, error: DeployhookError) -> Decision:

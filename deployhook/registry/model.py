@@ -26,6 +26,14 @@ class Gitea:
 
 
 @dataclass(frozen=True, slots=True)
+class Hooks:
+    """Shell commands an entry runs in its checkout, each list one step of a deploy."""
+
+    pre_deploy: tuple[str, ...] = ()  # after checkout, before `up` (or the swarm build)
+    post_deploy: tuple[str, ...] = ()  # after the containers are healthy
+
+
+@dataclass(frozen=True, slots=True)
 class Repo:
     """One deployable checkout, with every setting resolved (defaults applied)."""
 
@@ -53,10 +61,20 @@ class Repo:
     mode: Mode = Mode.COMPOSE
     public_badge: bool = False
     image_registry: str | None = None
+    pull: bool = False
+    tags: str | None = None  # a glob: deploy matching tag pushes instead of the branch
+    paths: tuple[str, ...] = ()  # globs: deploy only when a changed file matches one
+    hooks: Hooks = Hooks()
 
     @property
     def ref(self) -> str:
+        """The ref whose pushes deploy: the branch (a `tags` entry follows its tags)."""
         return f"refs/heads/{self.branch}"
+
+    @property
+    def follows(self) -> str:
+        """What the entry follows, in words: `main`, or `tags v*`."""
+        return f"tags {self.tags}" if self.tags else self.branch
 
     @property
     def private_variables(self) -> set[str]:

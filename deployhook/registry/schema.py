@@ -17,7 +17,7 @@ import yaml
 
 from deployhook.errors import RegistryError
 from deployhook.models import Mode, OnLocalChanges
-from deployhook.registry.model import NAME_RE, Gitea, Mirror, Repo
+from deployhook.registry.model import NAME_RE, Gitea, Hooks, Mirror, Repo
 
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -55,7 +55,12 @@ _REPO_KEYS: dict[str, _Key] = {
     "mode": _Key("choice", "compose or swarm", Mode),
     "image_registry": _Key("str", "a registry prefix such as registry.example.com/jeff"),
     "public_badge": _Key("bool", "true or false"),
+    "pull": _Key("bool", "true or false"),
+    "tags": _Key("glob", "a tag glob such as v*"),
+    "paths": _Key("globs", "a list of path globs relative to the checkout (** spans folders)"),
+    "hooks": _Key("hooks", "a mapping with pre_deploy and post_deploy command lists"),
 }
+_HOOK_KEYS = ("pre_deploy", "post_deploy")
 _MIRROR_KEYS = {"url": "str", "token_env": "env"}
 _GITEA_KEYS = {"url": "str", "token_env": "env", "commit_status": "bool", "mirror_sync": "bool"}
 
@@ -78,6 +83,8 @@ _ACCEPTS: dict[str, Callable[[Any], bool]] = {
     "bool": lambda raw: isinstance(raw, bool),
     "positive": lambda raw: type(raw) is int and raw >= 1,
     "nonnegative": lambda raw: type(raw) is int and raw >= 0,
+    # A glob that git can match and that cannot be taken for an option.
+    "glob": lambda raw: _is_text(raw) and not raw.startswith(("-", "/")) and "\n" not in raw,
 }
 
 
@@ -121,7 +128,30 @@ class _Checker:
             if not isinstance(items, list) or not all(_is_text(i) for i in items):
                 raise self.fail(where, f"must be {description}, got {raw!r}")
             return tuple(i.strip() for i in items)
+        if kind == "globs":
+            items = self.value(where, "list", raw, spec)
+            bad = [i for i in items if not _ACCEPTS["glob"](i) or ".." in i.split("/")]
+            if bad:
+                raise self.fail(where, f"{bad[0]!r} is not a glob relative to the checkout")
+            return items
+        if kind == "hooks":
+            return self.hooks(where, raw, description)
         return self.block(where, kind, raw, description)
+
+    def hooks(self, where: str, raw: Any, description: str) -> Hooks:
+        """`hooks:`: pre_deploy and post_deploy, each a list of shell commands."""
+        if not isinstance(raw, dict):
+            raise self.fail(where, f"must be {description}, got {raw!r}")
+        unknown = sorted(set(raw) - set(_HOOK_KEYS), key=str)
+        if unknown:
+            raise self.fail(
+                f"{where}.{unknown[0]}", f"unknown key (expected one of {', '.join(_HOOK_KEYS)})"
+            )
+        parsed = {
+            k: self.value(f"{where}.{k}", "list", v, _Key("list", "a list of shell commands"))
+            for k, v in raw.items()
+        }
+        return Hooks(**parsed)
 
     def block(self, where: str, kind: str, raw: Any, description: str) -> Mirror | Gitea:
         """A nested mapping: `mirror:` or `gitea:`."""

@@ -43,7 +43,23 @@
   }
 
   function pill(status) {
-    return el("span", { class: "pill s-" + status, text: status });
+    return el("span", { class: "pill s-" + status, text: status.replace(/_/g, " ") });
+  }
+
+  function jobLink(id, text) {
+    return el("a", { href: "/ui/jobs/" + id, text: text || "job " + id });
+  }
+
+  // The rollback that put the deployed commit back: the failed job and the rollback job.
+  function rollbackLine(rb) {
+    const line = el("span", { class: "rb" }, "rolled back ·");
+    if (rb.failed_job) {
+      line.append(" ", jobLink(rb.failed_job), " failed on ",
+                  el("code", { text: (rb.failed_sha || "").slice(0, 10) }), " ·");
+    }
+    line.append(" ", jobLink(rb.job, "rollback job " + rb.job));
+    if (!rb.failed_job) line.append(" by an admin");
+    return line;
   }
 
   function none() {
@@ -69,22 +85,92 @@
     return response.json();
   }
 
+  // -- admin actions --------------------------------------------------------------
+  // Buttons POST to the admin endpoints from this page (same origin: the browser's
+  // Basic credentials go with them; a page of another site cannot, the server refuses
+  // it) and say what happened in the page's status line.
+
+  const ADMIN = () => document.body.dataset.admin === "yes";
+
+  function actionButton(url, text, what, confirmText) {
+    return el("button", { type: "button", class: "act", "data-url": url, "data-what": what,
+                          "data-confirm": confirmText || null, text: text });
+  }
+
+  function repoActions(name, held) {
+    const base = "/deploy/" + encodeURIComponent(name);
+    return el("span", { class: "actions", "data-repo": name },
+      actionButton(base + "/run", "Deploy", "deploy of " + name), " ",
+      actionButton(base + "/rollback", "Rollback", "rollback of " + name,
+                   "Roll " + name + " back to its previous good commit?"), " ",
+      held ? actionButton(base + "/release", "Release", "release of " + name)
+           : actionButton(base + "/hold", "Hold", "hold of " + name));
+  }
+
+  function say(parts, ok) {
+    const box = document.getElementById("action-result");
+    if (!box) return;
+    box.hidden = false;
+    box.classList.toggle("failed", !ok);
+    box.replaceChildren(...parts);
+  }
+
+  async function act(button) {
+    const what = button.dataset.what;
+    if (button.dataset.confirm && !window.confirm(button.dataset.confirm)) return;
+    button.disabled = true;
+    try {
+      const response = await fetch(button.dataset.url, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: "{}",
+      });
+      const body = await response.json().catch(() => ({}));
+      if (!response.ok) {
+        say([what + " refused (HTTP " + response.status + "): " + (body.error || "")], false);
+        return;
+      }
+      const parts = [what + ": "];
+      if (body.id) {
+        parts.push((body.coalesced ? "joined " : "") + "job ", jobLink(body.id, "#" + body.id),
+                   " " + body.status);
+      } else {
+        parts.push(body.held ? "held" : "released");
+      }
+      say(parts, true);
+      document.dispatchEvent(new Event("deployhook:changed"));
+    } catch (exc) {
+      say([what + " failed: " + exc.message], false);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  document.addEventListener("click", (event) => {
+    const button = event.target.closest("button.act");
+    if (button && button.dataset.url) act(button);
+  });
+
   // -- the repo table -------------------------------------------------------------
 
   function repoRow(r) {
     const last = r.last_job;
-    const name = last
-      ? el("a", { class: "name", href: "/ui/jobs/" + last.id, text: r.repo })
-      : el("span", { class: "name", text: r.repo });
-    const status = el("td", { class: "c-status", "data-label": "Status" }, pill(r.status));
-    if (r.running && (!last || r.running !== last.id)) {
-      status.append(" ", el("a", { class: "flag f-running", href: "/ui/jobs/" + r.running,
-        text: "running" + (r.current_step ? " · " + r.current_step : "") }));
-    } else if (r.running && r.current_step) {
+    const name = el("a", { class: "name", href: "/ui/repos/" + encodeURIComponent(r.repo),
+                           text: r.repo });
+    const shown = r.running || (last && last.id);
+    const status = el("td", { class: "c-status", "data-label": "Status" },
+      shown ? el("a", { class: "state", href: "/ui/jobs/" + shown, title: "job " + shown },
+                 pill(r.state))
+            : pill(r.state));
+    if (r.running && r.current_step) {
       status.append(" ", el("span", { class: "flag f-step", text: r.current_step }));
     }
-    if (r.queued && r.status !== "queued") {
+    if (r.queued && r.state !== "queued") {
       status.append(" ", el("span", { class: "flag f-queued", text: "queued" }));
+    }
+    if (r.rolled_back && r.state !== "rolled_back") {
+      status.append(" ", el("span", { class: "flag f-rolled", text: "rolled back" }));
     }
     if (r.held) status.append(" ", el("span", { class: "flag f-held", text: "held" }));
 
@@ -94,8 +180,7 @@
       sha = r.deployed_url
         ? el("a", { href: r.deployed_url, rel: "noopener noreferrer" }, code) : code;
     }
-    const err = r.problem || (last && last.error);
-    return el("tr", { class: "repo-row", "data-repo": r.repo, "data-status": r.status },
+    return el("tr", { class: "repo-row", "data-repo": r.repo, "data-state": r.state },
       el("td", { class: "c-repo", "data-label": "Repo" }, name, " ",
          el("span", { class: "branch", text: r.branch })),
       status,
@@ -105,7 +190,12 @@
       el("td", { class: "c-took", "data-label": "Took",
                  text: took(last ? last.duration_s : null) }),
       el("td", { class: "c-error", "data-label": "Error" },
-         err ? el("span", { class: "err", title: err, text: err }) : null));
+         (r.rolled_back || r.error) ? el("div", { class: "notes" },
+           r.rolled_back ? rollbackLine(r.rolled_back) : null,
+           r.error ? el("span", { class: "err", title: r.error, text: r.error }) : null)
+         : null),
+      ADMIN() ? el("td", { class: "c-actions", "data-label": "Actions" },
+                   repoActions(r.repo, r.held)) : null);
   }
 
   let lastRender = null;
@@ -161,7 +251,8 @@
   }
 
   function tickAges() {
-    for (const node of document.querySelectorAll(".c-when time[datetime], .workers time[datetime]")) {
+    const ages = ".c-when time[datetime], .workers time[datetime], #repo time[datetime]";
+    for (const node of document.querySelectorAll(ages)) {
       node.textContent = ago(node.getAttribute("datetime"));
     }
   }
@@ -173,6 +264,35 @@
       try {
         renderRepos(await getJSON(feed));
         if (document.getElementById("nodes")) renderNodes(await getJSON("/api/workers"));
+        setLive("live", true);
+      } catch (exc) {
+        setLive("offline: retrying", false);
+      }
+      setTimeout(refresh, REFRESH_MS);
+    }
+    setTimeout(refresh, REFRESH_MS);
+    document.addEventListener("deployhook:changed", () => { lastRender = null; });
+    setInterval(tickAges, 1000);
+    setLive("live", true);
+  }
+
+  // -- one repo -------------------------------------------------------------------
+
+  // The server renders the repo page whole; this re-reads it and swaps it in when its
+  // key (a digest of what it shows) changed.
+  function startRepo() {
+    async function refresh() {
+      try {
+        const response = await fetch(window.location.pathname,
+          { headers: { Accept: "text/html" }, cache: "no-store" });
+        if (!response.ok) throw new Error("HTTP " + response.status);
+        const page = new DOMParser().parseFromString(await response.text(), "text/html");
+        const fresh = page.getElementById("repo");
+        const shown = document.getElementById("repo");
+        if (fresh && shown && fresh.dataset.key !== shown.dataset.key) {
+          shown.replaceWith(document.importNode(fresh, true));
+          tickAges();
+        }
         setLive("live", true);
       } catch (exc) {
         setLive("offline: retrying", false);
@@ -200,6 +320,13 @@
     const error = document.getElementById("job-error");
     error.hidden = !job.error;
     error.textContent = job.error || "";
+    const rollback = document.getElementById("job-rollback");
+    if (rollback) {
+      rollback.hidden = !(job.rollback_of || job.rolled_back_by);
+      rollback.replaceChildren();
+      if (job.rollback_of) rollback.append("rollback of ", jobLink(job.rollback_of), ", which failed");
+      if (job.rolled_back_by) rollback.append("rolled back by ", jobLink(job.rolled_back_by));
+    }
     document.getElementById("job-started").replaceChildren(
       job.started_at ? timeEl(job.started_at, clock(job.started_at)) : "—");
     document.getElementById("job-took").textContent = took(job.duration_s);
@@ -270,12 +397,16 @@
 
   function startJob() {
     const article = document.getElementById("job");
+    // A failed deploy's rollback is queued just after it ends: look a little longer.
+    let rollbackPolls = 5;
     async function refresh() {
       try {
         const job = await getJSON(article.dataset.feed);
         renderJob(job);
         setLive(ENDED.has(job.status) ? "ended" : "live", true);
-        if (ENDED.has(job.status)) return;
+        const awaitRollback = job.status === "failed" && !job.rolled_back_by &&
+          rollbackPolls-- > 0;
+        if (ENDED.has(job.status) && !awaitRollback) return;
       } catch (exc) {
         setLive("offline: retrying", false);
       }
@@ -291,5 +422,6 @@
   document.addEventListener("DOMContentLoaded", () => {
     if (document.body.classList.contains("page-index")) startIndex();
     if (document.body.classList.contains("page-job")) startJob();
+    if (document.body.classList.contains("page-repo")) startRepo();
   });
 })();

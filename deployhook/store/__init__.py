@@ -277,6 +277,10 @@ class Store:
         last = queue.history(tx, repo, limit=1, shown=True)
         running = queue.in_state(tx, repo, Status.RUNNING)
         good = queue.newest_good(tx, repo)
+        ended = last[0] if last and last[0].status.ended else queue.last_ended(tx, repo)
+        rolled_back_from = None
+        if good is not None and good.trigger == Trigger.ROLLBACK and good.rollback_of:
+            rolled_back_from = queue.get(tx, good.rollback_of)
         return RepoView(
             state=ledger.state(tx, repo),
             deployed_sha=good.sha if good else None,
@@ -284,6 +288,8 @@ class Store:
             last_job=last[0] if last else None,
             queued=queue.in_state(tx, repo, Status.QUEUED) is not None,
             running=queue.get(tx, running.id) if running else None,
+            last_ended=ended,
+            rolled_back_from=rolled_back_from,
         )
 
     def tail(
@@ -387,13 +393,13 @@ class Store:
         with self._write() as tx:
             return queue.renew(tx, worker=worker, job_ids=job_ids, lease_s=lease_s, now=time.time())
 
-    def retarget(self, job_id: int, *, repo: str, sha: str, note: str) -> Job:
+    def retarget(self, job_id: int, *, repo: str, sha: str, note: str | None) -> Job:
         """Make a job deploy sha instead (the branch head past its pushed commit).
 
         The head counts as seen: reconcile need not deploy it again.
         """
         with self._write() as tx:
-            queue.set_fields(tx, job_id, sha=sha, note=redact.mask(note))
+            queue.set_fields(tx, job_id, sha=sha, note=redact.mask(note) if note else None)
             ledger.see_head(tx, repo, sha, now=time.time())
             job = queue.get(tx, job_id)
         assert job is not None
@@ -467,6 +473,7 @@ class Store:
         trigger: Trigger,
         node: str,
         repo_url: str | None = None,
+        rollback_of: int | None = None,
     ) -> Job | None:
         with self._write() as tx:
             job = queue.enqueue_if_idle(
@@ -478,6 +485,7 @@ class Store:
                 node=node,
                 now=time.time(),
                 repo_url=repo_url,
+                rollback_of=rollback_of,
             )
         if job is not None:
             self.backend.wake()

@@ -12,6 +12,12 @@ from deployhook.store.backend import Row, Tx
 # repo stops retrying it: a deploy that kills its worker every time must not loop.
 MAX_INTERRUPTED_RUNS = 3
 
+# A job row with the id of the rollback that followed it, if any (migration 4).
+_JOB = (
+    "SELECT j.*, (SELECT r.id FROM jobs r WHERE r.rollback_of = j.id ORDER BY r.id LIMIT 1)"
+    " AS rolled_back_by FROM jobs j"
+)
+
 
 def job_from_row(row: Row, steps: tuple[Step, ...] = ()) -> Job:
     return Job(
@@ -36,6 +42,8 @@ def job_from_row(row: Row, steps: tuple[Step, ...] = ()) -> Job:
         pgid=row.get("pgid"),
         note=row.get("note"),
         retry_of=row.get("retry_of"),
+        rollback_of=row.get("rollback_of"),
+        rolled_back_by=row.get("rolled_back_by"),
     )
 
 
@@ -48,7 +56,7 @@ def steps_of(tx: Tx, job_id: int) -> tuple[Step, ...]:
 
 
 def get(tx: Tx, job_id: int) -> Job | None:
-    row = tx.one("SELECT * FROM jobs WHERE id = :id", id=job_id)
+    row = tx.one(f"{_JOB} WHERE j.id = :id", id=job_id)
     return None if row is None else job_from_row(row, steps_of(tx, job_id))
 
 
@@ -72,21 +80,24 @@ def enqueue(
     repo_url: str | None = None,
     join_running: bool = False,
     retry_of: int | None = None,
+    rollback_of: int | None = None,
 ) -> tuple[Job, bool]:
     """Queue a deploy of sha, or join the repo's queued job (which takes sha and trigger).
 
     Returns the job and whether it was coalesced. With join_running, a running job of
     the same sha is joined too (a redelivered push must not deploy twice). A push or a
     reconcile never replaces a queued rollback with a commit whose last deploy failed
-    (docs/deploys.md rule 3): it joins the rollback, which stays as it is.
+    (docs/deploys.md rule 3): it joins the rollback, which stays as it is. rollback_of:
+    the failed job an automatic rollback rolls back from.
     """
     # The common case under a burst is one statement: the queued job takes the new sha.
     joined = tx.one(
         "UPDATE jobs SET sha = :sha, ref = :ref, trigger = :trigger, delivery = :delivery,"
-        " node = :node, repo_url = COALESCE(:repo_url, repo_url), retry_of = :retry_of"
-        " WHERE repo = :repo AND status = 'queued'"
+        " node = :node, repo_url = COALESCE(:repo_url, repo_url), retry_of = :retry_of,"
+        " rollback_of = :rollback_of WHERE repo = :repo AND status = 'queued'"
         " AND NOT (trigger = 'rollback' AND :follows_branch AND " + _LAST_FAILED + ")"
         " RETURNING *",
+        rollback_of=rollback_of,
         sha=sha,
         ref=ref,
         trigger=str(trigger),
@@ -105,9 +116,10 @@ def enqueue(
             return running, True
     row = tx.one(
         "INSERT INTO jobs (repo, status, trigger, sha, ref, delivery, created_at, node,"
-        " repo_url, retry_of) VALUES (:repo, 'queued', :trigger, :sha, :ref, :delivery, :now,"
-        " :node, :repo_url, :retry_of)"
+        " repo_url, retry_of, rollback_of) VALUES (:repo, 'queued', :trigger, :sha, :ref,"
+        " :delivery, :now, :node, :repo_url, :retry_of, :rollback_of)"
         " ON CONFLICT (repo) WHERE status = 'queued' DO NOTHING RETURNING *",
+        rollback_of=rollback_of,
         repo=repo,
         trigger=str(trigger),
         sha=sha,
@@ -176,6 +188,7 @@ def enqueue_if_idle(
     now: float,
     repo_url: str | None = None,
     retry_of: int | None = None,
+    rollback_of: int | None = None,
 ) -> Job | None:
     """Queue a follow-up job (rollback, retry) unless a newer job is already queued."""
     if in_state(tx, repo, Status.QUEUED) is not None:
@@ -191,6 +204,7 @@ def enqueue_if_idle(
         now=now,
         repo_url=repo_url,
         retry_of=retry_of,
+        rollback_of=rollback_of,
     )
     return job
 
@@ -392,9 +406,9 @@ def newest_good_sha(tx: Tx, repo: str, *, other_than: str | None = None) -> str 
 def history(tx: Tx, repo: str, *, limit: int, shown: bool = False) -> list[Job]:
     """The repo's newest jobs. shown: only those that say its state (not skipped ones)."""
     rows = tx.all(
-        "SELECT * FROM jobs WHERE repo = :repo"
-        + (" AND status <> 'skipped'" if shown else "")
-        + " ORDER BY id DESC LIMIT :limit",
+        f"{_JOB} WHERE j.repo = :repo"
+        + (" AND j.status <> 'skipped'" if shown else "")
+        + " ORDER BY j.id DESC LIMIT :limit",
         repo=repo,
         limit=limit,
     )
@@ -441,8 +455,19 @@ def prune(tx: Tx, repo: str, *, keep: int) -> int:
 def newest_good(tx: Tx, repo: str) -> Job | None:
     """The repo's newest succeeded job: what is deployed now."""
     row = tx.one(
-        "SELECT * FROM jobs WHERE repo = :repo AND status = 'succeeded'"
-        " ORDER BY finished_at DESC, id DESC LIMIT 1",
+        f"{_JOB} WHERE j.repo = :repo AND j.status = 'succeeded'"
+        " ORDER BY j.finished_at DESC, j.id DESC LIMIT 1",
+        repo=repo,
+    )
+    return None if row is None else job_from_row(row)
+
+
+def last_ended(tx: Tx, repo: str) -> Job | None:
+    """The repo's newest job that has ended, whatever came of it (a skipped job is no
+    deploy: it says nothing of the repo's state)."""
+    row = tx.one(
+        f"{_JOB} WHERE j.repo = :repo AND j.status NOT IN ('queued', 'running', 'skipped')"
+        " ORDER BY j.id DESC LIMIT 1",
         repo=repo,
     )
     return None if row is None else job_from_row(row)

@@ -109,13 +109,18 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN note TEXT;
     ALTER TABLE jobs ADD COLUMN retry_of INTEGER;
     """,
-    # 4: how many file descriptors each worker has open, and its limit (/healthz warns
+    # 4: a rollback job names the failed job it rolls back from, so each links to the other.
+    """
+    ALTER TABLE jobs ADD COLUMN rollback_of INTEGER;
+    CREATE INDEX jobs_by_rollback_of ON jobs (rollback_of) WHERE rollback_of IS NOT NULL;
+    """,
+    # 5: how many file descriptors each worker has open, and its limit (/healthz warns
     # before a worker runs out).
     """
     ALTER TABLE workers ADD COLUMN fds INTEGER;
     ALTER TABLE workers ADD COLUMN fd_limit INTEGER;
     """,
-    # 5: the ledger under hostile traffic. Deliveries to names not in the registry are
+    # 6: the ledger under hostile traffic. Deliveries to names not in the registry are
     # marked (pruned together, as they arrive); rejected deliveries are stored up to a
     # number a minute per repo (or for unknown names together), the rest only counted.
     """

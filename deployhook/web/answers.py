@@ -60,8 +60,9 @@ def decision_status(decision: Decision) -> int:
     """The HTTP status of the answer to a delivery."""
     if decision.outcome == Outcome.REJECTED:
         return error_status(decision.error) if decision.error is not None else 400
-    if decision.first is not None:  # a duplicate: the first answer's status
-        return decision_status(decision.first)
+    if decision.first is not None:
+        # A duplicate: nothing new was queued, whatever the first delivery became.
+        return 200
     if decision.outcome in {Outcome.QUEUED, Outcome.COALESCED}:
         return 202
     return 200

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from markupsafe import escape
 
+WARNING = "#fe7d37"  # shields.io's orange: deployed, but not what was pushed last
 COLOURS = {
     "succeeded": "#4c1",
     "failed": "#e05d44",
     "running": "#007ec6",
     "queued": "#dfb317",
+    "rolled back": WARNING,
     "cancelled": "#7d7d7d",
     "interrupted": "#7d7d7d",
     "skipped": "#9f9f9f",
@@ -43,7 +45,7 @@ def text_width(text: str) -> int:
 
 
 def render(message: str, *, label: str = "deploy") -> str:
-    """Return the SVG text of a badge; colour by message (a job status or "never")."""
+    """Return the SVG text of a badge; colour by message (a repo state, as people read it)."""
     colour = COLOURS.get(message, UNKNOWN_COLOUR)
     left = text_width(label) + 2 * _PAD
     right = text_width(message) + 2 * _PAD

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from deployhook import summary
 from deployhook.errors import InvalidRequest, StoreUnavailable, UnknownRepo
 from deployhook.models import iso
 from deployhook.web import answers, badge
@@ -76,7 +77,7 @@ def repo_badge(repo: str) -> Any:
     if found is None or (svc.settings.private_status and not found.public_badge and not is_admin()):
         raise UnknownRepo(f"no repo named {repo!r} in the registry")
     [line] = svc.summaries([found.name])
-    message = "running" if line.running else line.status
+    message = summary.label(line.state)
     label = request.args.get("label", "deploy")[:MAX_LABEL] or "deploy"
     response = Response(badge.render(message, label=label), mimetype="image/svg+xml")
     response.headers["Cache-Control"] = f"public, max-age={BADGE_MAX_AGE_S}"

@@ -1,4 +1,5 @@
-"""The HTML pages: `/` (every repo, refreshing itself) and `/ui/jobs/<id>`; `/login`.
+"""The HTML pages: `/` (every repo, refreshing itself), `/ui/repos/<name>`, `/ui/jobs/<id>`;
+`/login`.
 
 Server-rendered with Jinja; the scripts in static/ only refresh what the server already
 rendered, from the JSON endpoints. No build step, no CDN: it works offline.
@@ -6,6 +7,8 @@ rendered, from the JSON endpoints. No build step, no CDN: it works offline.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -69,11 +72,46 @@ def _page_context() -> dict[str, Any]:
 @status_access
 def index() -> Any:
     svc = service()
+    repos = svc.summaries()
+    first: dict[str, Any] = {}
+    if not repos:  # a newcomer: say how to add the first repo, exactly
+        base = svc.settings.public_url or request.url_root.rstrip("/")
+        first = {
+            "command": svc.add_repo_command(),
+            "registry": svc.settings.registry.absolute(),
+            "example": svc.registry_is_example,
+            "hook_url": f"{base}/deploy/NAME",
+        }
     return render_template(
         "index.html",
-        repos=svc.summaries(),
+        repos=repos,
+        first=first,
         nodes=svc.workers_by_node(),
         registry_error=svc.registry_error,
+        **_page_context(),
+    )
+
+
+@bp.get("/ui/repos/<name>")
+@status_access
+def repo_page(name: str) -> Any:
+    """One repo: its state, its jobs and its delivery ledger (public like `/`)."""
+    line, jobs, deliveries = service().repo_history(name)
+    # What the page shows, in short: the script re-reads the page when this changes.
+    key = json.dumps(
+        [
+            line.to_dict(),
+            [(j.id, str(j.status), len(j.steps), j.rolled_back_by) for j in jobs],
+            [d.id for d in deliveries],
+        ],
+        default=str,
+    )
+    return render_template(
+        "repo.html",
+        r=line,
+        jobs=jobs,
+        deliveries=deliveries,
+        key=hashlib.sha256(key.encode()).hexdigest()[:16],
         **_page_context(),
     )
 
@@ -84,8 +122,14 @@ def job_page(job_id: int) -> Any:
     svc = service()
     job: Job = svc.job(job_id)
     repo = svc.registry.find(job.repo)
+    held = bool(repo and svc.summaries([repo.name])[0].held)
     return render_template(
-        "job.html", job=job, branch=repo.branch if repo else None, **_page_context()
+        "job.html",
+        job=job,
+        branch=repo.branch if repo else None,
+        known=repo is not None,
+        held=held,
+        **_page_context(),
     )
 
 

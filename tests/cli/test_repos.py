@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
+import pwd
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,10 @@ from deployhook import registry
 from deployhook.cli import main
 from deployhook.config import Settings
 from deployhook.web import create_app
+from tests import needs
 from tests.cli_logging import restore_logging  # noqa: F401 - an autouse fixture
 from tests.conftest import write_registry
-from tests.helpers import SECRET, FakeDocker, Remote, git, make_remote
+from tests.helpers import SECRET, FakeDocker, FakeEngine, Remote, git, make_remote
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "repos.yml"
 
@@ -74,23 +77,24 @@ def test_add_then_remove_returns_the_file_byte_for_byte(settings: Settings, tmp_
     )
     assert added.exit_code == 0, added.output
     text = settings.registry.read_text()
-    for comment in (
-        "# deployhook's registry",
-        "# seconds for a whole deploy",
-        "# A site whose webhook secret",
-        "# the payload must come from",
-    ):
-        assert comment in text
-    assert text.startswith(before.decode())  # appended: nothing above it moved
-    assert text.endswith(
-        "\n  blog:\n"
-        f"    path: {target.checkout}\n"
-        "    branch: production\n    source: jeff/blog\n"
-        "    secret_env: BLOG_SECRET\n"
-        "    compose_files: [docker-compose.yml, prod.yml]\n"
-        "    project_name: blog\n    services: [web, db]\n    timeout: 300\n"
-        "    health_timeout: 0\n    rollback: false\n"
-        "    on_local_changes: reset\n"
+    # The example's `repos: {}` becomes the block of the one entry, in place: every
+    # comment above it (the commented examples too) stays as it was.
+    head, tail = before.decode().split("repos: {}\n")
+    assert "# A site whose webhook secret" in head and "# deployhook's registry" in head
+    assert (
+        text
+        == head
+        + (
+            "repos:\n  blog:\n"
+            f"    path: {target.checkout}\n"
+            "    branch: production\n    source: jeff/blog\n"
+            "    secret_env: BLOG_SECRET\n"
+            "    compose_files: [docker-compose.yml, prod.yml]\n"
+            "    project_name: blog\n    services: [web, db]\n    timeout: 300\n"
+            "    health_timeout: 0\n    rollback: false\n"
+            "    on_local_changes: reset\n"
+        )
+        + tail
     )
     blog = registry.load(settings.registry)["blog"]
     assert (blog.branch, blog.services, blog.rollback, blog.timeout) == (
@@ -408,18 +412,100 @@ def test_list_of_an_invalid_registry_exits_2(settings: Settings) -> None:
 
 
 def test_check_passes_a_good_setup(
-    settings: Settings, remote: Remote, fake_docker: FakeDocker
+    settings: Settings, remote: Remote, fake_docker: FakeDocker, fake_engine: FakeEngine
 ) -> None:
     result = run(settings, "repos", "check")
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == "1 repo OK"
-    [call] = fake_docker.calls()
+    assert result.stdout.strip() == (
+        "1 repo OK (docker engine 99.0.0-fake (API 1.43), Docker Compose version v2.99.0-fake)"
+    )
+    [call] = fake_docker.calls()  # (`compose version` answers without a record)
     assert call["argv"] == ["compose", "config", "-q"]
     assert call["cwd"] == str(remote.checkout)
+    assert any(path.endswith("/_ping") for path in fake_engine.requests)
+
+
+def test_check_says_when_the_engine_does_not_answer(
+    settings: Settings, fake_docker: FakeDocker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first deploy would fail with "Cannot connect to the Docker daemon": say it now."""
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    result = run(settings, "repos", "check")
+    assert result.exit_code == 2
+    assert one_error_line(result) == (
+        f"this host: docker: docker engine unreachable: unix://{tmp_path}/no-engine.sock: "
+        "No such file or directory (every deploy needs it)"
+    )
+
+
+def test_check_says_when_the_compose_command_does_not_run(
+    settings: Settings, fake_engine: FakeEngine, tmp_path: Path
+) -> None:
+    missing = tmp_path / "bin" / "docker-compose"
+    result = run(settings, "repos", "check", env={"DEPLOYHOOK_COMPOSE": str(missing)})
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == (
+        f"this host: compose: cannot run `{missing} version`: No such file or directory"
+    )
+    assert lines[1:] == [
+        f"{settings.registry}: repos.site: compose: cannot run {missing}: No such file or directory"
+    ]
+
+
+def test_check_with_no_repos_still_checks_the_host(
+    settings: Settings, fake_docker: FakeDocker, fake_engine: FakeEngine
+) -> None:
+    settings.registry.write_text("repos: {}\n")
+    result = run(settings, "repos", "check")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"no repos in {settings.registry} yet (docker engine ")
+    assert "`deployhook repos add NAME --path /path/to/checkout`" in result.stdout
+
+
+def test_check_says_when_this_user_cannot_write_the_checkout(
+    settings: Settings, remote: Remote, fake_docker: FakeDocker, fake_engine: FakeEngine
+) -> None:
+    """A checkout owned by another user: git could neither fetch nor check out."""
+    objects = remote.checkout / ".git" / "objects"
+    with unwritable(objects):
+        result = run(settings, "repos", "check")
+    assert result.exit_code == 2
+    user = f"{pwd.getpwuid(os.geteuid()).pw_name} (uid {os.geteuid()})"
+    assert one_error_line(result) == (
+        f"{settings.registry}: repos.site: path: {objects} is not writable by {user}: git "
+        "cannot fetch or check out there (run deployhook as the checkout's owner, see "
+        "docs/install.md)"
+    )
+    assert run(settings, "repos", "check").exit_code == 0
+
+
+@contextlib.contextmanager
+def unwritable(directory: Path) -> Iterator[None]:
+    """directory made unwritable for this user: by its mode, or for root (who writes
+    anywhere) by the immutable flag."""
+    if os.geteuid() != 0:
+        directory.chmod(0o555)
+        try:
+            yield
+        finally:
+            directory.chmod(0o755)
+        return
+    done = subprocess.run(["chattr", "+i", str(directory)], capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"as root, needs chattr +i (e2fsprogs) on an ext4 or xfs tmp: {done.stderr}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(directory)], check=True)
 
 
 def test_check_reports_one_line_per_problem(
-    settings: Settings, remote: Remote, fake_docker: FakeDocker, tmp_path: Path
+    settings: Settings,
+    remote: Remote,
+    fake_docker: FakeDocker,
+    fake_engine: FakeEngine,
+    tmp_path: Path,
 ) -> None:
     wrong_branch = make_remote(tmp_path, "wrongbranch")
     no_compose = make_remote(tmp_path, "nocompose", files={"index.html": "x\n"})
@@ -452,7 +538,7 @@ def test_check_reports_one_line_per_problem(
 
 
 def test_check_reports_a_rejected_compose_file_without_its_output(
-    settings: Settings, fake_docker: FakeDocker
+    settings: Settings, fake_docker: FakeDocker, fake_engine: FakeEngine
 ) -> None:
     fake_docker.set(fail=True)
     result = run(settings, "repos", "check")
@@ -471,18 +557,10 @@ def test_check_of_an_invalid_registry_is_one_line(settings: Settings) -> None:
     assert "duplicate key 'a'" in line
 
 
-def _compose_plugin() -> bool:
-    docker = shutil.which("docker")
-    if docker is None:
-        return False
-    probe = subprocess.run([docker, "compose", "version"], capture_output=True, check=False)
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not _compose_plugin(), reason="needs the docker compose plugin")
 def test_check_with_real_compose_never_prints_interpolated_secrets(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, fake_engine: FakeEngine
 ) -> None:
+    needs.compose_v2()
     leak = "hunter2-do-not-print-me"
     good = make_remote(
         tmp_path,

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from deployhook.config import Settings
 from deployhook.deploy.worker import Worker
 from deployhook.models import Status, Trigger
 from deployhook.service import Service
+from tests.conftest import write_registry
 from tests.helpers import FakeDocker, Remote, gitea_headers, gitea_push_body
 
 
@@ -48,6 +50,7 @@ def push(client: Any, sha: str) -> int:
 
 
 def test_status_table_before_any_deploy(env: dict[str, str], service: Service) -> None:
+    service.store.migrate()  # a server has started: the store exists, empty
     result = cli(env, "status")
     assert result.exit_code == 0, result.output
     header, row = result.stdout.splitlines()
@@ -80,20 +83,51 @@ def test_status_table_after_deploys(
     result = cli(env, "status")
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
-    cells = lines[1].split()
-    assert cells[:4] == ["site", "main", "succeeded", good[:10]]
-    assert "held" in cells
+    # The failure stays visible: the repo is rolled back, and says from what.
+    assert lines[1].split()[:5] == ["site", "main", "rolled", "back", good[:10]]
+    assert "held" in lines[1].split()
     assert " ago " in lines[1]
+    assert lines[2] == (
+        f"site: rolled back to {good[:10]} (job {failed.id + 1}) after job {failed.id} "
+        f"failed to deploy {bad[:10]}"
+    )
+    assert lines[3] == "site: compose up exited with 1"
 
     one = cli(env, "status", "site")
     assert one.exit_code == 0
-    text = one.stdout
-    assert text.splitlines()[0].startswith(f"site (main): deployed {good[:10]}")
-    assert ", held" in text.splitlines()[0]
-    jobs = [line.split() for line in text.splitlines()[2:]]
+    text = one.stdout.splitlines()
+    assert text[0].startswith(f"site (main): deployed {good[:10]}")
+    assert ", held" in text[0]
+    assert text[1:4] == [
+        "state: rolled back",
+        lines[2].removeprefix("site: "),
+        "error: compose up exited with 1",
+    ]
+    jobs = [line.split() for line in text[5:]]
     assert [j[1] for j in jobs] == ["succeeded", "failed", "succeeded"]
     assert [j[2] for j in jobs] == ["rollback", "manual", "push"]
-    assert "compose up exited with 1" in text
+    assert text[5].endswith(f"(rollback of job {failed.id})")
+    assert text[6].endswith(f"compose up exited with 1 (rolled back by job {failed.id + 1})")
+
+    # A good deploy of a newer commit clears it.
+    service.store.release("site", node="")
+    fake_docker.set()
+    service.run("site", sha=remote.commit_and_push({"index.html": "v4\n"}))
+    Worker(service).work(burst=True)
+    after = cli(env, "status").stdout.splitlines()
+    assert after[1].split()[2] == "succeeded"
+    assert len(after) == 2  # no rollback, no error left to show
+
+
+def test_status_with_no_repos_says_how_to_add_one(env: dict[str, str], service: Service) -> None:
+    service.store.migrate()
+    service.settings.registry.write_text("repos: {}\n")
+    result = cli(env, "status")
+    assert result.exit_code == 0
+    assert result.stdout == (
+        f"no repos in {service.settings.registry} yet: add one with "
+        "`deployhook repos add NAME --path /path/to/checkout`\n"
+    )
 
 
 def test_status_of_unknown_repo_is_one_line_and_exit_2(env: dict[str, str]) -> None:
@@ -131,6 +165,7 @@ def test_logs_strip_a_stacks_escape_sequences(env: dict[str, str], service: Serv
 def test_logs_of_unknown_job_is_exit_2(
     env: dict[str, str], service: Service, args: list[str]
 ) -> None:
+    service.store.migrate()
     result = cli(env, *args)
     assert result.exit_code == 2
     assert result.stderr.strip() == "deployhook: no job 999"
@@ -171,3 +206,68 @@ def test_logs_follow_prints_until_the_job_ends(env: dict[str, str], service: Ser
         for stream in (proc.stdout, proc.stderr):
             if stream:
                 stream.close()
+
+
+def run_cli(cwd: Path, *args: str, env: dict[str, str] | None = None) -> Any:
+    """`python -m deployhook ARGS` in cwd, with no DEPLOYHOOK_* but env's."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DEPLOYHOOK_")}
+    return subprocess.run(
+        [sys.executable, "-m", "deployhook", *args],
+        cwd=cwd,
+        env={**clean, "DEPLOYHOOK_LOG_FORMAT": "json", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_cli_finds_the_servers_registry_and_store_from_any_directory(
+    tmp_path: Path, remote: Remote, fake_docker: FakeDocker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkout of deployhook with its live registry in config/, as docs/settings.md says."""
+    home = tmp_path / "deployhook"
+    (home / "config").mkdir(parents=True)
+    (home / "repos.yml").write_text("repos: {}\n")  # the tracked example: not the live one
+    live = write_registry(
+        home / "config" / "repos.yml",
+        {"site": {"path": str(remote.checkout), "health_timeout": 0}},
+    )
+    # The server's side, started in its directory: one deploy.
+    monkeypatch.chdir(home)
+    settings = Settings.load({}, compose=(str(fake_docker.path), "compose"), reconcile_interval=0)
+    assert (settings.registry, settings.data_dir) == (live, home / "config" / "data")
+    svc = Service.open(settings)
+    job, _ = svc.run("site", sha=remote.deployed())
+    Worker(svc).work(burst=True)
+    svc.close()
+
+    here = run_cli(home, "status")
+    assert here.returncode == 0, here.stderr
+    assert here.stdout.splitlines()[1].split()[:3] == ["site", "main", "succeeded"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    named = run_cli(elsewhere, "status", "site", env={"DEPLOYHOOK_REGISTRY": str(live)})
+    assert named.returncode == 0, named.stderr
+    assert f"\n{job.id}    succeeded  manual" in named.stdout  # the same store, beside it
+
+    if not Path("/etc/deployhook/repos.yml").exists():
+        lost = run_cli(elsewhere, "status")
+        assert lost.returncode == 2
+        assert lost.stderr.startswith("deployhook: no registry found (looked for ")
+        assert str(elsewhere / "config" / "repos.yml") in lost.stderr
+        assert lost.stdout == ""
+        add = run_cli(elsewhere, "repos", "add", "x", "--path", str(remote.checkout))
+        assert (add.returncode, add.stderr) == (2, lost.stderr)  # nothing created either
+    # A registry here but no store: said so, and nothing is created.
+    (elsewhere / "repos.yml").write_text(live.read_text())
+    store = elsewhere / "data" / "deployhook.sqlite3"
+    for args in (("status",), ("status", "site"), ("logs", str(job.id))):
+        result = run_cli(elsewhere, *args)
+        assert result.returncode == 2, args
+        assert result.stderr.startswith(f"deployhook: no store yet at {store}: "), result.stderr
+    listed = run_cli(elsewhere, "repos", "list")
+    assert listed.returncode == 0
+    assert listed.stdout.split()[0] == "site"
+    assert "never deployed (no store yet)" in listed.stdout
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["repos.yml"]

@@ -155,6 +155,12 @@ def test_failure_rolls_back_to_last_good(
     assert jobs[0].sha == good
     assert remote.deployed() == good
     assert (remote.checkout / "index.html").read_text() == "good\n"
+    # Each links to the other, in the store and in the JOB JSON.
+    rollback = jobs[0]
+    assert (rollback.rollback_of, failed.rolled_back_by) == (job_id, rollback.id)
+    assert client.get(f"/jobs/{job_id}").get_json()["rolled_back_by"] == rollback.id
+    assert client.get(f"/jobs/{rollback.id}").get_json()["rollback_of"] == job_id
+    assert jobs[1].rolled_back_by == rollback.id  # the history reads it too
 
 
 def test_failed_rollback_does_not_roll_back(
@@ -168,6 +174,9 @@ def test_failed_rollback_does_not_roll_back(
     triggers = [(j.trigger, j.status) for j in service.store.jobs("site")]
     assert triggers[:2] == [(Trigger.ROLLBACK, Status.FAILED), (Trigger.PUSH, Status.FAILED)]
     assert len(triggers) == 3
+    rollback, failed = service.store.jobs("site")[:2]
+    assert (rollback.rollback_of, failed.rolled_back_by) == (failed.id, rollback.id)
+    assert rollback.rolled_back_by is None
 
 
 def test_no_rollback_when_a_newer_push_is_queued(

@@ -26,6 +26,7 @@ from docker.client import DockerClient
 from docker.constants import MINIMUM_DOCKER_API_VERSION
 from docker.errors import DockerException, NotFound
 
+from tests import needs
 from tests.helpers import Remote, git
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,7 +98,7 @@ def docker_engine() -> Iterator[str]:
                 pytrace=False,
             )
     if host is None:
-        pytest.skip("no Docker engine (set DOCKER_HOST or run .ci/docker-engine.sh start)")
+        needs.missing("docker", "no Docker engine answers (at DOCKER_HOST or the default socket)")
     old = os.environ.get("DOCKER_HOST")
     os.environ["DOCKER_HOST"] = host
     yield host

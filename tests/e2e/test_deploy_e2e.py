@@ -21,6 +21,7 @@ from deployhook.deploy.worker import Worker
 from deployhook.models import Job, Status, StepStatus, Trigger
 from deployhook.service import Service
 from deployhook.web import create_app
+from tests import needs
 from tests.conftest import write_registry
 from tests.e2e.conftest import Stack, dangling_image, uid
 from tests.helpers import SECRET, gitea_headers, gitea_push_body
@@ -61,6 +62,8 @@ def deployer(
     stack: Stack,
     open_service: Callable[[Settings], Service],
 ) -> Iterator[Deployer]:
+    if request.param == "v1":
+        needs.compose_v1()
     registry = write_registry(
         tmp_path / "repos.yml",
         {

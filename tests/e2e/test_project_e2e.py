@@ -18,6 +18,7 @@ from docker.client import DockerClient
 from deployhook.deploy import compose
 from deployhook.deploy.project import project_name
 from deployhook.registry import Repo
+from tests import needs
 from tests.e2e.conftest import uid
 
 V1 = ("docker-compose",)
@@ -162,6 +163,10 @@ def test_project_name_matches_the_label_compose_sets(
     busybox_image: str,
     docker_client: DockerClient,
 ) -> None:
+    if base == V1:
+        needs.compose_v1()
+    else:
+        needs.compose_v2()
     spec = CASES[case]
     repo, env, service = _build(spec, tmp_path, busybox_image)
     ours = project_name(repo, base, environ={**os.environ, **env})
@@ -187,9 +192,11 @@ PLUGIN_DIRS = (
 def test_v2_installed_as_docker_compose_gets_v2_rules(
     tmp_path: Path, busybox_image: str, docker_client: DockerClient
 ) -> None:
-    plugin = next(
-        p for d in PLUGIN_DIRS if (p := Path(d).expanduser() / "docker-compose").is_file()
-    )
+    needs.compose_v1()
+    plugins = [p for d in PLUGIN_DIRS if (p := Path(d).expanduser() / "docker-compose").is_file()]
+    if not plugins:
+        needs.missing("compose-v2", f"no Compose v2 plugin in {', '.join(PLUGIN_DIRS)}")
+    plugin = plugins[0]
     standalone = tmp_path / "bin" / "docker-compose"  # how Docker's docs install v2 alone
     standalone.parent.mkdir()
     standalone.symlink_to(plugin)

@@ -7,7 +7,6 @@ teardown leaves the swarm and stops that engine even when a test fails.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -22,6 +21,7 @@ from deployhook.config import Settings
 from deployhook.deploy.worker import Worker
 from deployhook.models import Status, Trigger
 from deployhook.service import Service
+from tests import needs
 from tests.conftest import write_registry
 from tests.e2e.conftest import ENGINE_SCRIPT, uid
 from tests.helpers import SECRET, Remote, make_remote
@@ -74,10 +74,9 @@ def swarm_host() -> Iterator[str]:
     started = _engine("start")
     host = (started.stdout.strip().splitlines() or [""])[-1]
     if started.returncode != 0 or not host:
-        message = f"cannot start the private engine {ENGINE}: {started.stderr[-500:]}"
-        if os.environ.get("DEPLOYHOOK_REQUIRE_DOCKER") == "1":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        needs.missing(
+            "docker", f"cannot start the private engine {ENGINE}: {started.stderr[-500:]}"
+        )
     docker = ["docker", "-H", host]
     try:
         subprocess.run([*docker, "swarm", "leave", "--force"], capture_output=True, check=False)

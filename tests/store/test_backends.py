@@ -118,7 +118,7 @@ def test_duplicate_delivery_gets_the_first_answer_again(store: Store) -> None:
     first = store.submit(push("site", 1, delivery="same"))
     again = store.submit(push("site", 1, delivery="same"))
     assert again.outcome == Outcome.DUPLICATE
-    assert decision_status(again) == 202
+    assert decision_status(again) == 200  # nothing new queued
     assert decision_body(again) == {**decision_body(first), "duplicate": True}
     assert len(store.jobs("site")) == 1
 
@@ -355,6 +355,19 @@ def test_rollback_target_is_the_newest_good_sha_other_than_the_deployed(store: S
     assert deployed == sha(2)
     assert store.newest_good_sha("a", other_than=deployed) == sha(1)
     assert store.newest_good_sha("b") is None
+
+
+def test_a_push_joining_a_queued_rollback_is_no_rollback_any_more(store: Store) -> None:
+    failed = _run(store, "a", 1, Status.FAILED)
+    rollback = store.enqueue_if_idle(
+        repo="a", sha=sha(0), ref=None, trigger=Trigger.ROLLBACK, node="", rollback_of=failed
+    )
+    assert rollback is not None and rollback.rollback_of == failed
+    assert store.job(failed).rolled_back_by == rollback.id
+    joined, coalesced = store.enqueue(repo="a", sha=sha(2), ref=None, trigger=Trigger.PUSH, node="")
+    assert coalesced and joined.id == rollback.id
+    assert (joined.trigger, joined.rollback_of) == (Trigger.PUSH, None)
+    assert store.job(failed).rolled_back_by is None
 
 
 def test_prune_keeps_the_newest_jobs_and_the_last_good_one(store: Store) -> None:

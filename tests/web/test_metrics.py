@@ -59,7 +59,7 @@ def test_metrics_follow_deliveries_and_deploys(
 ) -> None:
     sha = remote.commit_and_push({"index.html": "v2\n"})
     assert push(client, sha, delivery="one").status_code == 202
-    assert push(client, sha, delivery="one").status_code == 202  # duplicate
+    assert push(client, sha, delivery="one").status_code == 200  # duplicate
     assert push(client, sha, secret="wrong").status_code == 403
     _, queued = scrape(client)
     assert queued[("deployhook_queue_depth", site())] == 1

@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,6 +35,8 @@ JOB_KEYS = {
     "duration_s",
     "error",
     "steps",
+    "rollback_of",
+    "rolled_back_by",
 }
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -143,6 +146,7 @@ def test_deliveries_ledger_says_why(client: Any, remote: Remote) -> None:
         "/deploy/nope/badge.svg",
         "/jobs/999999",
         "/ui/jobs/999999",
+        "/ui/repos/nope",
     ],
 )
 def test_unknown_repo_or_job_is_404_json(client: Any, url: str) -> None:
@@ -177,6 +181,118 @@ def test_healthz_is_degraded_without_worker_but_200(client: Any) -> None:
     body = resp.get_json()
     assert body["status"] == "degraded"
     assert any("worker" in p for p in body["problems"])
+
+
+# -- a failure and its rollback stay visible ---------------------------------------
+
+
+@dataclasses.dataclass
+class RolledBack:
+    good: str
+    bad: str
+    failed: int
+    rollback: int
+
+
+@pytest.fixture
+def rolled_back(
+    client: Any, service: Service, remote: Remote, fake_docker: FakeDocker
+) -> RolledBack:
+    """A good deploy, then a push whose compose fails, rolled back by the worker."""
+    good = remote.commit_and_push({"index.html": "good\n"})
+    push(client, good)
+    Worker(service).work(burst=True)
+    bad = remote.commit_and_push({"index.html": "bad\n"})
+    fake_docker.set(fail_sha=bad)
+    failed = push(client, bad)
+    Worker(service).work(burst=True)
+    rollback = service.store.job(failed).rolled_back_by
+    assert rollback is not None
+    assert service.store.job(rollback).status == Status.SUCCEEDED
+    return RolledBack(good, bad, failed, rollback)
+
+
+def test_overview_says_rolled_back_with_the_failure(client: Any, rolled_back: RolledBack) -> None:
+    [repo] = client.get("/api/overview").get_json()["repos"]
+    assert (repo["state"], repo["status"]) == ("rolled_back", "succeeded")
+    assert repo["deployed_sha"] == rolled_back.good
+    assert repo["error"] == "compose up exited with 1"
+    assert repo["rolled_back"] == {
+        "job": rolled_back.rollback,
+        "sha": rolled_back.good,
+        "url": f"https://git.example.com/jeff/site/commit/{rolled_back.good}",
+        "at": repo["rolled_back"]["at"],
+        "failed_job": rolled_back.failed,
+        "failed_sha": rolled_back.bad,
+        "failed_url": f"https://git.example.com/jeff/site/commit/{rolled_back.bad}",
+        "error": "compose up exited with 1",
+        "note": f"rolled back to {rolled_back.good[:10]} (job {rolled_back.rollback}) after "
+        f"job {rolled_back.failed} failed to deploy {rolled_back.bad[:10]}",
+    }
+    assert repo["last_job"]["rollback_of"] == rolled_back.failed
+
+
+def test_pages_and_badge_say_rolled_back_and_link_both_jobs(
+    client: Any, rolled_back: RolledBack
+) -> None:
+    failed, rollback = rolled_back.failed, rolled_back.rollback
+    badge = client.get("/deploy/site/badge.svg")
+    assert "rolled back" in badge_texts(badge.data)
+    assert "#fe7d37" in badge.data.decode()  # the warning colour
+    index = client.get("/").data.decode()
+    assert 'data-state="rolled_back"' in index
+    assert ">rolled back</span>" in index
+    assert f'<a href="/ui/jobs/{failed}">job {failed}</a>' in index
+    assert f'<a href="/ui/jobs/{rollback}">rollback job {rollback}</a>' in index
+    assert "compose up exited with 1" in index
+    assert '<a class="name" href="/ui/repos/site">site</a>' in index
+    repo = client.get("/ui/repos/site").data.decode()
+    assert 'id="rolled-back"' in repo
+    assert rolled_back.bad[:10] in repo and rolled_back.good[:10] in repo
+    assert f'rolled back by <a href="/ui/jobs/{rollback}">job {rollback}</a>' in repo
+    assert f'rollback of <a href="/ui/jobs/{failed}">job {failed}</a>' in repo
+    page = client.get(f"/ui/jobs/{failed}").data.decode()
+    assert f'rolled back by <a href="/ui/jobs/{rollback}">job {rollback}</a>' in page
+    page = client.get(f"/ui/jobs/{rollback}").data.decode()
+    assert f'rollback of <a href="/ui/jobs/{failed}">job {failed}</a>, which failed' in page
+
+
+def test_a_good_deploy_of_a_newer_commit_ends_rolled_back(
+    client: Any, service: Service, remote: Remote, rolled_back: RolledBack
+) -> None:
+    push(client, remote.commit_and_push({"index.html": "fixed\n"}))
+    Worker(service).work(burst=True)
+    [repo] = client.get("/api/overview").get_json()["repos"]
+    assert (repo["state"], repo["rolled_back"], repo["error"]) == ("succeeded", None, None)
+    assert "succeeded" in badge_texts(client.get("/deploy/site/badge.svg").data)
+
+
+def test_a_running_job_is_the_state_even_with_another_queued(
+    client: Any, service: Service, deployed: int
+) -> None:
+    running, _ = service.run("site", sha="a" * 40)
+    claimed = service.store.claim(worker="w", node="", lease_s=60)
+    assert claimed is not None and claimed.id == running.id
+    service.run("site", sha="b" * 40)  # queued behind it: the newest job
+    [repo] = client.get("/api/overview").get_json()["repos"]
+    assert (repo["state"], repo["status"], repo["running"]) == ("running", "queued", running.id)
+    index = client.get("/").data.decode()
+    assert 'data-state="running"' in index
+    assert '<span class="pill s-running">running</span>' in index
+    assert '<span class="flag f-queued">queued</span>' in index
+    assert "running" in badge_texts(client.get("/deploy/site/badge.svg").data)
+
+
+def test_repo_page_shows_jobs_and_ledger(client: Any, deployed: int, remote: Remote) -> None:
+    resp = client.get("/ui/repos/site")
+    assert resp.status_code == 200
+    assert resp.mimetype == "text/html"
+    assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
+    html = resp.data.decode()
+    assert 'class="page-repo"' in html and 'data-state="succeeded"' in html
+    assert f'<tr data-job="{deployed}" data-status="succeeded">' in html
+    assert 'data-outcome="queued"' in html  # the delivery that queued it
+    assert remote.deployed()[:12] in html
 
 
 # -- the badge -----------------------------------------------------------------------
@@ -309,6 +425,7 @@ STATUS_URLS = [
     "/deploy/site/deliveries",
     "/jobs/{job}",
     "/ui/jobs/{job}",
+    "/ui/repos/site",
     "/metrics",
 ]
 
@@ -408,6 +525,36 @@ def test_index_page_renders_every_repo(client: Any, deployed: int, remote: Remot
     assert f"https://git.example.com/jeff/site/commit/{remote.deployed()}" in html
     assert "/static/app.js" in html and "/static/style.css" in html
     assert "log in" in html
+
+
+def test_index_page_tells_a_newcomer_the_exact_command(
+    settings: Settings,
+    open_service: Callable[[Settings], Service],
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    home = tmp_path / "home"
+    (home / "config").mkdir(parents=True)
+    registry = home / "config" / "repos.yml"
+    registry.write_text("repos: {}\n")
+    monkeypatch.chdir(home)  # where serve runs: it found config/repos.yml from here
+    html = make_client(settings, open_service, registry=registry).get("/").data.decode()
+    assert 'id="repos-empty"' in html and 'id="repos"' not in html
+    command = html.split('<pre class="cmd" id="add-command"><code>')[1].split("</code>")[0]
+    assert command.startswith(f"cd {home} &amp;&amp; ")
+    assert command.endswith(" repos add NAME --path /path/to/checkout")
+    assert f"It adds NAME to <code>{registry}</code>" in html
+    assert "http://localhost/deploy/NAME" in html
+    assert 'id="example-hint"' not in html
+    # Served from elsewhere: the command names the file.
+    monkeypatch.chdir(tmp_path)
+    html = make_client(settings, open_service, registry=registry).get("/").data.decode()
+    assert f"<code>DEPLOYHOOK_REGISTRY={registry} " in html
+    # deployhook's own tracked example: say where a live registry belongs.
+    example = Path(__file__).resolve().parents[2] / "repos.yml"
+    monkeypatch.chdir(example.parent)
+    html = make_client(settings, open_service, registry=example).get("/").data.decode()
+    assert 'id="example-hint"' in html and "cp repos.yml config/repos.yml" in html
 
 
 @pytest.mark.parametrize("name", ["app.js", "style.css"])

@@ -7,11 +7,16 @@ never written to disk). Credentials are the host's own: deployhook adds none.
 
 from __future__ import annotations
 
+import fnmatch
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import git
+from packaging.version import InvalidVersion, Version
+from wcmatch import glob as wcmatch_glob
 
 from deployhook.deploy import process
 from deployhook.deploy.context import Context, StepSpec
@@ -93,13 +98,15 @@ def checkout_problem(path: Path, *, timeout: float = 20) -> str | None:
 
 
 def remote_head(repo: Repo, *, timeout: float) -> str:
-    """Return the sha at the tip of the repo's branch on its remote (`git ls-remote`)."""
+    """The commit the entry follows on its remote (`git ls-remote`): its branch's tip, or
+    for a `tags` entry the commit of its newest matching tag (annotated tags peeled)."""
     if not repo.path.is_dir():
         raise StepFailed(f"{repo.path} does not exist")
+    pattern = f"refs/tags/{repo.tags}" if repo.tags else repo.ref
     cmd = git.Git(str(repo.path))
     try:
         out = cmd.execute(
-            ["git", "ls-remote", "--", repo.remote, repo.ref],
+            ["git", "ls-remote", "--", repo.remote, pattern],
             env=git_env(repo.path),
             kill_after_timeout=timeout,
             with_extended_output=False,
@@ -107,11 +114,39 @@ def remote_head(repo: Repo, *, timeout: float) -> str:
         )
     except git.GitCommandError as exc:
         raise StepFailed(f"git ls-remote {repo.remote} failed: {_short(exc)}") from None
+    refs: dict[str, str] = {}
     for line in str(out).splitlines():
         sha, _, ref = line.partition("\t")
-        if ref.strip() == repo.ref:
-            return sha.strip().lower()
-    raise StepFailed(f"branch {repo.branch} not found on remote {repo.remote}")
+        refs[ref.strip()] = sha.strip().lower()
+    if not repo.tags:
+        if repo.ref in refs:
+            return refs[repo.ref]
+        raise StepFailed(f"branch {repo.branch} not found on remote {repo.remote}")
+    tags = {
+        ref.removeprefix("refs/tags/"): refs.get(f"{ref}^{{}}", sha)  # peeled, if annotated
+        for ref, sha in refs.items()
+        if ref.startswith("refs/tags/") and not ref.endswith("^{}")
+    }
+    newest = newest_tag(tags, repo.tags)
+    if newest is None:
+        raise StepFailed(f"no tag matching {repo.tags} on remote {repo.remote}")
+    return tags[newest]
+
+
+def _version_key(tag: str) -> tuple[int, Any]:
+    """Version order: v1.10 after v1.9, v2.0 after v2.0-rc1 (PEP 440, a leading v
+    ignored); tags that are not versions come first, digit runs compared as numbers."""
+    try:
+        return (1, Version(tag.removeprefix("v").removeprefix("V")))
+    except InvalidVersion:
+        parts = re.split(r"(\d+)", tag)
+        return (0, tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts if p))
+
+
+def newest_tag(tags: Iterable[str], pattern: str) -> str | None:
+    """The newest tag matching the entry's `tags` glob, in version order."""
+    matching = [t for t in tags if fnmatch.fnmatchcase(t, pattern)]
+    return max(matching, key=_version_key, default=None)
 
 
 def _open(repo: Repo) -> git.Repo:
@@ -182,6 +217,57 @@ def fetch(repo: Repo, *, timeout: float, output: Callable[[str], None]) -> str:
     return head
 
 
+def fetch_tags(repo: Repo, *, timeout: float, output: Callable[[str], None]) -> dict[str, str]:
+    """Fetch the remote's tags (moved ones updated, deleted ones gone); return each
+    tag's commit (an annotated tag peeled)."""
+    handle = _open(repo)
+    if repo.remote not in [r.name for r in handle.remotes]:
+        raise StepFailed(f"{repo.path} has no remote named {repo.remote!r}")
+    try:
+        _git(
+            handle,
+            "fetch",
+            "--prune",
+            "--no-tags",
+            "--",
+            repo.remote,
+            "+refs/tags/*:refs/tags/*",
+            timeout=timeout,
+        )
+    except StepFailed as exc:
+        raise StepFailed(f"{exc} (remote {repo.remote!r})") from None
+    listed = _git(
+        handle,
+        "for-each-ref",
+        "--format=%(refname:strip=2)%09%(objectname)%09%(*objectname)",
+        "refs/tags",
+    )
+    tags = {}
+    for line in listed.splitlines():
+        name, _, rest = line.partition("\t")
+        obj, _, peeled = rest.partition("\t")
+        tags[name] = (peeled or obj).strip()
+    output(f"fetched {len(tags)} tags from {repo.remote}")
+    return tags
+
+
+def commit_of(repo: Repo, sha: str) -> str | None:
+    """The commit sha names here (an annotated tag object peeled), or None if unknown."""
+    try:
+        return _git(_open(repo), "rev-parse", "--verify", "--quiet", f"{sha}^{{commit}}").strip()
+    except StepFailed:
+        return None
+
+
+def changed_files(repo: Repo, base: str, target: str) -> list[str] | None:
+    """The files that differ between two commits (None if either is not here)."""
+    try:
+        out = _git(_open(repo), "diff", "--name-only", "--no-renames", "-z", base, target)
+    except StepFailed:
+        return None
+    return [name for name in out.split("\0") if name]
+
+
 def contains(repo: Repo, head: str, sha: str) -> bool:
     """True if the commit sha is head or one of its ancestors (present here)."""
     handle = _open(repo)
@@ -237,6 +323,12 @@ def checkout(repo: Repo, sha: str, *, output: Callable[[str], None]) -> str | No
         output(f"discarding local changes to tracked files: {shown}")
         _git(handle, "reset", "--hard", "--quiet", "HEAD")
     previous = head(repo)
+    if repo.tags:  # a `tags` entry follows no branch: the checkout is detached at the commit
+        if previous != sha or not handle.head.is_detached:
+            _git(handle, "checkout", "--quiet", "--detach", sha)
+        was = f" (was {previous[:12]})" if previous and previous != sha else ""
+        output(f"detached at {sha[:12]}{was}")
+        return previous
     current = None if handle.head.is_detached else handle.active_branch.name
     if current != repo.branch:
         start = previous or sha
@@ -259,28 +351,70 @@ def update_submodules(repo: Repo, *, timeout: float, output: Callable[[str], Non
 
 
 def step_fetch(ctx: Context) -> None:
-    """Fetch the branch, then settle which commit this job deploys (docs/deploys.md rule 3).
+    """Fetch, then settle which commit this job deploys (docs/deploys.md rule 3).
 
-    A push or reconcile job (and a retry of one) deploys only what the branch contains:
-    its own commit when it is the head, the head when the branch has moved past it, and
-    nothing when the commit is not on the branch. A head that already failed and was
-    rolled back is not deployed again by a push. Manual deploys and rollbacks deploy
-    exactly their commit.
+    A push or reconcile job (and a retry of one) deploys only what the entry follows:
+    its own commit when it is the head (the branch's tip, or a `tags` entry's newest
+    matching tag), the head when it has moved past it, and nothing when the commit is
+    not there. A head that already failed and was rolled back is not deployed again by a
+    push, nor one that changes nothing under the entry's `paths`. Manual deploys and
+    rollbacks deploy exactly their commit.
     """
     timeout = max(ctx.deadline.remaining(), 1)
-    head = fetch(ctx.repo, timeout=timeout, output=ctx.output)
-    sha, branch = ctx.job.sha, ctx.repo.branch
+    repo, sha = ctx.repo, ctx.job.sha
+    if repo.tags:
+        tags = fetch_tags(repo, timeout=timeout, output=ctx.output)
+        newest = newest_tag(tags, repo.tags)
+        head = tags[newest] if newest else None
+        followed = {commit for name, commit in tags.items() if fnmatch.fnmatchcase(name, repo.tags)}
+        moved = f"deployed the newest tag {newest}, {head[:12] if head else ''}"
+    else:
+        head = fetch(repo, timeout=timeout, output=ctx.output)
+        followed = set()
+        moved = f"deployed the head of {repo.branch}, {head[:12]}"
     if not ctx.follows_branch:
-        fetch_commit(ctx.repo, sha, timeout=timeout, output=ctx.output)
+        fetch_commit(repo, sha, timeout=timeout, output=ctx.output)
         return
-    if sha != head:
-        if not contains(ctx.repo, head, sha):
-            raise StepFailed(f"{sha[:12]} is not on {branch}")
-        ctx.retarget(head, note=f"pushed {sha[:12]}; deployed the head of {branch}, {head[:12]}")
-    if ctx.store.failed_and_rolled_back(ctx.repo.name, head):
+    if head is None:
+        raise StepFailed(f"no tag matching {repo.tags} on {repo.remote}")
+    commit = commit_of(repo, sha) or sha  # a pushed annotated tag: the commit it names
+    if commit != head:
+        on_it = commit in followed if repo.tags else contains(repo, head, commit)
+        if not on_it:
+            raise StepFailed(f"{sha[:12]} is not on {repo.follows}")
+        ctx.retarget(head, note=f"pushed {sha[:12]}; {moved}")
+    elif commit != sha:
+        ctx.retarget(head, note=None)
+    if ctx.store.failed_and_rolled_back(repo.name, head):
         raise NothingToDo(
             f"{head[:12]} already failed and was rolled back; a push does not deploy it again"
         )
+    _skip_unless_paths_changed(ctx, head)
+
+
+def _skip_unless_paths_changed(ctx: Context, target: str) -> None:
+    """With `paths`: nothing to do when no file under them changed since the entry's last
+    good deploy (decided with git, never from a payload's truncated file lists)."""
+    patterns = ctx.repo.paths
+    if not patterns:
+        return
+    baseline = ctx.store.newest_good_sha(ctx.repo.name)
+    if baseline is None:
+        ctx.output("paths: no earlier good deploy of this entry: deploying")
+        return
+    changed = changed_files(ctx.repo, baseline, target)
+    if changed is None:
+        ctx.output(f"paths: {baseline[:12]} is not here to compare with: deploying")
+        return
+    flags = wcmatch_glob.GLOBSTAR | wcmatch_glob.DOTGLOB
+    matched = [f for f in changed if wcmatch_glob.globmatch(f, list(patterns), flags=flags)]
+    if not matched:
+        raise NothingToDo(
+            f"no change under paths since {baseline[:12]} ({len(changed)} files changed "
+            f"elsewhere): {', '.join(patterns)}"
+        )
+    more = f" and {len(matched) - 5} more" if len(matched) > 5 else ""
+    ctx.output(f"paths: {', '.join(matched[:5])}{more} changed since {baseline[:12]}")
 
 
 def step_checkout(ctx: Context) -> None:
