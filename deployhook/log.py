@@ -68,7 +68,8 @@ class _LineWriter:
             self._fd: int | None = stream.fileno()
         except (AttributeError, OSError, ValueError):  # a StringIO, pytest's capture
             self._fd = None
-        self._lock = threading.Lock()
+        # Re-entrant: a signal handler that logs while this thread writes must not hang.
+        self._lock = threading.RLock()
 
     def line(self, text: str) -> None:
         with self._lock:
