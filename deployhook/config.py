@@ -19,6 +19,9 @@ PREFIX = "DEPLOYHOOK_"
 WATCHDOG_ENV = "DEPLOYHOOK_WATCHDOG_FD"
 # The admin token guards root-equivalent actions: long enough not to be guessed online.
 MIN_ADMIN_TOKEN = 16
+# Settings that may come from a file instead, as Docker and Compose secrets provide them:
+# DEPLOYHOOK_<NAME>_FILE is a path whose content (stripped) is the value.
+FROM_FILE = ("secret", "admin_token", "database_url")
 
 # Where the registry is looked for when DEPLOYHOOK_REGISTRY is unset, first found wins
 # (docs/settings.md): a live registry beside a checkout of deployhook (config/ is
@@ -91,6 +94,23 @@ def _choice(*allowed: str) -> Callable[[str, str], str]:
     return parse
 
 
+def _read_file(variable: str, path: str) -> str:
+    """The content of a *_FILE setting's file, stripped, and now registered as secret."""
+    try:
+        raw = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"{variable}: cannot read {path}: {exc.strerror or type(exc).__name__}"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{variable}: {path} is not UTF-8 text") from None
+    value = raw.strip()
+    redact.register([value])  # read: now secret, before anything could print it
+    if not value:
+        raise ConfigError(f"{variable}: {path} is empty")
+    return value
+
+
 def _optional(_name: str, raw: str) -> str | None:
     return raw or None
 
@@ -114,6 +134,23 @@ def _database_url(name: str, raw: str) -> str | None:
     if not raw.startswith(("postgresql://", "postgres://")):
         raise ConfigError(f"{PREFIX}{name}: only postgresql://... URLs are supported")
     return raw
+
+
+def _from_files(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    """The settings given as DEPLOYHOOK_<NAME>_FILE: name -> (value, path)."""
+    found: dict[str, tuple[Any, str]] = {}
+    for name in FROM_FILE:
+        variable = f"{name.upper()}_FILE"
+        path = (env.get(PREFIX + variable) or "").strip()
+        if not path:
+            continue
+        if (env.get(PREFIX + name.upper()) or "").strip():
+            raise ConfigError(
+                f"{PREFIX}{name.upper()} and {PREFIX}{variable} are both set: "
+                "give the value or the file, not both"
+            )
+        found[name] = (_PARSERS[name](variable, _read_file(PREFIX + variable, path)), path)
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +182,8 @@ class Settings:
     worker_watchdog: int = 60
     rejected_per_minute: int = 120
     prune_interval: int = 300
+    # (setting, path) of those read from DEPLOYHOOK_<NAME>_FILE: children get the path.
+    files: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -154,14 +193,18 @@ class Settings:
         dir is `data/` beside it.
         """
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
+        files = _from_files(env)
+        values: dict[str, Any] = {name: value for name, (value, _path) in files.items()}
+        values["files"] = tuple((name, path) for name, (_value, path) in files.items())
         for name, parse in _PARSERS.items():
             raw = env.get(PREFIX + name.upper())
-            if raw is not None:
+            if raw is not None and name not in files:
                 values[name] = parse(name.upper(), raw.strip() if name != "secret" else raw)
         for name, given in overrides.items():
             if given is None:
                 continue
+            if name in FROM_FILE:  # given outright: no longer from its file
+                values["files"] = tuple(f for f in values["files"] if f[0] != name)
             if isinstance(given, str) and name in _PARSERS:
                 values[name] = _PARSERS[name](name.upper(), given)
             else:
@@ -176,8 +219,9 @@ class Settings:
         # Read: now secret. Nothing this process prints may show them from here on.
         redact.register([settings.secret, settings.admin_token, settings.database_url])
         if settings.admin_token and len(settings.admin_token) < MIN_ADMIN_TOKEN:
+            source = "ADMIN_TOKEN_FILE" if "admin_token" in dict(settings.files) else "ADMIN_TOKEN"
             raise ConfigError(
-                f"{PREFIX}ADMIN_TOKEN: {len(settings.admin_token)} characters, at least "
+                f"{PREFIX}{source}: {len(settings.admin_token)} characters, at least "
                 f"{MIN_ADMIN_TOKEN} needed (make one: openssl rand -hex 32)"
             )
         if settings.web_processes < 1:
@@ -189,9 +233,12 @@ class Settings:
     def to_environ(self) -> dict[str, str]:
         """Render these settings as DEPLOYHOOK_* variables, for child processes."""
         env: dict[str, str] = {}
+        from_files = dict(self.files)
+        for name, path in from_files.items():
+            env[f"{PREFIX}{name.upper()}_FILE"] = path  # the child reads the file itself
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
-            if value is None or value == "":
+            if value is None or value == "" or item.name == "files" or item.name in from_files:
                 continue
             if isinstance(value, bool):
                 text = "1" if value else "0"

@@ -11,6 +11,7 @@ import functools
 import shlex
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +19,15 @@ from typing import Any
 
 from deployhook import preflight, summary, tail
 from deployhook.config import Settings, find_registry
-from deployhook.errors import ConfigError, Conflict, NoStore, SecretNotConfigured, StepFailed
+from deployhook.errors import (
+    ConfigError,
+    Conflict,
+    InvalidRequest,
+    NoStore,
+    SecretNotConfigured,
+    StepFailed,
+    UnknownJob,
+)
 from deployhook.intake import receive as intake
 from deployhook.intake.receive import Request
 from deployhook.models import (
@@ -28,12 +37,22 @@ from deployhook.models import (
     Delivery,
     Job,
     LogLine,
+    Mode,
     RepoState,
+    Status,
     Trigger,
     WorkerInfo,
     iso,
 )
-from deployhook.registry import Registry, Repo, resolve_secrets, secret_values
+from deployhook.registry import (
+    Registry,
+    Repo,
+    Token,
+    resolve_secrets,
+    secret_values,
+    token,
+    webhook_secrets,
+)
 from deployhook.registry import edit as registry_edit
 from deployhook.store import Store, open_store, totals
 from deployhook.text import check_sha
@@ -48,6 +67,8 @@ CLAIM_OVERDUE_S = 30.0
 # retired long ago should not clutter the page forever.
 WORKERS_SHOWN_FOR_S = 24 * 3600.0
 REMOTE_TIMEOUT_S = 20
+# How long `repos remove --down` waits for a cancelled running job to end.
+TAKE_DOWN_WAIT_S = 120.0
 
 
 class Service:
@@ -145,6 +166,78 @@ class Service:
     def remove_repo(self, name: str) -> None:
         registry_edit.remove_repo(self.settings.registry, name)
 
+    def down_problem(self, repo: Repo) -> str | None:
+        """Why `repos remove --down` cannot take repo's stack down, or None."""
+        where = f"{self.settings.registry}: repos.{repo.name}"
+        if repo.mode != Mode.COMPOSE:
+            return (
+                f"{where}.mode: {repo.mode}: --down runs compose down; "
+                "remove a stack with `docker stack rm`"
+            )
+        if not repo.path.is_dir():
+            return (
+                f"{where}.path: {repo.path} does not exist: nothing to take down "
+                "(remove it without --down)"
+            )
+        return None
+
+    def take_down(
+        self,
+        repo: Repo,
+        *,
+        output: Callable[[str], None],
+        wait_s: float | None = None,
+        poll_s: float = 0.2,
+    ) -> None:
+        """Stop a repo's stack for good (`repos remove --down`): cancel its queued and
+        running jobs, wait for a running one to end, then `compose down` in its checkout,
+        with the children's environment of a deploy (volumes kept).
+
+        Raises Conflict when a job does not end in time (compose down is then not run:
+        it would race the deploy), StepFailed when compose down fails.
+        """
+        from deployhook.deploy import compose, process
+
+        problem = self.down_problem(repo)
+        if problem:
+            raise ConfigError(problem)
+        wait_s = TAKE_DOWN_WAIT_S if wait_s is None else wait_s
+        deadline = time.monotonic() + wait_s
+        while True:
+            active = self.store.active_jobs(repo.name)
+            if not active:
+                break
+            for job in active:
+                if job.status == Status.RUNNING and job.cancel_requested:
+                    continue
+                try:
+                    done = self.store.cancel(job.id)
+                except Conflict:  # it ended meanwhile
+                    continue
+                if done.status == Status.CANCELLED:
+                    output(f"cancelled job {done.id} ({done.trigger} at {done.sha[:12]})")
+                else:
+                    output(f"asked the worker to stop job {done.id}; waiting for it to end")
+            if time.monotonic() >= deadline:
+                running = ", ".join(str(j.id) for j in active)
+                raise Conflict(
+                    f"job {running} of {repo.name} is still running after {wait_s:g} s: "
+                    "compose down not run (is a deploy worker alive?)"
+                )
+            time.sleep(poll_s)
+        argv = compose.down_argv(compose.command(self.settings.compose), repo)
+        output("$ " + " ".join(argv))
+        code = process.run(
+            argv,
+            cwd=repo.path,
+            output=output,
+            deadline=process.Deadline(repo.timeout),
+            cancel=threading.Event(),
+            env=process.child_environ(),
+        )
+        if code != 0:
+            raise StepFailed(f"compose down exited with {code} in {repo.path}")
+
     def check_repos(self) -> preflight.Report:
         """This host's and each repo's problems, as `repos check` shows them."""
         return preflight.check_all(self.repos(), self.settings)
@@ -158,6 +251,19 @@ class Service:
     def receive(self, request: Request, *, status_of: Callable[[Decision], int]) -> Decision:
         """Judge, record and (for a push to the deploy branch) queue one webhook delivery."""
         return intake.receive(
+            request,
+            registry=self.registry,
+            store=self.store,
+            max_body=self.settings.max_body,
+            default_secret=self.settings.secret,
+            status_of=status_of,
+        )
+
+    def receive_routed(
+        self, request: Request, *, status_of: Callable[[Decision], int]
+    ) -> intake.Routed:
+        """`POST /deploy`: an organisation's delivery, routed to the entries it verifies for."""
+        return intake.receive_routed(
             request,
             registry=self.registry,
             store=self.store,
@@ -230,8 +336,25 @@ class Service:
     def jobs(self, name: str, *, limit: int = 20) -> list[Job]:
         return self.store.jobs(self.repo(name).name, limit=limit)
 
-    def deliveries(self, name: str, *, limit: int = 50) -> list[Delivery]:
-        return self.store.deliveries(self.repo(name).name, limit=limit)
+    def latest_job(self, name: str) -> Job:
+        """The repo's newest job, whatever its status; UnknownJob when it has none."""
+        repo = self.repo(name)
+        found = self.store.jobs(repo.name, limit=1)
+        if not found:
+            raise UnknownJob(f"repo {repo.name} has no jobs yet")
+        return found[0]
+
+    def deliveries(
+        self, name: str, *, limit: int = 50, before: int | None = None
+    ) -> tuple[list[Delivery], int | None]:
+        """One page of the repo's ledger, newest first, and the `before` of the next page
+        (None: this is the last). before: only rows older than that seq."""
+        if before is not None and before < 1:
+            raise InvalidRequest(f"before must be a positive seq, got {before}")
+        rows = self.store.deliveries(self.repo(name).name, limit=limit + 1, before=before)
+        if len(rows) > limit:
+            return rows[:limit], rows[limit - 1].id
+        return rows, None
 
     def summaries(self, names: list[str] | None = None) -> list[summary.RepoSummary]:
         """One line per repo (default: every repo), in name order."""
@@ -250,6 +373,14 @@ class Service:
             self.store.jobs(line.repo, limit=jobs),
             self.store.deliveries(line.repo, limit=deliveries),
         )
+
+    def overview(self) -> dict[str, Any]:
+        """The body of GET /api/overview: every repo at a glance."""
+        return {
+            "repos": [r.to_dict() for r in self.summaries()],
+            "generated_at": iso(time.time()),
+            "registry_error": self.registry_error,
+        }
 
     def repo_status(self, name: str) -> dict[str, Any]:
         """The body of GET /deploy/<repo>."""
@@ -418,9 +549,58 @@ class Service:
                 target, url=url, secret=self.secret(repo), branch=repo.branch
             )
         except gitea.ForgeError as exc:
-            token_env = repo.gitea.token_env if repo.gitea else None
+            token_env = (
+                Token("gitea.token", repo.gitea.token_env, repo.gitea.token_file).origin
+                if repo.gitea
+                else None
+            )
             raise gitea.ForgeError(gitea.explain(exc, target, token_env=token_env)) from None
         return (
             f"{action} hook {hook_id} on {target.full_name} ({target.client.url}) "
             f"delivering pushes to {repo.branch} to {url}"
         )
+
+    def create_org_hook(
+        self, org: str, *, gitea_url: str, token_env: str, secret_env: str | None
+    ) -> list[str]:
+        """Create (or update) an organisation's push webhook on Gitea, pointing at
+        `POST /deploy`; say what was done, and which entries its secret routes to."""
+        from deployhook.forges import gitea
+
+        if not self.settings.public_url:
+            raise ConfigError("DEPLOYHOOK_PUBLIC_URL is not set: Gitea needs the URL to deliver to")
+        if not gitea_url.startswith(("https://", "http://")):
+            raise ConfigError(f"--gitea-url: {gitea_url!r} is not an http:// or https:// URL")
+        try:
+            api_token = token(token_env, what="--token-env")
+            secrets = webhook_secrets(secret_env, default=self.settings.secret)
+        except SecretNotConfigured as exc:
+            raise ConfigError(str(exc)) from None
+        client = gitea.Gitea(gitea_url.rstrip("/"), api_token)
+        url = f"{self.settings.public_url}/deploy"
+        try:
+            action, hook_id = gitea.ensure_org_hook(client, org, url=url, secret=secrets[0])
+        except gitea.ForgeError as exc:
+            raise gitea.ForgeError(
+                gitea.explain_org(exc, client, org, token_env=token_env)
+            ) from None
+        lines = [
+            f"{action} hook {hook_id} on organisation {org} ({client.url}) "
+            f"delivering pushes to {url}"
+        ]
+        routed = []
+        for repo in self.registry:
+            try:
+                own = resolve_secrets(repo, default=self.settings.secret)
+            except SecretNotConfigured:
+                continue
+            if repo.source and secrets[0] in own:
+                routed.append(f"{repo.name} ({', '.join(repo.source)})")
+        if routed:
+            lines.append("its secret deploys: " + "; ".join(routed))
+        else:
+            lines.append(
+                "warning: no entry with a source has this secret: every delivery answers 403 "
+                "until one has (secret_env, and source: owner/name)"
+            )
+        return lines

@@ -28,6 +28,7 @@ from tests.helpers import (
 # server is configured): the behaviour suite. Others run on SQLite only, to keep CI fast.
 BOTH_BACKENDS = {
     "test_webhook",
+    "test_webhook_routed",
     "test_worker",
     "test_backends",
     "test_nodes",

@@ -64,6 +64,23 @@ def gitea_headers(
     }
 
 
+def forgejo_headers(body: bytes, **kwargs: Any) -> dict[str, str]:
+    """The header block Forgejo sends: its own X-Forgejo-* names first, then Gitea's."""
+    gitea = gitea_headers(body, **kwargs)
+    own = {
+        "X-Forgejo-Delivery": gitea["X-Gitea-Delivery"],
+        "X-Forgejo-Event": gitea["X-Gitea-Event"],
+        "X-Forgejo-Event-Type": gitea["X-Gitea-Event-Type"],
+        "X-Forgejo-Signature": gitea["X-Gitea-Signature"],
+    }
+    return {
+        "User-Agent": "Go-http-client/1.1",
+        "Content-Type": gitea["Content-Type"],
+        **own,
+        **{k: v for k, v in gitea.items() if k not in {"User-Agent", "Content-Type"}},
+    }
+
+
 def github_headers(
     body: bytes,
     *,
@@ -222,7 +239,7 @@ FAKE_DOCKER = textwrap.dedent("""\
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                           cwd=os.getcwd()).stdout.strip()
     write({{"phase": "start", "argv": args, "cwd": os.getcwd(), "head": head, "start": start,
-           "pid": me, "others": others()}})
+           "pid": me, "others": others(), "env": sorted(os.environ)}})
     control = os.path.join(os.path.dirname(record), "control.json")
     try:
         with open(control) as fh:

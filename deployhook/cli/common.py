@@ -57,6 +57,18 @@ def shown(text: str) -> str:
     return for_terminal(text, colours=sys.stdout.isatty())
 
 
+def repo_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of a repo's NAME: the registry's names (nothing on any error: a
+    completion must never print one)."""
+    from deployhook import registry
+
+    try:
+        names = registry.load(Settings.load().registry)
+    except Exception:
+        return []
+    return [name for name in names if name.startswith(incomplete)]
+
+
 def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings.load(**overrides)

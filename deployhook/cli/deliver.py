@@ -15,7 +15,7 @@ from urllib.parse import quote, urlsplit
 
 import click
 
-from deployhook.cli.common import fail, handle_errors, open_service
+from deployhook.cli.common import fail, handle_errors, open_service, repo_names
 from deployhook.config import Settings
 from deployhook.errors import ConfigError
 
@@ -34,7 +34,7 @@ def default_url(settings: Settings) -> str:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=repo_names)
 @click.option("--url", help="base URL of the deployhook to send it to [from DEPLOYHOOK_BIND]")
 @handle_errors
 def deliver(name: str, url: str | None) -> None:

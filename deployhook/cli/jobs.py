@@ -1,4 +1,5 @@
-"""`deployhook deploy | rollback | hold | release`: admin actions through the shared store.
+"""`deployhook deploy | rollback | hold | release | cancel`: admin actions through the
+shared store.
 
 They work whether or not the server runs: a queued job is durable in the store, and a
 deploy worker (of `serve`, or `deployhook worker`) claims it when there is one.
@@ -6,12 +7,13 @@ deploy worker (of `serve`, or `deployhook worker`) claims it when there is one.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 import click
 
-from deployhook.cli.common import handle_errors, open_service, shown
+from deployhook.cli.common import handle_errors, open_service, repo_names, shown
 from deployhook.models import Job, Status
 from deployhook.registry import Repo
 from deployhook.service import Service
@@ -60,7 +62,7 @@ def _announce(
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=repo_names)
 @click.option("--sha", help="the commit to deploy [the remote branch head]")
 @_wait_options
 @handle_errors
@@ -71,7 +73,7 @@ def deploy(name: str, sha: str | None, wait: bool, timeout: int | None) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=repo_names)
 @click.option("--to", "to", help="the commit [the newest good deploy other than the deployed one]")
 @_wait_options
 @handle_errors
@@ -82,7 +84,7 @@ def rollback(name: str, to: str | None, wait: bool, timeout: int | None) -> None
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=repo_names)
 @handle_errors
 def hold(name: str) -> None:
     """Hold NAME: pushes are recorded but not deployed until `release`."""
@@ -95,7 +97,7 @@ def hold(name: str) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=repo_names)
 @handle_errors
 def release(name: str) -> None:
     """Release NAME; the newest push that arrived while it was held is queued."""
@@ -106,6 +108,25 @@ def release(name: str) -> None:
         if job is not None:
             _queued(job, coalesced=False)
             _warn_without_worker(svc, repo)
+
+
+@click.command()
+@click.argument("job", type=int)
+@click.option("--json", "as_json", is_flag=True, help="the job's JSON, as the cancel endpoint's")
+@handle_errors
+def cancel(job: int, as_json: bool) -> None:
+    """Cancel JOB: a queued one at once, a running one by asking its worker to stop it."""
+    with open_service() as svc:
+        done = svc.cancel(job)
+    if as_json:
+        click.echo(json.dumps(done.to_dict(), indent=2))
+    elif done.status == Status.CANCELLED:
+        click.echo(f"cancelled job {done.id}: {done.trigger} of {done.repo} at {done.sha[:12]}")
+    else:
+        click.echo(
+            f"job {done.id} ({done.repo} at {done.sha[:12]}) is {done.status}: its worker "
+            f"stops it within seconds (`deployhook logs {done.id} --follow` shows the end)"
+        )
 
 
 def follow(svc: Service, job_id: int, *, timeout: float | None = None) -> int:

@@ -13,8 +13,12 @@ from deployhook.cli.common import (
     handle_errors,
     load_settings,
     open_service,
+    quiet_logs,
+    repo_names,
     require_registry,
+    shown,
 )
+from deployhook.cli.status import print_json
 from deployhook.errors import DeployhookError
 from deployhook.models import Status
 from deployhook.service import Service
@@ -27,11 +31,36 @@ def repos() -> None:
 
 
 @repos.command(name="list")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='{"repos": [...]}: each repo\'s entry and state, as GET /api/overview has it',
+)
 @handle_errors
-def list_repos() -> None:
+def list_repos(as_json: bool) -> None:
     """Print one line a repo: name, branch, path, last status."""
     with open_service(read_only=True) as svc:
         entries = svc.repos()
+        no_store = svc.store_missing()  # the registry is there; nothing deployed yet
+        lines = {} if no_store else {s.repo: s for s in svc.summaries([r.name for r in entries])}
+        if as_json:
+            print_json(
+                {
+                    "repos": [
+                        {
+                            **(lines[r.name].to_dict() if r.name in lines else {"repo": r.name}),
+                            "path": str(r.path),
+                            "source": list(r.source),
+                            "node": r.node or None,
+                            "mode": str(r.mode),
+                        }
+                        for r in entries
+                    ],
+                    "registry_error": svc.registry_error,
+                }
+            )
+            return
         if not entries:
             click.echo(
                 f"no repos in {svc.settings.registry}: add one with "
@@ -39,12 +68,8 @@ def list_repos() -> None:
                 err=True,
             )
             return
-        no_store = svc.store_missing()
-        if no_store:  # the registry is there; nothing deployed yet
+        if no_store:
             click.echo(f"deployhook: {no_store}", err=True)
-            lines = {}
-        else:
-            lines = {line.repo: line for line in svc.summaries([r.name for r in entries])}
         rows = [(r.name, r.branch, str(r.path), _last_status(lines.get(r.name))) for r in entries]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
@@ -154,14 +179,37 @@ def add(name: str, path: Path, **options: Any) -> None:
 
 
 @repos.command(name="remove")
-@click.argument("name")
+@click.argument("name", shell_complete=repo_names)
+@click.option(
+    "--down",
+    is_flag=True,
+    help="first cancel its queued or running job, then `compose down` in its checkout "
+    "(volumes kept)",
+)
 @handle_errors
-def remove(name: str) -> None:
-    """Remove a repo from repos.yml, keeping the other entries and comments."""
+def remove(name: str, down: bool) -> None:
+    """Remove a repo from repos.yml, keeping the other entries and comments.
+
+    With --down its stack is stopped too: its jobs are cancelled, then `compose down`
+    runs in its checkout (containers and networks removed; volumes and images kept).
+    """
     settings = load_settings()
     require_registry(settings)
-    Service.open(settings).remove_repo(name)
-    click.echo(f"removed {name} from {settings.registry} (its checkout and history are kept)")
+    svc = Service.open(settings)
+    try:
+        repo = svc.registry.find(name)  # None: remove_repo says so, naming the file
+        problem = svc.down_problem(repo) if down and repo else None
+        if problem:
+            fail(problem, code=2)
+        svc.remove_repo(name)  # first: no new push is queued for it
+        kept = "its checkout, volumes and history are" if down else "its checkout and history are"
+        click.echo(f"removed {name} from {settings.registry} ({kept} kept)")
+        if down and repo:
+            quiet_logs(settings)
+            svc.take_down(repo, output=lambda line: click.echo(shown(line)))
+            click.echo(f"{repo.name} is down")
+    finally:
+        svc.close()
 
 
 @repos.command(name="check")

@@ -1,22 +1,32 @@
-"""`deployhook status [NAME]` and `deployhook logs JOB [--follow]`: read the store directly.
+"""`deployhook status [NAME] [--json]` and `deployhook logs JOB|NAME [--follow]`: read the
+store directly.
 
 Both work whether or not the server runs: they open the same store it uses.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import click
 
 from deployhook import summary
-from deployhook.cli.common import handle_errors, open_service, shown
+from deployhook.cli.common import handle_errors, open_service, repo_names, shown
 from deployhook.models import Job
 from deployhook.service import Service
 
 COLOURS = {
+    # a ledger row's outcome (deployhook deliveries)
+    "coalesced": "yellow",
+    "duplicate": "bright_black",
+    "ignored": "bright_black",
+    "held": "yellow",
+    "rejected": "red",
+    # a job's status
     "succeeded": "green",
     "failed": "red",
     "running": "blue",
@@ -29,7 +39,7 @@ COLOURS = {
 }
 
 
-def _table(
+def table(
     header: Sequence[str], rows: list[list[str]], *, colour_col: int | None = None
 ) -> list[str]:
     """Left-aligned columns; the status column coloured on a terminal (click strips it)."""
@@ -76,7 +86,7 @@ def _repos_table(svc: Service) -> int:
                 "yes" if line.queued else "-",
             ]
         )
-    for text in _table(
+    for text in table(
         ["REPO", "BRANCH", "STATUS", "DEPLOYED", "WHEN", "TOOK", "HELD", "QUEUED"],
         rows,
         colour_col=2,
@@ -120,7 +130,7 @@ def _repo_jobs(svc: Service, name: str, limit: int) -> int:
         ]
         for j in jobs
     ]
-    for text in _table(
+    for text in table(
         ["JOB", "STATUS", "TRIGGER", "SHA", "QUEUED", "TOOK", "ERROR"], rows, colour_col=1
     ):
         click.echo(text)
@@ -137,8 +147,13 @@ def _note(job: Job) -> str:
     return " ".join(p for p in parts if p)
 
 
+def print_json(doc: Any) -> None:
+    """The API's JSON, one document, indented (`jq` reads it; a script needs no parsing)."""
+    click.echo(json.dumps(doc, indent=2))
+
+
 @click.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=repo_names)
 @click.option(
     "--limit",
     type=click.IntRange(1, 1000),
@@ -146,20 +161,40 @@ def _note(job: Job) -> str:
     show_default=True,
     help="jobs to show for one repo",
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="the API's JSON: GET /api/overview, or GET /deploy/NAME with its jobs",
+)
 @handle_errors
-def status(name: str | None, limit: int) -> None:
+def status(name: str | None, limit: int, as_json: bool) -> None:
     """Show every repo's state, or one repo's recent jobs."""
     with open_service(read_only=True) as svc:
+        if as_json:
+            if name is None:
+                print_json(svc.overview())
+            else:
+                doc = svc.repo_status(name)
+                print_json({**doc, "jobs": [j.to_dict() for j in svc.jobs(name, limit=limit)]})
+            sys.exit(0)
         sys.exit(_repo_jobs(svc, name, limit) if name else _repos_table(svc))
 
 
 @click.command()
-@click.argument("job", type=int)
+@click.argument("job_or_name", metavar="JOB|NAME", shell_complete=repo_names)
 @click.option("--follow", "-f", is_flag=True, help="keep printing until the job ends")
 @handle_errors
-def logs(job: int, follow: bool) -> None:
-    """Print a job's output, each line with its UTC time."""
+def logs(job_or_name: str, follow: bool) -> None:
+    """Print a job's output, each line with its UTC time.
+
+    An all-digit argument is a job id; a repo's name means its latest job.
+    """
     with open_service(read_only=True) as svc:
+        if job_or_name.isascii() and job_or_name.isdigit():
+            job = int(job_or_name)
+        else:
+            job = svc.latest_job(job_or_name).id
         try:
             for line in svc.output(job, follow=follow):
                 sys.stdout.write(shown(line))

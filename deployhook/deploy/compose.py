@@ -116,6 +116,15 @@ def up_argv(base: tuple[str, ...], repo: Repo) -> list[str]:
     return argv
 
 
+def down_argv(base: tuple[str, ...], repo: Repo) -> list[str]:
+    """`<compose> [-f F]... [-p P] down [--remove-orphans]`: containers and networks go,
+    volumes stay (no `-v`), images stay."""
+    argv = [*base_args(base, repo), "down"]
+    if repo.remove_orphans:
+        argv.append("--remove-orphans")
+    return argv
+
+
 def config_problem(
     base: tuple[str, ...], repo: Repo, *, env: dict[str, str], timeout: float
 ) -> str | None:

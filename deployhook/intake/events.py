@@ -15,8 +15,14 @@ from deployhook.text import is_sha
 _REF_BAD_RE = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//")
 _MAX_REF = 255
 
-EVENT_HEADERS = ("X-Gitea-Event", "X-Gogs-Event", "X-GitHub-Event")
-DELIVERY_HEADERS = ("X-Gitea-Delivery", "X-Gogs-Delivery", "X-GitHub-Delivery")
+# Forgejo sends its own names first, then Gitea's, Gogs' and GitHub's; a proxy may drop some.
+EVENT_HEADERS = ("X-Forgejo-Event", "X-Gitea-Event", "X-Gogs-Event", "X-GitHub-Event")
+DELIVERY_HEADERS = (
+    "X-Forgejo-Delivery",
+    "X-Gitea-Delivery",
+    "X-Gogs-Delivery",
+    "X-GitHub-Delivery",
+)
 
 JSON_TYPES = frozenset({"application/json", "text/json"})
 FORM_TYPE = "application/x-www-form-urlencoded"

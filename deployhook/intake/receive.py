@@ -15,6 +15,7 @@ from typing import IO, Protocol
 import structlog
 
 from deployhook.errors import (
+    BadSignature,
     BodyTooLarge,
     DeliveryRejected,
     DeployhookError,
@@ -71,6 +72,23 @@ def _delivery_id(headers: Headers) -> str | None:
     if raw is None:
         return None
     return "".join(c for c in raw[:_MAX_DELIVERY_ID] if c.isprintable()) or None
+
+
+# The ledger name of deliveries to `POST /deploy` that no entry took (never a repo's name).
+ROUTED_NAME = "*"
+# One answer for "no secret verifies" and "no verifying entry has this source": a sender
+# must not learn which repositories are deployed here from the difference.
+NOT_ROUTED = "signature does not match the body"
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """What became of one delivery to `POST /deploy`: refused whole, or each entry's
+    decision (repo name, decision), in registry order; ping: it was a ping."""
+
+    rejection: Decision | None = None
+    results: tuple[tuple[str, Decision], ...] = ()
+    ping: bool = False
 
 
 def _check(req: Request, repo: Repo, *, max_body: int, default_secret: str | None) -> events.Event:
@@ -151,23 +169,142 @@ def _admit(
         event = _check(req, repo, max_body=max_body, default_secret=default_secret)
     except (DeliveryRejected, SecretNotConfigured) as exc:
         return _reject(store, base, exc)
+    return _submit(store, _for_repo(event, repo, base))
+
+
+def _for_repo(event: events.Event, repo: Repo, base: CheckedDelivery) -> CheckedDelivery:
+    """A verified event as the ledger of repo decides on it (a push to another branch is
+    ignored there)."""
     kind, reason = event.kind, event.reason
     if event.kind == DeliveryKind.PUSH:
         reason = _not_followed(event, repo)
         kind = DeliveryKind.IGNORED if reason else kind
-    item = replace(
+    return replace(
         base,
+        repo=repo.name,
+        node=repo.node,
         kind=kind,
         sha=event.sha,
         ref=event.ref,
         reason=reason,
         repo_url=event.repo_url,
     )
+
+
+def _submit(store: Store, item: CheckedDelivery) -> Decision:
     try:
         return store.submit(item)
     except StoreUnavailable as exc:
-        logger.error("delivery_not_stored", error=str(exc))
-        return Decision(Outcome.REJECTED, kind, reason=str(exc), error=exc)
+        logger.error("delivery_not_stored", repo=item.repo, error=str(exc))
+        return Decision(Outcome.REJECTED, item.kind, reason=str(exc), error=exc)
+
+
+def _verified(
+    repos: list[Repo], bodies: list[bytes], offered: list[str], *, default_secret: str | None
+) -> list[Repo]:
+    """The entries whose own secret verifies the delivery. An entry whose secret is not
+    configured (its own URL answers 503) takes no part. Each distinct secret is tried once:
+    entries sharing an organisation's secret cost one HMAC."""
+    verdicts: dict[tuple[str, ...], bool] = {}
+    found = []
+    for repo in repos:
+        try:
+            secrets = resolve_secrets(repo, default=default_secret)
+        except SecretNotConfigured:
+            continue
+        if secrets not in verdicts:
+            try:
+                signature.verify(bodies, secrets, offered)
+                verdicts[secrets] = True
+            except BadSignature:
+                verdicts[secrets] = False
+        if verdicts[secrets]:
+            found.append(repo)
+    return found
+
+
+def receive_routed(
+    req: Request,
+    *,
+    registry: Registry,
+    store: Store,
+    max_body: int,
+    default_secret: str | None,
+    status_of: Callable[[Decision], int],
+) -> Routed:
+    """`POST /deploy`: one delivery of an organisation- or system-wide webhook.
+
+    In the intake's order (docs/webhooks.md): read the body, check its type, then verify
+    against the secret of every entry that has a `source` before parsing; then route to
+    the entries whose own secret verified and whose `source` holds the payload's
+    `repository.full_name`, each judged and recorded in its own ledger as its own URL
+    would. No verifying secret and no such entry are one answer (NOT_ROUTED).
+    """
+    started = time.perf_counter()
+    delivery_id = _delivery_id(req.headers)
+    event_name = events.header(req.headers, events.EVENT_HEADERS)
+    event_name = event_name[:64] if event_name else None
+    structlog.contextvars.bind_contextvars(repo=ROUTED_NAME, delivery=delivery_id)
+    base = CheckedDelivery(
+        repo=ROUTED_NAME,
+        kind=DeliveryKind.REJECTED,
+        received_at=time.time(),
+        status_of=status_of,
+        delivery_id=delivery_id,
+        event=event_name,
+    )
+    try:
+        try:
+            event, routed = _route(req, registry, max_body=max_body, default_secret=default_secret)
+        except DeliveryRejected as exc:
+            answer = Routed(rejection=_reject(store, base, exc))
+        else:
+            answer = Routed(
+                results=tuple(
+                    (repo.name, _submit(store, _for_repo(event, repo, base))) for repo in routed
+                ),
+                ping=event.kind == DeliveryKind.PING,
+            )
+            if answer.ping and not routed:  # a verified ping for no entry's repository
+                _submit(store, replace(base, kind=DeliveryKind.PING, reason="ping"))
+        logger.info(
+            "delivery_answered",
+            event_name=event_name,
+            routed=[name for name, _ in answer.results],
+            outcomes=[str(d.outcome) for _, d in answer.results],
+            rejected=str(answer.rejection.reason) if answer.rejection else None,
+            latency_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        return answer
+    finally:
+        structlog.contextvars.unbind_contextvars("repo", "delivery")
+
+
+def _route(
+    req: Request, registry: Registry, *, max_body: int, default_secret: str | None
+) -> tuple[events.Event, list[Repo]]:
+    """The checks of `POST /deploy`, in the intake's order; the event and its entries."""
+    body = read_body(req.body, content_length=req.content_length, limit=max_body)
+    media = events.check_media_type(req.content_type)
+    offered = signature.signatures(req.headers)
+    if not offered:
+        signature.verify([], [], offered)  # raises MissingSignature: 401, as on a repo's URL
+    verified = _verified(
+        [r for r in registry if r.source],
+        events.signed_bodies(body, media),
+        offered,
+        default_secret=default_secret,
+    )
+    if not verified:
+        raise BadSignature(NOT_ROUTED)
+    event = events.parse(body, media=media, event=events.header(req.headers, events.EVENT_HEADERS))
+    if event.kind == DeliveryKind.PING:
+        # A ping that verifies is answered; an organisation's ping names no repository.
+        return event, [r for r in verified if event.full_name in (None, *r.source)]
+    routed = [r for r in verified if event.full_name in r.source]
+    if not routed:
+        raise BadSignature(NOT_ROUTED)
+    return event, routed
 
 
 def _not_followed(event: events.Event, repo: Repo) -> str | None:

@@ -1,4 +1,5 @@
-"""Webhook signatures: HMAC-SHA256 of the raw body, as Gitea, Gogs and GitHub send them."""
+"""Webhook signatures: HMAC-SHA256 of the raw body, as Forgejo, Gitea, Gogs and GitHub send
+them."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from typing import Any
 
 from deployhook.errors import BadSignature, MissingSignature
 
-# Header name -> the prefix its value carries. Gitea sends all three, with the same digest.
+# Header name -> the prefix its value carries. Gitea sends the last three, Forgejo all
+# four, with the same digest.
 SIGNATURE_HEADERS: tuple[tuple[str, str], ...] = (
+    ("X-Forgejo-Signature", ""),
     ("X-Gitea-Signature", ""),
     ("X-Gogs-Signature", ""),
     ("X-Hub-Signature-256", "sha256="),
@@ -48,7 +51,8 @@ def verify(bodies: Iterable[bytes], secrets: Iterable[str], offered: list[str]) 
     """
     if not offered:
         raise MissingSignature(
-            "no signature header (X-Gitea-Signature, X-Gogs-Signature or X-Hub-Signature-256)"
+            "no signature header (X-Forgejo-Signature, X-Gitea-Signature, X-Gogs-Signature "
+            "or X-Hub-Signature-256)"
         )
     matched = False
     for body in bodies:

@@ -17,7 +17,7 @@ import yaml
 
 from deployhook.errors import RegistryError
 from deployhook.models import Mode, OnLocalChanges
-from deployhook.registry.model import NAME_RE, Gitea, Hooks, Mirror, Repo
+from deployhook.registry.model import NAME_RE, Gitea, GitHub, Hooks, Mirror, Repo
 
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -48,9 +48,16 @@ _REPO_KEYS: dict[str, _Key] = {
     "remove_orphans": _Key("bool", "true or false"),
     "prune_images": _Key("bool", "true or false"),
     "submodules": _Key("bool", "true or false"),
-    "mirror": _Key("mirror", "a mapping with url and token_env"),
-    "gitea": _Key("gitea", "a mapping with url, token_env, commit_status, mirror_sync"),
+    "mirror": _Key("mirror", "a mapping with url and token_env or token_file"),
+    "gitea": _Key(
+        "gitea", "a mapping with url, token_env or token_file, commit_status, mirror_sync"
+    ),
+    "github": _Key(
+        "github",
+        "a mapping with token_env or token_file, commit_status, api_url, repo",
+    ),
     "notify_env": _Key("env", "an environment variable name"),
+    "notify_file": _Key("str", "a file path"),
     "node": _Key("str", "a node name"),
     "mode": _Key("choice", "compose or swarm", Mode),
     "image_registry": _Key("str", "a registry prefix such as registry.example.com/jeff"),
@@ -61,8 +68,28 @@ _REPO_KEYS: dict[str, _Key] = {
     "hooks": _Key("hooks", "a mapping with pre_deploy and post_deploy command lists"),
 }
 _HOOK_KEYS = ("pre_deploy", "post_deploy")
-_MIRROR_KEYS = {"url": "str", "token_env": "env"}
-_GITEA_KEYS = {"url": "str", "token_env": "env", "commit_status": "bool", "mirror_sync": "bool"}
+_MIRROR_KEYS = {"url": "str", "token_env": "env", "token_file": "str"}
+_GITEA_KEYS = {
+    "url": "str",
+    "token_env": "env",
+    "token_file": "str",
+    "commit_status": "bool",
+    "mirror_sync": "bool",
+}
+_GITHUB_KEYS = {
+    "token_env": "env",
+    "token_file": "str",
+    "commit_status": "bool",
+    "api_url": "url",
+    "repo": "owner_name",
+}
+_BLOCKS: dict[str, tuple[dict[str, str], type[Mirror | Gitea | GitHub]]] = {
+    "mirror": (_MIRROR_KEYS, Mirror),
+    "gitea": (_GITEA_KEYS, Gitea),
+    "github": (_GITHUB_KEYS, GitHub),
+}
+# A secret is named by a variable or by a file, never both: (key_env, key_file).
+_EXCLUSIVE = (("secret_env", "secret_file"), ("notify_env", "notify_file"))
 
 
 def _is_text(raw: Any) -> bool:
@@ -81,10 +108,28 @@ _ACCEPTS: dict[str, Callable[[Any], bool]] = {
     "ref": _is_ref,
     "env": lambda raw: isinstance(raw, str) and bool(_ENV_NAME_RE.match(raw)),
     "bool": lambda raw: isinstance(raw, bool),
+    "url": lambda raw: (
+        _is_text(raw)
+        and raw.strip().startswith(("https://", "http://"))
+        and not any(c.isspace() for c in raw.strip())
+    ),
+    "owner_name": lambda raw: (
+        _is_text(raw) and len(raw.split("/")) == 2 and all(p.strip() for p in raw.split("/"))
+    ),
     "positive": lambda raw: type(raw) is int and raw >= 1,
     "nonnegative": lambda raw: type(raw) is int and raw >= 0,
     # A glob that git can match and that cannot be taken for an option.
     "glob": lambda raw: _is_text(raw) and not raw.startswith(("-", "/")) and "\n" not in raw,
+}
+
+
+# What a key inside a block (mirror:, gitea:) must be, said in words.
+_KIND_TEXT = {
+    "str": "a non-empty string",
+    "env": "an environment variable name",
+    "bool": "true or false",
+    "url": "an http:// or https:// URL",
+    "owner_name": "owner/name",
 }
 
 
@@ -114,7 +159,7 @@ class _Checker:
         return RegistryError(f"{self.file}: {where}: {problem}")
 
     def value(self, where: str, kind: str, raw: Any, spec: _Key | None = None) -> Any:
-        description = spec.description if spec else kind
+        description = spec.description if spec else _KIND_TEXT.get(kind, kind)
         if kind in _ACCEPTS:
             if not _ACCEPTS[kind](raw):
                 raise self.fail(where, f"must be {description}, got {raw!r}")
@@ -153,9 +198,9 @@ class _Checker:
         }
         return Hooks(**parsed)
 
-    def block(self, where: str, kind: str, raw: Any, description: str) -> Mirror | Gitea:
-        """A nested mapping: `mirror:` or `gitea:`."""
-        keys = _MIRROR_KEYS if kind == "mirror" else _GITEA_KEYS
+    def block(self, where: str, kind: str, raw: Any, description: str) -> Mirror | Gitea | GitHub:
+        """A nested mapping: `mirror:`, `gitea:` or `github:`."""
+        keys, make = _BLOCKS[kind]
         if not isinstance(raw, dict):
             raise self.fail(where, f"must be {description}, got {raw!r}")
         unknown = sorted(set(raw) - set(keys), key=str)
@@ -163,10 +208,18 @@ class _Checker:
             raise self.fail(
                 f"{where}.{unknown[0]}", f"unknown key (expected one of {', '.join(keys)})"
             )
-        if "url" not in raw:
+        if "url" in keys and "url" not in raw:
             raise self.fail(f"{where}.url", "is required")
         parsed = {k: self.value(f"{where}.{k}", keys[k], v) for k, v in raw.items()}
-        return Mirror(**parsed) if kind == "mirror" else Gitea(**parsed)
+        if "token_env" in parsed and "token_file" in parsed:
+            raise self.fail(f"{where}.token_file", "set token_env or token_file, not both")
+        if kind == "github" and not {"token_env", "token_file"} & parsed.keys():
+            raise self.fail(f"{where}.token_env", "is required (or token_file): the API needs it")
+        if "token_file" in parsed:
+            parsed["token_file"] = self.resolve(Path(os.path.expanduser(parsed["token_file"])))
+        if "api_url" in parsed:
+            parsed["api_url"] = parsed["api_url"].rstrip("/")
+        return make(**parsed)
 
     def settings(self, where: str, raw: Any, *, allow_path: bool) -> dict[str, Any]:
         if raw is None:
@@ -221,20 +274,30 @@ class _Checker:
 
     def repo(self, name: str, defaults: dict[str, Any], own: dict[str, Any]) -> Repo:
         merged = dict(defaults)
-        if {"secret_env", "secret_file"} & own.keys():
-            merged.pop("secret_env", None)
-            merged.pop("secret_file", None)
+        for pair in _EXCLUSIVE:  # a repo's own variable or file replaces both defaults'
+            if set(pair) & own.keys():
+                for key in pair:
+                    merged.pop(key, None)
         merged.update(own)
-        if "secret_env" in merged and "secret_file" in merged:
-            raise self.fail(f"repos.{name}.secret_file", "set secret_env or secret_file, not both")
+        for env_key, file_key in _EXCLUSIVE:
+            if env_key in merged and file_key in merged:
+                where = "defaults" if {env_key, file_key} <= defaults.keys() else f"repos.{name}"
+                raise self.fail(f"{where}.{file_key}", f"set {env_key} or {file_key}, not both")
         if merged.get("gitea") is not None and not merged.get("source"):
             raise self.fail(
                 f"repos.{name}.gitea",
                 "needs `source` (the owner/name of the repo on Gitea) to call its API",
             )
+        github = merged.get("github")
+        if github is not None and github.repo is None and not merged.get("source"):
+            raise self.fail(
+                f"repos.{name}.github",
+                "needs `source` or `github.repo` (the owner/name of the repo on GitHub)",
+            )
         merged["path"] = self.resolve(Path(os.path.expanduser(merged["path"])))
-        if "secret_file" in merged:
-            merged["secret_file"] = self.resolve(Path(os.path.expanduser(merged["secret_file"])))
+        for key in ("secret_file", "notify_file"):
+            if key in merged:
+                merged[key] = self.resolve(Path(os.path.expanduser(merged[key])))
         return Repo(name=name, **merged)
 
     def resolve(self, path: Path) -> Path:

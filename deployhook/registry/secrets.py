@@ -15,7 +15,7 @@ from pathlib import Path
 
 from deployhook import redact
 from deployhook.errors import SecretNotConfigured
-from deployhook.registry.model import Repo
+from deployhook.registry.model import Repo, Token
 
 # A value may hold several secrets, for rotation: any of them verifies.
 _SEPARATORS_RE = re.compile(r"[,\n]")
@@ -23,16 +23,24 @@ _SEPARATORS_RE = re.compile(r"[,\n]")
 MIN_SECRET_LENGTH = 16
 
 
-def read(*, env: str | None, file: Path | None, what: str, environ: Mapping[str, str]) -> str:
+def read(
+    *,
+    env: str | None,
+    file: Path | None,
+    what: str,
+    environ: Mapping[str, str],
+    key: str | None = None,
+) -> str:
     """The value of a variable or file named in repos.yml, stripped, and now registered.
 
-    Raises SecretNotConfigured when it is unset, empty or unreadable.
+    key: the registry key that names it (`gitea.token`), for the error. Raises
+    SecretNotConfigured when it is unset, empty or unreadable.
     """
     if env:
-        origin = f"environment variable {env}"
+        origin = f"environment variable {env}" + (f" ({key}_env)" if key else "")
         raw = environ.get(env) or ""
     elif file:
-        origin = f"secret file {file}"
+        origin = f"secret file {file}" + (f" ({key}_file)" if key else "")
         try:
             raw = file.read_text(encoding="utf-8")
         except OSError as exc:
@@ -92,15 +100,38 @@ def resolve_secrets(
         redact.register([value])
     else:
         raise SecretNotConfigured(f"{what}: DEPLOYHOOK_SECRET is unset or empty")
+    origin = str(repo.secret_env or repo.secret_file or "DEPLOYHOOK_SECRET")
+    return _checked(value, origin=origin, whose=f"of repo {repo.name!r}", what=what)
+
+
+def _checked(value: str, *, origin: str, whose: str, what: str) -> tuple[str, ...]:
+    """The secrets in a value, each long enough, or SecretNotConfigured."""
     if not split(value):
-        raise SecretNotConfigured(f"{what}: {repo.secret_env or repo.secret_file} holds no secret")
+        raise SecretNotConfigured(f"{what}: {origin} holds no secret")
     problem = weakness(value)
     if problem:
-        origin = repo.secret_env or repo.secret_file or "DEPLOYHOOK_SECRET"
-        raise SecretNotConfigured(
-            f"the webhook secret of repo {repo.name!r} is too short: {origin}: {problem}"
-        )
+        raise SecretNotConfigured(f"the webhook secret {whose} is too short: {origin}: {problem}")
     return split(value)
+
+
+def webhook_secrets(
+    env: str | None, *, default: str | None, environ: Mapping[str, str] | None = None
+) -> tuple[str, ...]:
+    """The webhook secrets in a variable (None: DEPLOYHOOK_SECRET), checked and registered
+    like a repo's: for a hook no single entry owns (an organisation's)."""
+    what = "no webhook secret"
+    if env:
+        value = read(
+            env=env, file=None, what=what, environ=os.environ if environ is None else environ
+        )
+        origin = env
+    elif default and default.strip():
+        value = default.strip()
+        redact.register([value])
+        origin = "DEPLOYHOOK_SECRET"
+    else:
+        raise SecretNotConfigured(f"{what}: DEPLOYHOOK_SECRET is unset or empty")
+    return _checked(value, origin=origin, whose=f"in {origin}", what=what)
 
 
 def token(
@@ -109,9 +140,30 @@ def token(
     what: str,
     file: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    key: str | None = None,
 ) -> str:
     """A forge token or notification URLs named by a `*_env` (or `*_file`) key."""
-    return read(env=name, file=file, what=what, environ=os.environ if environ is None else environ)
+    env = os.environ if environ is None else environ
+    return read(env=name, file=file, what=what, environ=env, key=key)
+
+
+def repo_token(
+    source: Token, *, what: str | None = None, environ: Mapping[str, str] | None = None
+) -> str:
+    """The value of one of a repo's tokens (Repo.tokens), now registered.
+
+    Notify URLs are registered one by one too: a message may show one of them alone.
+    """
+    value = token(
+        source.env,
+        file=source.file,
+        what=what or source.key.replace(".", " "),
+        environ=environ,
+        key=source.key,
+    )
+    if source.key == "notify":
+        redact.register(value.replace(",", " ").split())
+    return value
 
 
 def secret_values(repos: Iterable[Repo], *, default: str | None) -> list[str]:
@@ -123,8 +175,8 @@ def secret_values(repos: Iterable[Repo], *, default: str | None) -> list[str]:
     for repo in repos:
         with contextlib.suppress(SecretNotConfigured):
             values.extend(resolve_secrets(repo, default=default))
-        for name in sorted(repo.private_variables - {repo.secret_env}):
+        for source in repo.tokens:
             with contextlib.suppress(SecretNotConfigured):
-                values.append(token(name, what=name))
+                values.append(repo_token(source))
     redact.register(values)
     return values

@@ -258,9 +258,17 @@ class Store:
         with self._read() as tx:
             return queue.history(tx, repo, limit=limit)
 
-    def deliveries(self, repo: str, *, limit: int = 50) -> list[Delivery]:
+    def active_jobs(self, repo: str) -> list[Job]:
+        """The repo's queued and running jobs (at most one of each)."""
         with self._read() as tx:
-            return ledger.deliveries(tx, repo, limit=limit)
+            found = [queue.in_state(tx, repo, s) for s in (Status.RUNNING, Status.QUEUED)]
+        return [job for job in found if job is not None]
+
+    def deliveries(
+        self, repo: str, *, limit: int = 50, before: int | None = None
+    ) -> list[Delivery]:
+        with self._read() as tx:
+            return ledger.deliveries(tx, repo, limit=limit, before=before)
 
     def overview(self, repo: str) -> RepoView:
         """What the store knows of one repo: state, deployed sha, last job, queue."""

@@ -291,11 +291,15 @@ def _decide(tx: Tx, item: CheckedDelivery) -> Decision:
     )
 
 
-def deliveries(tx: Tx, repo: str, *, limit: int) -> list[Delivery]:
+def deliveries(tx: Tx, repo: str, *, limit: int, before: int | None = None) -> list[Delivery]:
+    """The repo's newest ledger rows, newest first; before: only rows older than that seq."""
     rows = tx.all(
-        "SELECT * FROM deliveries WHERE repo = :repo ORDER BY id DESC LIMIT :limit",
+        "SELECT * FROM deliveries WHERE repo = :repo"
+        + (" AND id < :before" if before is not None else "")
+        + " ORDER BY id DESC LIMIT :limit",
         repo=repo,
         limit=limit,
+        **({"before": before} if before is not None else {}),
     )
     return [
         Delivery(

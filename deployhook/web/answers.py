@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from deployhook import errors, redact
+from deployhook.intake.receive import Routed
 from deployhook.models import Decision, DeliveryKind, Outcome
 
 # Most specific first: the first class an error is an instance of gives its status.
@@ -66,6 +67,49 @@ def decision_status(decision: Decision) -> int:
     if decision.outcome in {Outcome.QUEUED, Outcome.COALESCED}:
         return 202
     return 200
+
+
+def routed_status(routed: Routed) -> int:
+    """The HTTP status of the answer to `POST /deploy` (docs/webhooks.md): 202 when any
+    entry's job was queued or joined, 503 when the store refused one, else 200."""
+    if routed.rejection is not None:
+        return decision_status(routed.rejection)
+    outcomes = {decision.outcome for _, decision in routed.results}
+    if outcomes & {Outcome.QUEUED, Outcome.COALESCED}:
+        return 202
+    if Outcome.REJECTED in outcomes:
+        return next(decision_status(d) for _, d in routed.results if d.outcome == Outcome.REJECTED)
+    return 200
+
+
+def routed_body(routed: Routed, *, detail: bool = True) -> dict[str, Any]:
+    """The JSON body of the answer to `POST /deploy`: `{"results": [{"repo", "status",
+    "job", "reason"}]}` (an error body when refused whole, `{"status": "pong"}` for a
+    ping)."""
+    if routed.rejection is not None:
+        return decision_body(routed.rejection, detail=detail)
+    if routed.ping:
+        return {"status": "pong"}
+    results = []
+    refused = None
+    for repo, decision in routed.results:
+        job = decision.job or (decision.first.job if decision.first else None)
+        reason = decision.reason
+        if decision.outcome == Outcome.REJECTED and decision.error is not None:
+            refused = error_body(decision.error, detail=detail)["error"]
+            reason = refused
+        results.append(
+            {
+                "repo": repo,
+                "status": str(decision.outcome),
+                "job": job.id if job else None,
+                "reason": redact.mask(reason) if reason else None,
+            }
+        )
+    body: dict[str, Any] = {"results": results}
+    if refused is not None and routed_status(routed) >= 500:
+        body = {"error": refused, **body}
+    return body
 
 
 def decision_body(decision: Decision, *, detail: bool = True) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from deployhook import __version__
 from deployhook.models import Outcome, Status
 from deployhook.service import Service
 from deployhook.store import totals
@@ -52,6 +53,13 @@ class StoreCollector(Collector):
         yield from self._jobs(snap, pruned, known)
         yield self._durations(snap, pruned, known)
         yield from self._state(snap, known)
+        build = GaugeMetricFamily(
+            "deployhook_build_info",
+            "The running deployhook's version (always 1).",
+            labels=["version"],
+        )
+        build.add_metric([__version__], 1.0)
+        yield build
 
     @staticmethod
     def _deliveries(snap: totals.Snapshot, pruned: Pruned, known: set[str]) -> Metric:

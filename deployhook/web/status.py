@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
 from deployhook import summary
 from deployhook.errors import InvalidRequest, StoreUnavailable, UnknownRepo
-from deployhook.models import iso
 from deployhook.web import answers, badge
 from deployhook.web.auth import is_admin, shows_detail, status_access
 from deployhook.web.context import service
@@ -46,11 +44,20 @@ def repo_jobs(repo: str) -> Any:
     return jsonify(jobs=[j.to_dict() for j in service().jobs(repo, limit=limit_arg(20))])
 
 
+def before_arg() -> int | None:
+    raw = request.args.get("before")
+    if raw is None:
+        return None
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18 or int(raw) < 1:
+        raise InvalidRequest(f"before must be a seq (a positive integer), got {raw[:20]!r}")
+    return int(raw)
+
+
 @bp.get("/deploy/<repo>/deliveries")
 @status_access
 def repo_deliveries(repo: str) -> Any:
-    rows = service().deliveries(repo, limit=limit_arg(50))
-    return jsonify(deliveries=[d.to_dict() for d in rows])
+    rows, following = service().deliveries(repo, limit=limit_arg(50), before=before_arg())
+    return jsonify(deliveries=[d.to_dict() for d in rows], next=following)
 
 
 @bp.get("/jobs/<int:job_id>")
@@ -63,9 +70,7 @@ def job(job_id: int) -> Any:
 @status_access
 def overview() -> Any:
     """Every repo at a glance: what the status page shows and refreshes from."""
-    svc = service()
-    repos = [r.to_dict() for r in svc.summaries()]
-    return jsonify(repos=repos, generated_at=iso(time.time()), registry_error=svc.registry_error)
+    return jsonify(service().overview())
 
 
 @bp.get("/deploy/<repo>/badge.svg")

@@ -3,6 +3,7 @@ Worker thread (as `deployhook serve` would run one) and the recording fake docke
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -204,3 +205,66 @@ def test_release_without_a_held_push_queues_nothing(settings: Settings, service:
     assert result.exit_code == 0
     assert result.stdout == "site is released\n"
     assert service.store.jobs("site") == []
+
+
+def test_cancel_a_queued_job_then_again_exits_1(settings: Settings, service: Service) -> None:
+    job, _ = service.store.enqueue(
+        repo="site", sha="a" * 40, ref=None, trigger=Trigger.MANUAL, node=""
+    )
+    result = run(settings, "cancel", str(job.id))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"cancelled job {job.id}: manual of site at {'a' * 12}\n"
+    assert service.job(job.id).status == Status.CANCELLED
+    again = run(settings, "cancel", str(job.id))
+    assert again.exit_code == 1
+    assert again.stderr == f"deployhook: job {job.id} already ended (cancelled)\n"
+
+
+def test_cancel_a_running_job_stops_it(
+    settings: Settings, worker: Worker, remote: Remote, fake_docker: FakeDocker, service: Service
+) -> None:
+    fake_docker.set(sleep=30)
+    job, _ = service.run("site", sha=remote.deployed())
+    for _ in range(300):
+        if fake_docker.starts():
+            break
+        threading.Event().wait(0.05)
+    result = run(settings, "cancel", str(job.id), "--json")
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert (shown["id"], shown["status"]) == (job.id, "running")  # as the endpoint answers
+    for _ in range(400):
+        if service.job(job.id).status.ended:
+            break
+        threading.Event().wait(0.05)
+    assert service.job(job.id).status == Status.CANCELLED
+
+
+def test_cancel_unknown_or_bad_job_exits_2(settings: Settings, service: Service) -> None:
+    unknown = run(settings, "cancel", "999")
+    assert (unknown.exit_code, unknown.stderr) == (2, "deployhook: no job 999\n")
+    assert run(settings, "cancel", "abc").exit_code == 2
+
+
+def test_deploy_from_a_git_hook_acts_on_the_checkout(
+    settings: Settings, remote: Remote, service: Service
+) -> None:
+    """A push mirror's post-receive runs `deployhook deploy`: git exports GIT_DIR (the
+    bare repository) to it, which must not become the checkout's repository."""
+    import os
+    import shlex
+    import sys
+
+    hook = remote.origin / "hooks" / "post-receive"
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in settings.to_environ().items())
+    hook.write_text(
+        "#!/bin/sh\nwhile read -r old new ref; do\n"
+        '  [ "$ref" = refs/heads/main ] && '
+        f"env {env} PYTHONPATH={shlex.quote(os.getcwd())} "
+        f"{shlex.quote(sys.executable)} -m deployhook deploy site\n"
+        "done\nexit 0\n"
+    )
+    hook.chmod(0o755)
+    sha = remote.commit_and_push({"index.html": "from the mirror\n"})
+    [job] = service.jobs("site")
+    assert (job.sha, job.trigger, job.status) == (sha, Trigger.MANUAL, Status.QUEUED)

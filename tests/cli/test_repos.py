@@ -399,6 +399,32 @@ def test_list_shows_each_repo_with_its_last_status(
     assert lines[1].endswith("never deployed")
 
 
+def test_list_json_has_each_entry_and_its_state(
+    settings: Settings, service: Any, remote: Remote, tmp_path: Path
+) -> None:
+    import json
+
+    from deployhook.deploy.worker import Worker
+
+    service.run("site", sha=remote.deployed())
+    Worker(service).work(burst=True)
+    result = run(settings, "repos", "list", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    [site] = doc["repos"]
+    assert doc["registry_error"] is None
+    assert (site["repo"], site["path"], site["source"], site["status"], site["mode"]) == (
+        "site",
+        str(remote.checkout),
+        ["jeff/site"],
+        "succeeded",
+        "compose",
+    )
+    assert site["last_job"]["sha"] == remote.deployed()
+    write_registry(settings.registry, {})
+    assert json.loads(run(settings, "repos", "list", "--json").stdout)["repos"] == []
+
+
 def test_list_of_an_invalid_registry_exits_2(settings: Settings) -> None:
     settings.registry.write_text("repos:\n  a:\n    branch: main\n")
     result = run(settings, "repos", "list")
@@ -616,3 +642,168 @@ def test_concurrent_adds_lose_no_entry(settings: Settings) -> None:
     assert errors == []
     assert sorted(registry.load(settings.registry)) == sorted(names)
     assert settings.registry.read_text().startswith("# shared\n")
+
+
+# -- remove --down: the stack goes too ---------------------------------------------------
+
+COMMENTED = """\
+# deployhook's registry
+repos:
+  # the website (jeff/site)
+  site:
+    path: {site}
+    source: jeff/site   # from Gitea
+    health_timeout: 0
+    rollback: false
+
+  # the blog stays
+  blog:
+    path: /srv/blog     # its own checkout
+"""
+
+
+def test_remove_down_runs_compose_down_and_keeps_the_files_comments(
+    settings: Settings, remote: Remote, fake_docker: FakeDocker, service: Any
+) -> None:
+    settings.registry.write_text(COMMENTED.format(site=remote.checkout))
+    result = run(settings, "repos", "remove", "site", "--down")
+    assert result.exit_code == 0, result.output
+    assert settings.registry.read_text() == (
+        "# deployhook's registry\nrepos:\n  # the blog stays\n  blog:\n"
+        "    path: /srv/blog     # its own checkout\n"
+    )
+    [call] = fake_docker.starts()
+    assert call["argv"] == ["compose", "down"]  # no -v: volumes are kept
+    assert call["cwd"] == str(remote.checkout)
+    # the children's environment of a deploy: none of deployhook's secrets
+    assert "DEPLOYHOOK_SECRET" not in call["env"] and "DEPLOYHOOK_ADMIN_TOKEN" not in call["env"]
+    assert "DEPLOYHOOK_SECRET" in settings.to_environ()
+    assert result.stdout.splitlines() == [
+        f"removed site from {settings.registry} (its checkout, volumes and history are kept)",
+        f"$ {fake_docker.path} compose down",
+        "fake compose: compose down",
+        "site is down",
+    ]
+
+
+def test_remove_down_uses_the_entrys_files_and_project(
+    settings: Settings, remote: Remote, fake_docker: FakeDocker
+) -> None:
+    write_registry(
+        settings.registry,
+        {
+            "site": {
+                "path": str(remote.checkout),
+                "compose_files": ["docker-compose.yml", "prod.yml"],
+                "project_name": "mysite",
+                "remove_orphans": True,
+            }
+        },
+    )
+    assert run(settings, "repos", "remove", "site", "--down").exit_code == 0
+    [call] = fake_docker.starts()
+    assert call["argv"] == [
+        "compose",
+        "-f",
+        "docker-compose.yml",
+        "-f",
+        "prod.yml",
+        "-p",
+        "mysite",
+        "down",
+        "--remove-orphans",
+    ]
+
+
+def test_remove_down_cancels_the_queued_and_running_jobs_first(
+    settings: Settings, remote: Remote, fake_docker: FakeDocker, service: Any
+) -> None:
+    import threading
+    import time
+
+    from deployhook.deploy.worker import Worker
+    from deployhook.models import Status
+
+    fake_docker.set(sleep=60)
+    worker = Worker(service)
+    thread = threading.Thread(target=worker.work, name="test-worker")
+    thread.start()
+    try:
+        running, _ = service.run("site", sha=remote.deployed())
+        deadline = time.monotonic() + 30
+        while not fake_docker.starts() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        queued, _ = service.run("site", sha=remote.commit_and_push({"index.html": "v2\n"}))
+        assert queued.status == Status.QUEUED
+        fake_docker.set()
+        result = run(settings, "repos", "remove", "site", "--down")
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert f"cancelled job {queued.id} (manual at {queued.sha[:12]})" in lines
+    assert f"asked the worker to stop job {running.id}; waiting for it to end" in lines
+    assert lines[-1] == "site is down"
+    assert service.job(running.id).status == Status.CANCELLED
+    assert service.job(queued.id).status == Status.CANCELLED
+    up, down = fake_docker.starts()
+    assert "up" in up["argv"] and down["argv"] == ["compose", "down"]
+    assert down["start"] >= (service.job(running.id).finished_at or 0)  # after it ended
+
+
+def test_remove_down_waits_no_longer_than_it_may(
+    settings: Settings,
+    remote: Remote,
+    fake_docker: FakeDocker,
+    service: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job whose worker is gone never ends by itself: compose down is not run beside it."""
+    import deployhook.service
+
+    monkeypatch.setattr(deployhook.service, "TAKE_DOWN_WAIT_S", 0.5)
+    job, _ = service.run("site", sha=remote.deployed())
+    service.store.claim(worker="a-worker-that-died", node="", lease_s=300)
+    result = run(settings, "repos", "remove", "site", "--down")
+    assert result.exit_code == 1
+    assert one_error_line(result) == (
+        f"deployhook: job {job.id} of site is still running after 0.5 s: compose down not "
+        "run (is a deploy worker alive?)"
+    )
+    assert fake_docker.starts() == []
+    assert "site" not in registry.load(settings.registry)  # removed all the same
+
+
+def test_remove_down_failing_compose_exits_1(
+    settings: Settings, remote: Remote, fake_docker: FakeDocker
+) -> None:
+    fake_docker.set(fail=True)
+    result = run(settings, "repos", "remove", "site", "--down")
+    assert result.exit_code == 1
+    assert one_error_line(result) == (
+        f"deployhook: compose down exited with 1 in {remote.checkout}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ({"mode": "swarm"}, "repos.site.mode: swarm: --down runs compose down"),
+        ({"path": "/nonexistent/site"}, "repos.site.path: /nonexistent/site does not exist"),
+    ],
+)
+def test_remove_down_refuses_before_changing_anything(
+    settings: Settings,
+    remote: Remote,
+    fake_docker: FakeDocker,
+    entry: dict[str, str],
+    problem: str,
+) -> None:
+    write_registry(settings.registry, {"site": {"path": str(remote.checkout), **entry}})
+    before = settings.registry.read_bytes()
+    result = run(settings, "repos", "remove", "site", "--down")
+    assert result.exit_code == 2
+    assert problem in one_error_line(result)
+    assert settings.registry.read_bytes() == before
+    assert fake_docker.starts() == []

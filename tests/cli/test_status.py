@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -271,3 +272,52 @@ def test_the_cli_finds_the_servers_registry_and_store_from_any_directory(
     assert listed.stdout.split()[0] == "site"
     assert "never deployed (no store yet)" in listed.stdout
     assert sorted(p.name for p in elsewhere.iterdir()) == ["repos.yml"]
+
+
+def test_logs_of_a_repo_name_is_its_latest_job(env: dict[str, str], service: Service) -> None:
+    older, _ = service.store.enqueue(
+        repo="site", sha="a" * 40, ref=None, trigger=Trigger.MANUAL, node=""
+    )
+    service.store.append_log(older.id, [(time.time(), "the older job")])
+    service.store.cancel(older.id)
+    newer, _ = service.store.enqueue(
+        repo="site", sha="b" * 40, ref=None, trigger=Trigger.MANUAL, node=""
+    )
+    service.store.append_log(newer.id, [(time.time(), "the newest job")])
+    by_name = cli(env, "logs", "site")
+    assert by_name.exit_code == 0, by_name.output
+    assert by_name.stdout.split(" ", 1)[1] == "the newest job\n"
+    assert cli(env, "logs", str(older.id)).stdout.split(" ", 1)[1] == "the older job\n"
+
+
+def test_logs_of_a_repo_without_jobs_or_unknown_exit_2(
+    env: dict[str, str], service: Service
+) -> None:
+    assert service.store.jobs("site") == []  # the store exists (the server made it), empty
+    none_yet = cli(env, "logs", "site")
+    assert none_yet.exit_code == 2
+    assert none_yet.stderr == "deployhook: repo site has no jobs yet\n"
+    unknown = cli(env, "logs", "nope")
+    assert unknown.exit_code == 2
+    assert unknown.stderr == "deployhook: no repo named 'nope' in the registry\n"
+
+
+def test_status_json_is_the_apis(
+    env: dict[str, str], client: Any, service: Service, remote: Remote, fake_docker: FakeDocker
+) -> None:
+    job = push(client, remote.deployed())
+    Worker(service).work(burst=True)
+    everything = json.loads(cli(env, "status", "--json").stdout)
+    api = client.get("/api/overview").get_json()
+    assert set(everything) == {"repos", "generated_at", "registry_error"}
+    everything.pop("generated_at"), api.pop("generated_at")
+    assert everything == api
+    one = cli(env, "status", "site", "--json", "--limit", "1")
+    assert one.exit_code == 0
+    doc = json.loads(one.stdout)
+    jobs = doc.pop("jobs")
+    assert doc == client.get("/deploy/site").get_json()
+    assert jobs == client.get("/deploy/site/jobs?limit=1").get_json()["jobs"]
+    assert jobs[0]["id"] == job and jobs[0]["status"] == "succeeded"
+    unknown = cli(env, "status", "nope", "--json")
+    assert unknown.exit_code == 2 and unknown.stdout == ""

@@ -103,7 +103,7 @@ def test_commit_status_pending_then_success(
     assert [c.body["state"] for c in calls] == ["pending", "success"]
     for call in calls:
         assert call.headers["Authorization"] == f"token {token}"
-        assert call.body["context"] == "deploy/site"
+        assert call.body["context"] == "deployhook/site"
         assert call.body["target_url"] == f"{PUBLIC}/ui/jobs/{job.id}"
         assert "\n" not in call.body["description"] and len(call.body["description"]) <= 140
     assert call.body["description"].startswith("deployed in ")
@@ -305,7 +305,7 @@ def test_owner_and_name_are_quoted_in_paths(gitea: Any, token: str) -> None:
                 source=("jeff/site",),
                 gitea=GiteaConfig(url="http://g"),
             ),
-            "token_env is not set",
+            "token_env or token_file is not set",
         ),
         (
             Repo(
@@ -357,3 +357,36 @@ def test_cancelled_job_reports_error(
         ("pending", "deploying (manual)"),
         ("error", "cancelled by an admin"),
     ]
+
+
+def test_token_from_a_file_relative_to_the_registry(
+    settings: Settings,
+    remote: Remote,
+    *,
+    open_service: Any,
+    gitea: Any,
+    token: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("GITEA_TOKEN")
+    (settings.registry.parent / "gitea_token").write_text(token + "\n")
+    server = gitea()
+    write_registry(
+        settings.registry,
+        {
+            "site": {
+                "path": str(remote.checkout),
+                "source": "jeff/site",
+                "health_timeout": 0,
+                "gitea": {"url": server.url, "token_file": "gitea_token"},
+            }
+        },
+    )
+    service = open_service(settings)
+    job, _ = service.run("site", sha=remote.deployed())
+    Worker(service).work(burst=True)
+    assert service.store.job(job.id).status == Status.SUCCEEDED
+    calls = server.calls("POST", f"/statuses/{job.sha}")
+    assert [c.body["state"] for c in calls] == ["pending", "success"]
+    assert {c.headers["Authorization"] for c in calls} == {f"token {token}"}
+    assert token not in output(service, job)

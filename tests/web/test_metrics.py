@@ -51,7 +51,18 @@ def test_metric_families_and_types(client: Any) -> None:
         "deployhook_repo_held": "gauge",
         "deployhook_workers_alive": "gauge",
         "deployhook_registry_valid": "gauge",
+        "deployhook_build_info": "gauge",
     }
+
+
+def test_build_info_names_the_running_version(client: Any) -> None:
+    import deployhook
+
+    _, samples = scrape(client)
+    assert samples[("deployhook_build_info", (("version", deployhook.__version__),))] == 1.0
+    assert [k for k in samples if k[0] == "deployhook_build_info"] == [
+        ("deployhook_build_info", (("version", deployhook.__version__),))
+    ]
 
 
 def test_metrics_follow_deliveries_and_deploys(

@@ -17,6 +17,7 @@ from tests.conftest import write_registry
 from tests.helpers import (
     SECRET,
     fixture,
+    forgejo_headers,
     gitea_headers,
     gitea_push_body,
     github_headers,
@@ -319,6 +320,41 @@ def test_gogs_headers_alone_are_enough(client: Any) -> None:
     assert post(client, body, headers).status_code == 202
 
 
+def test_forgejo_headers_alone_are_enough(client: Any) -> None:
+    """Forgejo sends X-Forgejo-* first; a proxy that keeps only those loses nothing."""
+    body = fixture(GITEA_PUSH)
+    full = forgejo_headers(body, delivery="f0f0f0f0-1111-4222-8333-444455556666")
+    headers = {
+        k: v
+        for k, v in full.items()
+        if not k.startswith(("X-Gitea", "X-Gogs", "X-Hub", "X-GitHub"))
+    }
+    assert {k for k in headers if k.startswith("X-")} == {
+        "X-Forgejo-Delivery",
+        "X-Forgejo-Event",
+        "X-Forgejo-Event-Type",
+        "X-Forgejo-Signature",
+    }
+    assert post(client, body, headers).status_code == 202
+    [row] = ledger(client)
+    assert (row["id"], row["event"], row["outcome"]) == (
+        "f0f0f0f0-1111-4222-8333-444455556666",
+        "push",
+        "queued",
+    )
+    headers["X-Forgejo-Signature"] = "0" * 64
+    assert post(client, body, headers).status_code == 403
+
+
+def test_forgejo_event_header_is_read_first(client: Any) -> None:
+    body = fixture(GITEA_PUSH)
+    headers = forgejo_headers(body)
+    headers["X-Forgejo-Event"] = "issues"
+    resp = post(client, body, headers)
+    assert resp.status_code == 200
+    assert resp.get_json() == {"status": "ignored", "reason": "event 'issues' is not a push"}
+
+
 def test_burst_coalesces_into_one_queued_job_with_newest_sha(client: Any) -> None:
     shas = [f"{i:040x}" for i in range(1, 21)]
     answers = []
@@ -430,3 +466,65 @@ def test_store_not_writable_is_503(tmp_path: Path, settings: Settings, open_serv
     )
     assert resp.status_code == 503
     assert "disk is full" in resp.get_json()["error"]
+
+
+def _walk(client: Any, limit: int) -> tuple[list[int], int]:
+    """Every seq of the ledger, page by page; and how many pages it took."""
+    seen: list[int] = []
+    url = f"/deploy/mycofi-earth-website/deliveries?limit={limit}"
+    pages = 0
+    before: int | None = None
+    while True:
+        resp = client.get(url + (f"&before={before}" if before is not None else ""))
+        assert resp.status_code == 200
+        doc = resp.get_json()
+        assert set(doc) == {"deliveries", "next"}
+        pages += 1
+        rows = doc["deliveries"]
+        assert len(rows) <= limit
+        for row in rows:
+            assert {"seq", "id", "event", "received_at", "outcome", "reason", "job"} <= set(row)
+        seen += [r["seq"] for r in rows]
+        if doc["next"] is None:
+            return seen, pages
+        assert doc["next"] == rows[-1]["seq"]
+        before = doc["next"]
+
+
+@pytest.mark.parametrize("limit", [1, 4, 5, 7, 1000])
+def test_paging_walks_the_whole_ledger_exactly_once(client: Any, limit: int) -> None:
+    for i in range(20):
+        body = gitea_push_body(sha=f"{i + 1:040x}", full_name=FIXTURE_SOURCE)
+        headers = gitea_headers(body, secret=SECRET if i % 3 else "a-wrong-secret-of-length")
+        post(client, body, headers)
+    everything = [r["seq"] for r in ledger(client)]
+    assert len(everything) == 20
+    seen, pages = _walk(client, limit)
+    assert seen == sorted(everything, reverse=True)
+    assert len(set(seen)) == 20
+    assert pages == -(-20 // limit)  # a last full page says next: null, no empty page after
+
+
+def test_paging_is_stable_while_deliveries_arrive(client: Any) -> None:
+    def push(i: int) -> None:
+        body = gitea_push_body(sha=f"{i:040x}", full_name=FIXTURE_SOURCE)
+        post(client, body, gitea_headers(body))
+
+    for i in range(1, 7):
+        push(i)
+    first = client.get("/deploy/mycofi-earth-website/deliveries?limit=3").get_json()
+    push(7)  # newer than every page: never shows up further back
+    second = client.get(
+        f"/deploy/mycofi-earth-website/deliveries?limit=3&before={first['next']}"
+    ).get_json()
+    seqs = [r["seq"] for r in first["deliveries"] + second["deliveries"]]
+    assert len(set(seqs)) == 6 and seqs == sorted(seqs, reverse=True)
+    assert second["next"] is None
+
+
+@pytest.mark.parametrize("before", ["x", "0", "-1", "1.5", "", "9" * 40, "١٢"])
+def test_bad_before_is_400_json(client: Any, before: str) -> None:
+    resp = client.get(f"/deploy/mycofi-earth-website/deliveries?before={before}")
+    assert resp.status_code == 400
+    assert resp.content_type == "application/json"
+    assert "before" in resp.get_json()["error"]

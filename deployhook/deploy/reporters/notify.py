@@ -6,7 +6,6 @@ a second failure in a row says nothing new, a rollback always does.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,7 +17,9 @@ import tenacity
 
 from deployhook import redact, retry
 from deployhook.deploy.context import Context, job_url
+from deployhook.errors import SecretNotConfigured
 from deployhook.models import Job, Status, Trigger
+from deployhook.registry import Repo, Token, repo_token
 from deployhook.store import Store
 
 logger = structlog.get_logger()
@@ -152,13 +153,14 @@ def send(urls: str, message: Message) -> tuple[int, list[str]]:
     return sent, failed
 
 
-def urls_for(notify_env: str | None, environ: Mapping[str, str] | None = None) -> str | None:
-    if not notify_env:
-        return None
+def urls_for(repo: Repo, environ: Mapping[str, str] | None = None) -> str | None:
+    """The repo's notification URLs (from notify_env or notify_file), or None if it names
+    none. Raises SecretNotConfigured when they are named but unset or unreadable."""
     # These URLs often embed tokens: they are shown only as Apprise's privacy form.
-    raw = ((os.environ if environ is None else environ).get(notify_env) or "").strip()
-    redact.register([raw, *raw.split()])
-    return raw or None
+    source = Token("notify", repo.notify_env, repo.notify_file)
+    if not source.env and not source.file:
+        return None
+    return repo_token(source, what="notify", environ=environ)
 
 
 class Notifier:
@@ -168,16 +170,17 @@ class Notifier:
         """Nothing to say when a job starts."""
 
     def finished(self, ctx: Context, job: Job) -> None:
-        if not ctx.repo.notify_env:
+        if not ctx.repo.notify_env and not ctx.repo.notify_file:
             return
         message = decide(job, previous_state(ctx.store, job), public_url=ctx.settings.public_url)
         if message is None:
             return
-        urls = urls_for(ctx.repo.notify_env)
+        try:
+            urls = urls_for(ctx.repo)
+        except SecretNotConfigured as exc:
+            ctx.output(f"{exc}; no {message.kind} message sent")
+            return
         if urls is None:
-            ctx.output(
-                f"notify: {ctx.repo.notify_env} is unset or empty; no {message.kind} message sent"
-            )
             return
         sent, failed = send(urls, message)
         if failed:

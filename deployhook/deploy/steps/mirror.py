@@ -25,8 +25,8 @@ import structlog
 from deployhook import redact
 from deployhook.deploy.context import Context, StepSpec
 from deployhook.deploy.steps import git as gitsync
-from deployhook.errors import StepFailed
-from deployhook.registry import Repo
+from deployhook.errors import SecretNotConfigured, StepFailed
+from deployhook.registry import Repo, Token, repo_token
 
 logger = structlog.get_logger()
 
@@ -109,17 +109,19 @@ def _ensure_cache(cache: Path, *, object_format: str) -> None:
 
 
 def resolve_token(repo: Repo, environ: Mapping[str, str] | None = None) -> str | None:
-    """The mirror token from `mirror.token_env`; raise StepFailed if it is named but unset."""
+    """The mirror token from `mirror.token_env` or `token_file`; raise StepFailed if it is
+    named but unset or unreadable."""
     mirror = repo.mirror
-    if mirror is None or not mirror.token_env:
+    if mirror is None or not (mirror.token_env or mirror.token_file):
         return None
-    token = ((os.environ if environ is None else environ).get(mirror.token_env) or "").strip()
-    redact.register([token])
-    if not token:
-        raise StepFailed(
-            f"mirror.token_env: environment variable {mirror.token_env} is unset or empty"
+    try:
+        return repo_token(
+            Token("mirror.token", mirror.token_env, mirror.token_file),
+            what="mirror token",
+            environ=environ,
         )
-    return token
+    except SecretNotConfigured as exc:
+        raise StepFailed(str(exc)) from None
 
 
 def push(

@@ -154,7 +154,48 @@ def test_unset_variable_is_said_in_the_output(
     fake_docker.set(fail=True)
     job = deploy(service, remote.deployed())
     log = "\n".join(r.line for r in service.store.log_lines(job.id))
-    assert "notify: DEPLOY_NOTIFY is unset or empty; no failure message sent" in log
+    assert (
+        "notify: environment variable DEPLOY_NOTIFY (notify_env) is unset or empty; "
+        "no failure message sent"
+    ) in log
+
+
+def test_urls_from_notify_file(
+    settings: Settings,
+    remote: Remote,
+    *,
+    open_service: Any,
+    receiver: Receiver,
+    fake_docker: FakeDocker,
+) -> None:
+    port = receiver.url.rsplit(":", 1)[1]
+    secret_dir = settings.registry.parent / "secrets"
+    secret_dir.mkdir()
+    (secret_dir / "notify").write_text(f"json://127.0.0.1:{port}/from-file\n")
+    write_registry(
+        settings.registry,
+        {
+            "site": {
+                "path": str(remote.checkout),
+                "health_timeout": 0,
+                "rollback": False,
+                "notify_file": "secrets/notify",
+            }
+        },
+    )
+    service = open_service(settings)
+    fake_docker.set(fail=True)
+    failed = deploy(service, remote.deployed())
+    assert failed.status == Status.FAILED
+    [message] = receiver.messages()
+    assert message["type"] == "failure"
+    assert [r.path for r in receiver.requests] == ["/from-file"]
+    (secret_dir / "notify").unlink()
+    fake_docker.set()
+    recovered = deploy(service, remote.deployed())
+    log = "\n".join(r.line for r in service.store.log_lines(recovered.id))
+    assert f"notify: secret file {secret_dir / 'notify'} (notify_file) cannot be read" in log
+    assert recovered.status == Status.SUCCEEDED
 
 
 def job(status: Status, trigger: Trigger = Trigger.PUSH, *, error: str | None = None) -> Job:

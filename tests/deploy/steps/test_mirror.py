@@ -140,8 +140,22 @@ def test_mirror_token_named_but_unset_fails_the_step(
 ) -> None:
     monkeypatch.delenv("MIRROR_TOKEN", raising=False)
     repo = repo_for(remote, "https://github.invalid/jeff/site.git", token_env="MIRROR_TOKEN")
-    with pytest.raises(StepFailed, match="MIRROR_TOKEN is unset"):
+    with pytest.raises(StepFailed, match=r"MIRROR_TOKEN \(mirror.token_env\) is unset"):
         mirror.push(repo, data_dir=tmp_path / "data", timeout=lambda: 60, output=lambda _l: None)
+
+
+def test_mirror_token_from_a_file(remote: Remote, tmp_path: Path) -> None:
+    token_file = tmp_path / "mirror-token"
+    token_file.write_text(fake_token() + "\n")
+    repo = Repo(
+        name="site",
+        path=remote.checkout,
+        mirror=Mirror(url="https://github.invalid/jeff/site.git", token_file=token_file),
+    )
+    assert mirror.resolve_token(repo) == token_file.read_text().strip()
+    token_file.unlink()
+    with pytest.raises(StepFailed, match=r"mirror-token \(mirror.token_file\) cannot be read"):
+        mirror.resolve_token(repo)
 
 
 @pytest.mark.parametrize(
