@@ -32,7 +32,7 @@ _RESTART_BACKOFF_MAX = 30.0
 WEDGED_KILL_S = 30.0
 
 
-class _StructuredGunicornLogger(GunicornLogger):
+class _StructuredGunicornLogger(GunicornLogger):  # type: ignore[misc]  # gunicorn ships no types
     """Gunicorn's own messages go through the root handler, i.e. through structlog."""
 
     def setup(self, cfg: Any) -> None:
@@ -43,7 +43,7 @@ class _StructuredGunicornLogger(GunicornLogger):
         self.error_log.setLevel(logging.INFO)
 
 
-class WebApplication(BaseApplication):
+class WebApplication(BaseApplication):  # type: ignore[misc]  # gunicorn ships no types
     """The WSGI app under gunicorn's threaded workers, configured from Settings."""
 
     def __init__(self, settings: Settings) -> None:
