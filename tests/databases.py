@@ -56,3 +56,23 @@ def fresh_schema() -> Iterator[str]:
             conn.execute("SET lock_timeout = '10s'")
             with suppress(psycopg.errors.LockNotAvailable):
                 conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@contextmanager
+def fresh_database() -> Iterator[str]:
+    """A new empty database on the test server (for a test that ends every session of
+    its database: a schema is not enough when other tests share the server at once)."""
+    url = server_url()
+    name = "t_" + secrets.token_hex(6)
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+    except psycopg.Error as exc:
+        pytest.fail(f"DEPLOYHOOK_TEST_DATABASE_URL is set but cannot create a database: {exc}")
+    try:
+        yield urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute("SET lock_timeout = '10s'")
+            with suppress(psycopg.Error):
+                conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
