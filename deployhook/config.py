@@ -14,6 +14,9 @@ from deployhook import redact
 from deployhook.errors import ConfigError
 
 PREFIX = "DEPLOYHOOK_"
+# How `serve` hands its worker the pipe the worker tells it is well through (server.py,
+# deploy/worker.py): the descriptor's number. Not a setting.
+WATCHDOG_ENV = "DEPLOYHOOK_WATCHDOG_FD"
 # The admin token guards root-equivalent actions: long enough not to be guessed online.
 MIN_ADMIN_TOKEN = 16
 # Settings that may come from a file instead, as Docker and Compose secrets provide them:
@@ -94,18 +97,9 @@ def _choice(*allowed: str) -> Callable[[str, str], str]:
 def _read_file(variable: str, path: str) -> str:
     """The content of a *_FILE setting's file, stripped, and now registered as secret."""
     try:
-        raw = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            f"{variable}: cannot read {path}: {exc.strerror or type(exc).__name__}"
-        ) from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{variable}: {path} is not UTF-8 text") from None
-    value = raw.strip()
-    redact.register([value])  # read: now secret, before anything could print it
-    if not value:
-        raise ConfigError(f"{variable}: {path} is empty")
-    return value
+        return redact.read_file(Path(path))
+    except ValueError as exc:
+        raise ConfigError(f"{variable}: {path} {exc}") from None
 
 
 def _optional(_name: str, raw: str) -> str | None:
@@ -176,6 +170,9 @@ class Settings:
     node: str = ""  # "" is the default node
     stop_grace: int = 600
     worker_id: str | None = None
+    worker_watchdog: int = 60
+    rejected_per_minute: int = 120
+    prune_interval: int = 300
     # (setting, path) of those read from DEPLOYHOOK_<NAME>_FILE: children get the path.
     files: tuple[tuple[str, str], ...] = ()
 
@@ -271,4 +268,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "node": lambda _n, raw: raw,
     "stop_grace": _positive_int,
     "worker_id": _optional,
+    "worker_watchdog": _positive_int,
+    "rejected_per_minute": _positive_int,
+    "prune_interval": _positive_int,
 }
