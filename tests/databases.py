@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 from tests import needs
+from tests.server import free_port
 
 # Read at import: the autouse isolated_env fixture clears DEPLOYHOOK_* before each test.
 POSTGRES_URL = os.environ.get("DEPLOYHOOK_TEST_DATABASE_URL") or None
@@ -125,12 +126,15 @@ class PrivateCluster:
 
 
 @contextmanager
-def private_cluster(port: int = 55450) -> Iterator[PrivateCluster]:
-    """Start a private cluster (skip without PostgreSQL's binaries), purge it after."""
+def private_cluster(port: int | None = None) -> Iterator[PrivateCluster]:
+    """Start a private cluster (skip without PostgreSQL's binaries), purge it after.
+
+    On a free port unless told one: test runs and pytest-xdist workers side by side each
+    get their own."""
     if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
         needs.missing("postgres", "no PostgreSQL binaries (/usr/lib/postgresql/*/bin/initdb)")
     base = Path(tempfile.mkdtemp(prefix="deployhook-test-pg-", dir="/tmp"))
-    cluster = PrivateCluster(base, port)
+    cluster = PrivateCluster(base, port or free_port())
     try:
         cluster.start()
         yield cluster
