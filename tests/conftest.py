@@ -68,6 +68,9 @@ def xdist_group(nodeid: str) -> str | None:
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadgroup` (pyproject.toml's addopts) by XDIST_GROUPS; other modes as usual."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
     from xdist.scheduler import LoadScopeScheduling
 
     class Grouped(LoadScopeScheduling):
