@@ -210,6 +210,10 @@ def test_finding_2_a_job_ending_while_sqlite_refuses_writes_is_interrupted_then_
                 repo=name, sha=remote.deployed(), ref=None, trigger=Trigger.MANUAL, node=""
             )
             wait_for(lambda: compose_started(fake), what="compose to start")
+            # and the worker's own write at its start (the pgid) is done: a busy machine
+            # may run compose's first line before it, and a blocked pgid write holds the
+            # step until the lock goes, so that the job's end finds a writable store.
+            wait_for(lambda: store.job(job.id).pgid, what="the pgid to be recorded")
             blocker = sqlite3.connect(settings.database_path, isolation_level=None)
             blocker.execute("BEGIN IMMEDIATE")  # every writer now waits, then fails
             try:
