@@ -50,6 +50,53 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         )
 
 
+# pytest-xdist (`-n auto` in pyproject.toml) spreads the tests over one worker per CPU,
+# one test at a time, except these groups (by node id prefix): each runs whole in one
+# worker, in file order. The Docker engine's tests share an engine; each fuzz module ends
+# with a test that reads what its fuzz left in the module. (xdist's own `xdist_group`
+# marks do not reach its scheduler under pytest 9, which no longer reads item._nodeid.)
+XDIST_GROUPS = {
+    "tests/e2e/": "docker-engine",
+    "tests/hardening/test_engine_stopped.py": "docker-engine",
+    "tests/intake/test_receive_fuzz.py": "receive-fuzz",
+    "tests/hardening/test_fuzz_deploy.py": "fuzz-deploy",
+}
+
+
+def xdist_group(nodeid: str) -> str | None:
+    return next((g for prefix, g in XDIST_GROUPS.items() if nodeid.startswith(prefix)), None)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadgroup` (pyproject.toml's addopts) by XDIST_GROUPS; other modes as usual."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Grouped(LoadScopeScheduling):
+        """Each test its own unit of work, but a group's tests one unit."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group(nodeid) or nodeid
+
+    return Grouped(config, log)
+
+
+@pytest.hookimpl(trylast=True)  # after tests/e2e/conftest.py marks its tests `docker`
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The `slow` tests outside the groups first (a long test started last would hold the
+    run up; a group keeps its order), and every `docker` test in the docker-engine group
+    (a new one elsewhere must be added above)."""
+    strays = [
+        i.nodeid
+        for i in items
+        if i.get_closest_marker("docker") and xdist_group(i.nodeid) != "docker-engine"
+    ]
+    if strays:
+        raise pytest.UsageError(f"docker tests outside XDIST_GROUPS (tests/conftest.py): {strays}")
+    items.sort(key=lambda i: not i.get_closest_marker("slow") or xdist_group(i.nodeid) is not None)
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """No DEPLOYHOOK_* from the caller, an empty git config, a fixed git identity."""

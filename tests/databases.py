@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 from tests import needs
+from tests.server import free_port
 
 # Read at import: the autouse isolated_env fixture clears DEPLOYHOOK_* before each test.
 POSTGRES_URL = os.environ.get("DEPLOYHOOK_TEST_DATABASE_URL") or None
@@ -59,6 +60,26 @@ def fresh_schema() -> Iterator[str]:
             conn.execute("SET lock_timeout = '10s'")
             with suppress(psycopg.errors.LockNotAvailable):
                 conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@contextmanager
+def fresh_database() -> Iterator[str]:
+    """A new empty database on the test server (for a test that ends every session of
+    its database: a schema is not enough when other tests share the server at once)."""
+    url = server_url()
+    name = "t_" + secrets.token_hex(6)
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+    except psycopg.Error as exc:
+        pytest.fail(f"DEPLOYHOOK_TEST_DATABASE_URL is set but cannot create a database: {exc}")
+    try:
+        yield urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute("SET lock_timeout = '10s'")
+            with suppress(psycopg.Error):
+                conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 class PrivateCluster:
@@ -105,12 +126,15 @@ class PrivateCluster:
 
 
 @contextmanager
-def private_cluster(port: int = 55450) -> Iterator[PrivateCluster]:
-    """Start a private cluster (skip without PostgreSQL's binaries), purge it after."""
+def private_cluster(port: int | None = None) -> Iterator[PrivateCluster]:
+    """Start a private cluster (skip without PostgreSQL's binaries), purge it after.
+
+    On a free port unless told one: test runs and pytest-xdist workers side by side each
+    get their own."""
     if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
         needs.missing("postgres", "no PostgreSQL binaries (/usr/lib/postgresql/*/bin/initdb)")
     base = Path(tempfile.mkdtemp(prefix="deployhook-test-pg-", dir="/tmp"))
-    cluster = PrivateCluster(base, port)
+    cluster = PrivateCluster(base, port or free_port())
     try:
         cluster.start()
         yield cluster

@@ -32,7 +32,7 @@ from deployhook.store.schema import MIGRATIONS
 from deployhook.web import create_app
 from deployhook.web.answers import decision_body, decision_status
 from tests.conftest import write_registry
-from tests.databases import fresh_schema
+from tests.databases import fresh_database, fresh_schema
 from tests.helpers import SECRET, gitea_headers, gitea_push_body
 
 MakeStore = Callable[[], Store]
@@ -588,7 +588,8 @@ def test_sessions_the_server_ended_are_replaced_without_a_failed_delivery(tmp_pa
     """A PostgreSQL restart ends every pooled session: the next transaction still works."""
     import psycopg
 
-    with fresh_schema() as url:
+    # A database of its own: ending its sessions must not end other tests' (in parallel).
+    with fresh_database() as url:
         store = open_store(Settings.load({}, data_dir=tmp_path, database_url=url))
         waiter = store.waiter()
         try:
@@ -597,6 +598,7 @@ def test_sessions_the_server_ended_are_replaced_without_a_failed_delivery(tmp_pa
                 ended = admin.execute(
                     "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE"
                     " application_name = 'deployhook' AND pid <> pg_backend_pid()"
+                    " AND datname = current_database()"
                 ).fetchone()
             assert ended is not None and ended[0] >= 2  # the pool's and the listener's
             assert store.submit(push("a", 2)).outcome == Outcome.COALESCED
