@@ -37,9 +37,9 @@ The findings at the end say what a slope cannot: a process at its descriptor lim
 in which no job finished while 202s were answered, stuck jobs, /healthz all along.
 Note: a web process's threads rise until gthread's pool is full (DEPLOYHOOK_WEB_THREADS),
 which a burst of slow answers (a store outage) reaches at once: bounded, not a leak.
-Note: the worker prunes history every 10 minutes (keep 100 jobs and 1000 deliveries a
-repo, the defaults); row counts rise between prunes, so judge them over 30 minutes or
-more, not 10.
+Note: history is pruned as it grows (keep 100 jobs and 1000 deliveries a repo, the
+defaults): row counts rise until each repo reaches its bound (about 3 minutes for jobs
+at the default load, 4 for deliveries), then stay flat; use a warm-up past that.
 
 --ulimit-nofile N applies RLIMIT_NOFILE N (soft and hard) to the whole served tree.
 --database-url private starts a private PostgreSQL cluster (/tmp/soak-pg, port 55440,

@@ -14,6 +14,9 @@ from deployhook import redact
 from deployhook.errors import ConfigError
 
 PREFIX = "DEPLOYHOOK_"
+# How `serve` hands its worker the pipe the worker tells it is well through (server.py,
+# deploy/worker.py): the descriptor's number. Not a setting.
+WATCHDOG_ENV = "DEPLOYHOOK_WATCHDOG_FD"
 # The admin token guards root-equivalent actions: long enough not to be guessed online.
 MIN_ADMIN_TOKEN = 16
 # Settings that may come from a file instead, as Docker and Compose secrets provide them:
@@ -176,6 +179,9 @@ class Settings:
     node: str = ""  # "" is the default node
     stop_grace: int = 600
     worker_id: str | None = None
+    worker_watchdog: int = 60
+    rejected_per_minute: int = 120
+    prune_interval: int = 300
     # (setting, path) of those read from DEPLOYHOOK_<NAME>_FILE: children get the path.
     files: tuple[tuple[str, str], ...] = ()
 
@@ -271,4 +277,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "node": lambda _n, raw: raw,
     "stop_grace": _positive_int,
     "worker_id": _optional,
+    "worker_watchdog": _positive_int,
+    "rejected_per_minute": _positive_int,
+    "prune_interval": _positive_int,
 }

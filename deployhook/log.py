@@ -7,9 +7,12 @@ the log; on a console, control characters from requests are shown escaped, not o
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import sys
+import threading
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
@@ -49,6 +52,66 @@ def _escape_controls(_logger: Any, _name: str, event: MutableMapping[str, Any]) 
     return event
 
 
+class _LineWriter:
+    """Writes each log line with a single write(2) on the stream's descriptor.
+
+    serve's processes (supervisor, web processes, worker) share one stdout. print() and
+    a buffered stream write a line in pieces (the text, then its newline; or in 8 KiB
+    parts), and another process's line could land in between: one line held two JSON
+    objects. One write of the whole line to a file opened for appending (or a pipe, up
+    to PIPE_BUF bytes) never interleaves.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        try:
+            self._fd: int | None = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # a StringIO, pytest's capture
+            self._fd = None
+        # Re-entrant: a signal handler that logs while this thread writes must not hang.
+        self._lock = threading.RLock()
+
+    def line(self, text: str) -> None:
+        with self._lock:
+            if self._fd is None:
+                self._stream.write(text + "\n")
+                self._stream.flush()
+                return
+            with contextlib.suppress(Exception):
+                self._stream.flush()  # what was printed through the stream comes first
+            data = memoryview((text + "\n").encode("utf-8", "backslashreplace"))
+            while data:
+                written = os.write(self._fd, data)
+                data = data[written:]
+
+
+class _LineLogger:
+    """structlog's logger: each rendered event is one line, written at once."""
+
+    def __init__(self, writer: _LineWriter) -> None:
+        self._writer = writer
+
+    def msg(self, message: str) -> None:
+        self._writer.line(message)
+
+    log = debug = info = warn = warning = err = error = critical = exception = msg
+    fatal = failure = msg
+
+
+class _LineHandler(logging.Handler):
+    """stdlib logging's (gunicorn's) records, each one line written at once."""
+
+    def __init__(self, writer: _LineWriter) -> None:
+        super().__init__()
+        self._writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._writer.line(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
 def configure(*, fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
     """Configure structlog (and stdlib logging, for gunicorn) for this process."""
     out = stream or sys.stderr
@@ -61,6 +124,7 @@ def configure(*, fmt: str = "auto", level: str = "info", stream: TextIO | None =
     )
     last: list[Any] = [_mask_secrets] if fmt == "json" else [_mask_secrets, _escape_controls]
     numeric = logging.getLevelNamesMapping()[level.upper()]
+    writer = _LineWriter(out)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -71,10 +135,10 @@ def configure(*, fmt: str = "auto", level: str = "info", stream: TextIO | None =
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=lambda *_args: _LineLogger(writer),
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(out)
+    handler = _LineHandler(writer)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[

@@ -217,6 +217,13 @@ class LogLine:
     line: str
 
 
+# A job running this long past its repo's timeout is stuck: the worker kills a job at its
+# timeout, and stopping it, the steps after and the reporters take far less than this.
+JOB_STUCK_GRACE_S = 60.0
+# A worker using this share of its file descriptor limit is near running out.
+FD_WARN_SHARE = 0.8
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerInfo:
     """A deploy worker as the store knows it: where it runs and when it last beat."""
@@ -228,6 +235,8 @@ class WorkerInfo:
     slots: int
     started_at: float
     heartbeat_at: float
+    fds: int | None = None  # open file descriptors at its last beat, and its limit
+    fd_limit: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

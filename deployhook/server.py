@@ -20,14 +20,19 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
 
 from deployhook import log as logsetup
-from deployhook.config import Settings
+from deployhook.config import WATCHDOG_ENV, Settings
 
 log = structlog.get_logger()
 
 _RESTART_BACKOFF_MAX = 30.0
+# The worker writes to a pipe after every round of its main loop (at least every 2 s)
+# while it is well; silent for DEPLOYHOOK_WORKER_WATCHDOG seconds, it is wedged: SIGTERM,
+# then SIGKILL after at most WEDGED_KILL_S, then restarted like a worker that exited (its
+# jobs end interrupted and are retried).
+WEDGED_KILL_S = 30.0
 
 
-class _StructuredGunicornLogger(GunicornLogger):
+class _StructuredGunicornLogger(GunicornLogger):  # type: ignore[misc]  # gunicorn ships no types
     """Gunicorn's own messages go through the root handler, i.e. through structlog."""
 
     def setup(self, cfg: Any) -> None:
@@ -38,7 +43,7 @@ class _StructuredGunicornLogger(GunicornLogger):
         self.error_log.setLevel(logging.INFO)
 
 
-class WebApplication(BaseApplication):
+class WebApplication(BaseApplication):  # type: ignore[misc]  # gunicorn ships no types
     """The WSGI app under gunicorn's threaded workers, configured from Settings."""
 
     def __init__(self, settings: Settings) -> None:
@@ -101,9 +106,48 @@ class Supervisor:
         self.worker: subprocess.Popen[bytes] | None = None
         self.stopping = False
         self._backoff = 1.0
+        self._watchdog: int | None = None  # the read end of the worker's pipe
+        self._heard = 0.0  # when the worker last wrote to it (monotonic)
+        self._kill_at: float | None = None  # a wedged worker was sent SIGTERM
 
     def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-m", "deployhook", *args], env=self.env)
+
+    def _spawn_worker(self) -> subprocess.Popen[bytes]:
+        if self._watchdog is not None:
+            os.close(self._watchdog)
+        read, write = os.pipe()
+        os.set_blocking(read, False)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "deployhook", "worker"],
+                env={**self.env, WATCHDOG_ENV: str(write)},
+                pass_fds=(write,),
+            )
+        finally:
+            os.close(write)
+        self._watchdog, self._heard, self._kill_at = read, time.monotonic(), None
+        return proc
+
+    def _watch(self) -> None:
+        """Restart a worker that lives but has fallen silent (wedged)."""
+        worker, now = self.worker, time.monotonic()
+        if worker is None or self._watchdog is None or worker.poll() is not None:
+            return
+        try:
+            while os.read(self._watchdog, 4096):
+                self._heard = now
+        except BlockingIOError:
+            pass
+        if self._kill_at is not None:
+            if now >= self._kill_at:
+                log.error("worker_killed", pid=worker.pid, reason="still running after SIGTERM")
+                worker.kill()
+                self._kill_at = float("inf")
+        elif self.settings.worker_watchdog and now - self._heard > self.settings.worker_watchdog:
+            log.error("worker_wedged", pid=worker.pid, silent_s=round(now - self._heard))
+            worker.send_signal(signal.SIGTERM)
+            self._kill_at = now + min(WEDGED_KILL_S, max(5.0, self.settings.worker_watchdog / 2))
 
     def _signal(self, signum: int, _frame: Any) -> None:
         if signum == signal.SIGHUP:
@@ -120,7 +164,7 @@ class Supervisor:
             signal.signal(signum, self._signal)
         self.web = self._spawn("_web")
         if self.with_worker:
-            self.worker = self._spawn("worker")
+            self.worker = self._spawn_worker()
         log.info(
             "serve_started",
             bind=self.settings.bind,
@@ -147,12 +191,13 @@ class Supervisor:
                     next_restart = now + self._backoff
                     self._backoff = min(self._backoff * 2, _RESTART_BACKOFF_MAX)
                 elif now >= next_restart:
-                    self.worker = self._spawn("worker")
+                    self.worker = self._spawn_worker()
                     log.info("worker_restarted", pid=self.worker.pid)
                     next_restart = 0.0
                     worker_started = now
             elif self.worker is not None and time.monotonic() - worker_started > 60:
                 self._backoff = 1.0  # it stayed up: the next crash restarts quickly again
+            self._watch()
         return self._shutdown()
 
     def _shutdown(self) -> int:

@@ -31,6 +31,8 @@ from deployhook.errors import (
 from deployhook.intake import receive as intake
 from deployhook.intake.receive import Request
 from deployhook.models import (
+    FD_WARN_SHARE,
+    JOB_STUCK_GRACE_S,
     Decision,
     Delivery,
     Job,
@@ -59,6 +61,10 @@ if TYPE_CHECKING:
 
 # A worker beats every few seconds; one silent for this long is taken for dead.
 WORKER_STALE_S = 30.0
+# A worker claims a job the moment it is queued when it has a free slot; one queued this
+# long while a live worker of its node has a free slot (and its repo runs nothing) is
+# not being picked up.
+CLAIM_OVERDUE_S = 30.0
 # Workers silent for longer than this (and never stopped) are not shown: a host that was
 # retired long ago should not clutter the page forever.
 WORKERS_SHOWN_FOR_S = 24 * 3600.0
@@ -485,6 +491,50 @@ class Service:
             for node in sorted(needed - nodes):
                 label = f"node {node!r}" if node else "the default node"
                 found.append(f"no live worker for {label}: its repos' jobs wait")
+        found.extend(self._worker_problems(workers))
+        return found
+
+    def _worker_problems(self, workers: list[WorkerInfo]) -> list[str]:
+        """A worker alive but not doing its work: a job stuck past its timeout, a job
+        waiting while a worker has a free slot, a worker near its descriptor limit."""
+        found = []
+        now = time.time()
+        running = self.store.running_jobs()
+        for job in running:
+            repo = self.registry.find(job.repo)
+            if repo is None or job.started_at is None:
+                continue
+            age = now - job.started_at
+            if age > repo.timeout + JOB_STUCK_GRACE_S:
+                found.append(
+                    f"a deploy is stuck: job {job.id} of {job.repo} has run {age:.0f} s, past "
+                    f"its timeout ({repo.timeout:g} s) and a {JOB_STUCK_GRACE_S:.0f} s grace"
+                )
+        busy = {job.repo for job in running}
+        slots: dict[str, int] = {}
+        for worker in workers:
+            slots[worker.node] = slots.get(worker.node, 0) + worker.slots
+        used: dict[str, int] = {}
+        for job in running:
+            used[job.node] = used.get(job.node, 0) + 1
+        for job in self.store.waiting_jobs(since=now - CLAIM_OVERDUE_S):
+            if job.repo in busy or used.get(job.node, 0) >= slots.get(job.node, 0):
+                continue  # it waits for its repo's running job, or for a free slot
+            found.append(
+                f"a queued job is not picked up: job {job.id} of {job.repo} has waited "
+                f"{now - job.created_at:.0f} s while a worker has a free slot"
+            )
+            break
+        for worker in workers:
+            if (
+                worker.fds is not None
+                and worker.fd_limit
+                and (worker.fds >= worker.fd_limit * FD_WARN_SHARE)
+            ):
+                found.append(
+                    f"a deploy worker is near its file descriptor limit: {worker.id} has "
+                    f"{worker.fds} of {worker.fd_limit} open"
+                )
         return found
 
     # -- the forge ---------------------------------------------------------------------

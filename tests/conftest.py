@@ -36,6 +36,7 @@ BOTH_BACKENDS = {
     "test_metrics",
     "test_hostile_repo",
     "test_which_commit",
+    "test_job_ids",
 }
 
 

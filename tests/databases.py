@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
+import tempfile
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -56,3 +59,61 @@ def fresh_schema() -> Iterator[str]:
             conn.execute("SET lock_timeout = '10s'")
             with suppress(psycopg.errors.LockNotAvailable):
                 conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+class PrivateCluster:
+    """A PostgreSQL cluster of its own, for tests that stop and start the server.
+
+    The shared test server (DEPLOYHOOK_TEST_DATABASE_URL) is never stopped: other test
+    runs use it. This one lives in its own base directory under /tmp (`.ci/postgres.sh`
+    runs it as the postgres user, which must be able to reach it), on a port of its own.
+    """
+
+    SCRIPT = Path(__file__).resolve().parent.parent / ".ci" / "postgres.sh"
+
+    def __init__(self, base: Path, port: int) -> None:
+        self.base = base
+        self.env = {
+            **os.environ,
+            "DEPLOYHOOK_PG_BASE": str(base),
+            "DEPLOYHOOK_PG_PORT": str(port),
+        }
+        self.url = ""
+
+    def _run(self, command: str) -> str:
+        done = subprocess.run(
+            ["bash", str(self.SCRIPT), command],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        if done.returncode:
+            raise RuntimeError(f"postgres.sh {command} failed: {done.stderr[-2000:]}")
+        return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+
+    def start(self) -> str:
+        self.url = self._run("start")
+        return self.url
+
+    def stop(self) -> None:
+        self._run("stop")
+
+    def purge(self) -> None:
+        self._run("purge")
+
+
+@contextmanager
+def private_cluster(port: int = 55450) -> Iterator[PrivateCluster]:
+    """Start a private cluster (skip without PostgreSQL's binaries), purge it after."""
+    if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
+        needs.missing("postgres", "no PostgreSQL binaries (/usr/lib/postgresql/*/bin/initdb)")
+    base = Path(tempfile.mkdtemp(prefix="deployhook-test-pg-", dir="/tmp"))
+    cluster = PrivateCluster(base, port)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        with suppress(RuntimeError, subprocess.TimeoutExpired):
+            cluster.purge()

@@ -18,6 +18,7 @@ import structlog
 
 from deployhook.config import Settings
 from deployhook.deploy import compose, process
+from deployhook.errors import StoreUnavailable
 from deployhook.models import Job, Trigger
 from deployhook.registry import Repo
 from deployhook.store import Store
@@ -104,6 +105,7 @@ class JobOutput:
         self._pending: list[tuple[float, str]] = []
         self._cond = threading.Condition()
         self._closed = False
+        self._delayed = False  # the last flush could not be written
         self._thread = threading.Thread(
             target=self._flusher, name=f"job-{job_id}-output", daemon=True
         )
@@ -126,8 +128,18 @@ class JobOutput:
         if lines:
             try:
                 self._store.append_log(self._job_id, lines)
+            except StoreUnavailable as exc:
+                # Kept for the next flush (OutputCap bounds them): the store may be back.
+                with self._cond:
+                    self._pending[:0] = lines
+                    first = not self._delayed
+                    self._delayed = True
+                if first:
+                    logger.warning("job_output_delayed", lines=len(lines), error=str(exc))
             except Exception:  # the deploy must go on; the log line says what was lost
                 logger.exception("job_output_lost", lines=len(lines))
+            else:
+                self._delayed = False
 
     def _flusher(self) -> None:
         while True:
@@ -145,6 +157,8 @@ class JobOutput:
             self._cond.notify()
         self._thread.join(timeout=10)
         self.flush()
+        if self._pending:  # the store stayed away to the end
+            logger.warning("job_output_lost", lines=len(self._pending))
 
 
 @dataclass
@@ -214,8 +228,16 @@ class Context:
             cancel=self.cancel,
             env=self.child_env() if env is None else env,
             job_id=self.job.id,
-            on_start=lambda pgid: self.store.set_job_fields(self.job.id, pgid=pgid),
+            on_start=self._record_pgid,
         )
+
+    def _record_pgid(self, pgid: int) -> None:
+        """Note the group a dead worker's successor must stop; a store blip must not
+        fail the deploy for it (the successor also finds the group in /proc)."""
+        try:
+            self.store.set_job_fields(self.job.id, pgid=pgid)
+        except StoreUnavailable as exc:
+            logger.warning("job_pgid_not_recorded", pgid=pgid, error=str(exc))
 
     def compose_base(self) -> tuple[str, ...]:
         return compose.command(self.settings.compose)

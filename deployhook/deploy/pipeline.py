@@ -27,10 +27,10 @@ from deployhook.deploy.steps.health import HEALTH
 from deployhook.deploy.steps.mirror import MIRROR
 from deployhook.deploy.steps.mirror_sync import MIRROR_SYNC
 from deployhook.deploy.steps.prune import PRUNE
-from deployhook.errors import JobCancelled, JobTimedOut, NothingToDo, StepFailed
+from deployhook.errors import JobCancelled, JobTimedOut, NothingToDo, StepFailed, StoreUnavailable
 from deployhook.models import Job, Status, StepStatus
 from deployhook.registry import Repo
-from deployhook.store import Store
+from deployhook.store import Store, persist
 from deployhook.text import one_line
 
 logger = structlog.get_logger()
@@ -81,7 +81,7 @@ class Deploy:
 
     def _step(self, step: StepSpec) -> None:
         ctx, name = self.ctx, step.name
-        idx = ctx.store.start_step(ctx.job.id, name)
+        idx = persist(lambda: ctx.store.start_step(ctx.job.id, name))
         ctx.output(f"==> {name}")
         started = time.monotonic()
         try:
@@ -100,6 +100,8 @@ class Deploy:
             )
             logger.warning("step_failed", step=name, error=str(exc))
             raise
+        except StoreUnavailable:
+            raise  # not the step's failure: the worker ends the job interrupted, to retry
         except Exception as exc:
             ctx.output(f"==> {name} crashed: {type(exc).__name__}: {exc}")
             for line in traceback.format_exc().splitlines():
@@ -112,7 +114,7 @@ class Deploy:
             )
             logger.exception("step_crashed", step=name)
             raise StepFailed(f"{name}: internal error: {type(exc).__name__}: {exc}") from exc
-        ctx.store.finish_step(ctx.job.id, idx, status=StepStatus.SUCCEEDED)
+        persist(lambda: ctx.store.finish_step(ctx.job.id, idx, status=StepStatus.SUCCEEDED))
         ctx.output(f"==> {name} done in {time.monotonic() - started:.1f} s")
         logger.info("step_succeeded", step=name, duration_s=round(time.monotonic() - started, 3))
 

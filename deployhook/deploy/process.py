@@ -24,6 +24,9 @@ _POLL_S = 0.05
 # The environment marker that lets a restarted worker recognise (and stop) the
 # processes of a job whose worker died, without trusting a recycled pid.
 JOB_ENV = "DEPLOYHOOK_JOB_ID"
+# The pid of the worker that started a job's process group: while that worker lives, the
+# group leader is still its child, and no one else may stop the group.
+WORKER_ENV = "DEPLOYHOOK_WORKER_PID"
 
 
 class Deadline:
@@ -89,6 +92,25 @@ def group_of_job(pgid: int, job_id: int) -> bool:
     return f"{JOB_ENV}={job_id}".encode() in environ.split(b"\0")
 
 
+def started_by_live_worker(pid: int) -> bool:
+    """True if pid was started by a worker that still runs: its parent is that worker.
+
+    A worker that dies leaves its children to init (or a subreaper), so their parent no
+    longer matches the pid they were marked with. A worker that only looks dead (its
+    liveness lock lost in a database blip) still has them as children.
+    """
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    marks = [v for v in environ if v.startswith(f"{WORKER_ENV}=".encode())]
+    if not marks:
+        return False
+    parent = int(stat.rsplit(")", 1)[1].split()[1])
+    return marks[0] == f"{WORKER_ENV}={parent}".encode()
+
+
 def run(
     argv: Sequence[str],
     *,
@@ -109,6 +131,7 @@ def run(
     child_env = child_environ() if env is None else dict(env)
     if job_id is not None:
         child_env[JOB_ENV] = str(job_id)
+        child_env[WORKER_ENV] = str(os.getpid())
     try:
         proc = subprocess.Popen(
             list(argv),
@@ -121,11 +144,11 @@ def run(
         )
     except OSError as exc:
         raise StepFailed(f"cannot run {argv[0]}: {exc.strerror}") from None
-    if on_start is not None:
-        on_start(proc.pid)
     reader = threading.Thread(target=_pump, args=(proc, output), daemon=True)
     reader.start()
     try:
+        if on_start is not None:  # inside: if it fails, the group is stopped below
+            on_start(proc.pid)
         while True:
             try:
                 # Popen.wait polls in steps of at most 50 ms: the end is seen promptly.

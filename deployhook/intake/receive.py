@@ -135,7 +135,9 @@ def receive(
     try:
         repo = registry.find(req.name)
         if repo is None:
-            decision = _reject(store, base, UnknownRepo(f"no repo named {req.name!r}"))
+            # The name comes from the request: shown and stored only in part.
+            stranger = replace(base, known=False)
+            decision = _reject(store, stranger, UnknownRepo(f"no repo named {req.name[:100]!r}"))
         else:
             decision = _admit(
                 req, repo, base, store=store, max_body=max_body, default_secret=default_secret

@@ -8,9 +8,12 @@ docs/deploys.md (rules 1-2) hold across processes.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import socket
+import threading
 import time
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import structlog
 
@@ -36,15 +39,92 @@ from deployhook.store.ledger import CheckedDelivery
 
 log = structlog.get_logger()
 
-__all__ = ["CheckedDelivery", "Store", "Tx", "open_store"]
+__all__ = ["CheckedDelivery", "Store", "Tx", "open_store", "persist"]
+
+T = TypeVar("T")
+
+# How long a write that must not be lost (a job's step, its end) is tried again while
+# the store is away: a database restart or a blip passes, a real outage does not.
+PERSIST_S = 10.0
+_PERSIST_PAUSES_S = (0.1, 0.25, 0.5, 1.0)
+
+
+def persist(write: Callable[[], T], *, within: float = PERSIST_S) -> T:
+    """Run write(); while it raises StoreUnavailable, try again for `within` seconds.
+
+    Only for writes that are safe to repeat after a failed attempt (a failed transaction
+    changed nothing).
+    """
+    end = time.monotonic() + within
+    for attempt in itertools.count():
+        try:
+            return write()
+        except StoreUnavailable as exc:
+            pause = _PERSIST_PAUSES_S[min(attempt, len(_PERSIST_PAUSES_S) - 1)]
+            if time.monotonic() + pause > end:
+                raise
+            log.warning("store_write_retried", error=str(exc), attempt=attempt + 1)
+            time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
+# Job ids are 64-bit integers in both backends: an id past that range (a request can
+# name any) is no job, not an error of the database.
+MAX_ID = 2**63 - 1
+
+
+def _known_id(job_id: int) -> int:
+    if not 0 < job_id <= MAX_ID:
+        raise UnknownJob(f"no job {job_id}")
+    return job_id
+
+
+# /healthz asks whether the store takes writes; the answer (from a probe, or from a real
+# write of this process) is trusted for this long, so a flood of /healthz costs one probe
+# a second per process, not one each.
+WRITABLE_FRESH_S = 1.0
+
+
+class _Writability:
+    """The newest sign of whether the store takes writes: a probe, or a real write."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._probing = False
+        self._at = float("-inf")
+        self._error: str | None = None
+
+    def saw(self, error: str | None) -> None:
+        """Record a write's outcome (None: it committed)."""
+        self._at, self._error = time.monotonic(), error
+
+    def check(self, probe: Callable[[], str | None]) -> str | None:
+        """The fresh answer, else probe (one thread at a time; the others get the last)."""
+        with self._lock:
+            if time.monotonic() - self._at < WRITABLE_FRESH_S or self._probing:
+                return self._error
+            self._probing = True
+        try:
+            error = probe()
+            self.saw(error)
+            return error
+        finally:
+            with self._lock:
+                self._probing = False
 
 
 class Store:
     """Domain operations on the ledger and the queue, each one transaction."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, *, limits: ledger.Limits | None = None) -> None:
         self.backend = backend
-        self._group = GroupCommit(backend, on_job=backend.wake)
+        self._writability = _Writability()
+        self._group = GroupCommit(
+            backend,
+            on_job=backend.wake,
+            on_outcome=self._writability.saw,
+            ledger=ledger.Ledger(limits or ledger.Limits()),
+        )
         self._schema_ready = False
         self._schema_tried_at = 0.0
         self._schema_error: str | None = None
@@ -87,9 +167,16 @@ class Store:
             self._schema_error = str(exc)
             raise
 
-    def _write(self) -> Any:
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Tx]:
         self._ensure_schema()
-        return self.backend.write()
+        try:
+            with self.backend.write() as tx:
+                yield tx
+        except StoreUnavailable as exc:
+            self._writability.saw(str(exc))
+            raise
+        self._writability.saw(None)
 
     def _read(self) -> Any:
         # A store that cannot be written may still be read (status pages while the disk
@@ -160,6 +247,7 @@ class Store:
         return job, coalesced
 
     def job(self, job_id: int) -> Job:
+        _known_id(job_id)
         with self._read() as tx:
             job = queue.get(tx, job_id)
         if job is None:
@@ -220,6 +308,9 @@ class Store:
         Status is read first: once it says ended, every line written before the end
         is among the lines returned. None: no such job.
         """
+        if not 0 < job_id <= MAX_ID:
+            return None, []
+        after = min(after, MAX_ID)
         with self._read() as tx:
             status = queue.status_of(tx, job_id)
             return status, queue.log_lines(tx, job_id, after=after, limit=limit)
@@ -238,6 +329,7 @@ class Store:
 
     def cancel(self, job_id: int) -> Job:
         """Cancel a queued job now, or ask a running one's worker to stop it."""
+        _known_id(job_id)
         with self._write() as tx:
             job = queue.get(tx, job_id)
             if job is None:
@@ -356,6 +448,9 @@ class Store:
                 queue.append_log(tx, job_id, lines)
 
     def log_lines(self, job_id: int, *, after: int = 0, limit: int = 5000) -> list[LogLine]:
+        if not 0 < job_id <= MAX_ID:
+            return []
+        after = min(after, MAX_ID)
         with self._read() as tx:
             return queue.log_lines(tx, job_id, after=after, limit=limit)
 
@@ -416,9 +511,19 @@ class Store:
         with self._read() as tx:
             return queue.running(tx)
 
+    def waiting_jobs(self, *, since: float) -> list[Job]:
+        """Queued jobs created before `since` (wall time)."""
+        with self._read() as tx:
+            return queue.waiting(tx, since=since)
+
     def expired_jobs(self) -> list[Job]:
         with self._read() as tx:
             return queue.orphaned(tx, now=time.time())
+
+    def prune_jobs(self, repo: str, *, keep: int) -> int:
+        """Keep a repo's newest `keep` ended jobs (and the last good one)."""
+        with self._write() as tx:
+            return queue.prune(tx, repo, keep=keep)
 
     def prune(self, *, repos: list[str], keep_jobs: int, keep_deliveries: int) -> int:
         removed = 0
@@ -427,6 +532,8 @@ class Store:
                 removed += queue.prune(tx, repo, keep=keep_jobs)
         with self._write() as tx:
             removed += ledger.prune(tx, keep=keep_deliveries, known=repos)
+        if removed:
+            self.backend.compact()
         return removed
 
     # -- workers ---------------------------------------------------------------------
@@ -438,9 +545,16 @@ class Store:
                 tx, worker=worker, node=node, host=self.host, slots=slots, now=time.time()
             )
 
-    def heartbeat(self, worker: str) -> None:
+    def heartbeat(
+        self, worker: str, *, fds: int | None = None, fd_limit: int | None = None
+    ) -> None:
         with self._write() as tx:
-            workers.heartbeat(tx, worker, now=time.time())
+            workers.heartbeat(tx, worker, now=time.time(), fds=fds, fd_limit=fd_limit)
+
+    def heartbeat_of(self, worker: str) -> float | None:
+        """The worker's last heartbeat as it wrote it (compare values, not clocks)."""
+        with self._read() as tx:
+            return workers.heartbeat_of(tx, worker)
 
     def stop_worker(self, worker: str) -> None:
         with self._write() as tx:
@@ -460,11 +574,12 @@ class Store:
         return host == self.host or self.backend.liveness_across_hosts
 
     def writable(self) -> str | None:
+        """None if deliveries can be stored now, else why not (fresh within a second)."""
         try:
             self._ensure_schema()
         except StoreUnavailable as exc:
             return str(exc)
-        return self.backend.writable()
+        return self._writability.check(self.backend.writable)
 
 
 def open_store(settings: Settings, *, migrate: bool = True) -> Store:
@@ -483,7 +598,10 @@ def open_store(settings: Settings, *, migrate: bool = True) -> Store:
         from deployhook.store.sqlite import SqliteBackend
 
         backend = SqliteBackend(settings.database_path)
-    store = Store(backend)
+    limits = ledger.Limits(
+        keep=settings.keep_deliveries, rejected_per_minute=settings.rejected_per_minute
+    )
+    store = Store(backend, limits=limits)
     if migrate:
         store.migrate_or_defer()
     return store

@@ -104,6 +104,9 @@ class Backend(Protocol):
     def writable(self) -> str | None:
         """None if deliveries can be stored, else why not."""
 
+    def compact(self) -> None:
+        """Give space freed by pruning back to the filesystem (where the backend must)."""
+
     def close(self) -> None: ...
 
 

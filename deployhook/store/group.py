@@ -19,7 +19,7 @@ from deployhook.errors import StoreUnavailable
 from deployhook.models import Decision, Outcome
 from deployhook.store import ledger
 from deployhook.store.backend import Backend
-from deployhook.store.ledger import CheckedDelivery
+from deployhook.store.ledger import CheckedDelivery, Ledger
 
 log = structlog.get_logger()
 
@@ -45,9 +45,19 @@ class _Slot:
 class GroupCommit:
     """Admits deliveries in shared transactions; see the module docstring."""
 
-    def __init__(self, backend: Backend, *, on_job: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        on_job: Callable[[], None],
+        on_outcome: Callable[[str | None], None] = lambda _error: None,
+        ledger: Ledger | None = None,
+    ) -> None:
         self._backend = backend
+        self._ledger = ledger or Ledger()
         self._on_job = on_job
+        # Told whether each batch committed (None) or why the store refused it.
+        self._on_outcome = on_outcome
         self._lock = threading.Lock()
         self._pending: list[_Slot] = []
         self._leading = False
@@ -102,11 +112,11 @@ class GroupCommit:
         with self._backend.write() as tx:
             for slot in batch:
                 if not isolate:
-                    results.append(ledger.admit(tx, slot.item))
+                    results.append(ledger.admit(tx, slot.item, self._ledger))
                     continue
                 try:
                     with tx.savepoint():
-                        results.append(ledger.admit(tx, slot.item))
+                        results.append(ledger.admit(tx, slot.item, self._ledger))
                 except Exception as exc:  # one bad item must not sink the batch
                     log.exception("delivery_admit_failed", repo=slot.item.repo)
                     results.append(exc)
@@ -124,9 +134,12 @@ class GroupCommit:
                 # so the fast path goes without.
                 results = self._admit_all(batch, isolate=True)
         except Exception as exc:
-            if not isinstance(exc, StoreUnavailable):
+            if isinstance(exc, StoreUnavailable):
+                self._on_outcome(str(exc))
+            else:
                 log.exception("delivery_batch_failed", size=len(batch))
             return [exc] * len(batch)
+        self._on_outcome(None)
         # Only a new job needs an idle worker woken: one that joined the queued job is
         # already known to the worker, which claims it when its repo is free.
         if any(isinstance(r, Decision) and r.outcome == Outcome.QUEUED for r in results):

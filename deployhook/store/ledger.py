@@ -1,11 +1,19 @@
-"""The delivery ledger and per-repo state: every delivery, what became of it, and why."""
+"""The delivery ledger and per-repo state: every delivery, what became of it, and why.
+
+Bounded under hostile traffic (docs/webhooks.md): names and reasons are cut; past a
+number of rejected deliveries a minute per repo (or for unknown names together), the
+rest are only counted (pruned_totals, so /metrics still counts every one) and one row
+of the minute says how many; and each scope is pruned to its `keep` as rows arrive.
+"""
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+import threading
+from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from deployhook import redact
 from deployhook.models import (
@@ -42,28 +50,122 @@ class CheckedDelivery:
     error: Exception | None = None
     node: str = ""
     repo_url: str | None = None
+    known: bool = True  # False: the name is not in the registry
 
 
-def record(tx: Tx, item: CheckedDelivery, decision: Decision) -> None:
-    """Add the ledger row of a delivery and what became of it."""
+# What a row keeps of a name and a reason from the request: enough to tell what it was.
+MAX_NAME = 100
+MAX_REASON = 300
+# The scope of rejected deliveries to names not in the registry, all together.
+STRANGERS = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How much of the ledger is kept (Settings: keep_deliveries, rejected_per_minute)."""
+
+    keep: int = 1000
+    rejected_per_minute: int = 120
+
+
+@dataclass
+class Ledger:
+    """The limits, and this process's count of rows added per scope since its last prune.
+
+    A scope is pruned in the transaction that adds its every `keep // 100`-th row: the
+    bound holds within 1 % per web process, at a prune per that many rows.
+    """
+
+    limits: Limits = field(default_factory=Limits)
+    _added: Counter[str] = field(default_factory=Counter)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def due(self, scope: str) -> bool:
+        with self._lock:
+            self._added[scope] += 1
+            if self._added[scope] < max(1, self.limits.keep // 100):
+                return False
+            del self._added[scope]
+            return True
+
+
+def _scope(item: CheckedDelivery) -> str:
+    return item.repo[:MAX_NAME] if item.known else STRANGERS
+
+
+def record(tx: Tx, item: CheckedDelivery, decision: Decision) -> int:
+    """Add the ledger row of a delivery and what became of it; return the row's id."""
     job = decision.job or (decision.first.job if decision.first else None)
     kept = decision.first or decision
-    tx.run(
+    row = tx.one(
         "INSERT INTO deliveries (repo, delivery_id, event, received_at, outcome, reason, job_id,"
-        " http_status, answer, sha, ref) VALUES (:repo, :delivery_id, :event, :received_at,"
-        " :outcome, :reason, :job_id, :http_status, :answer, :sha, :ref)",
-        repo=item.repo[:200],
+        " http_status, answer, sha, ref, stranger) VALUES (:repo, :delivery_id, :event,"
+        " :received_at, :outcome, :reason, :job_id, :http_status, :answer, :sha, :ref,"
+        " :stranger) RETURNING id",
+        repo=item.repo[:MAX_NAME],
         delivery_id=item.delivery_id,
         event=item.event,
         received_at=item.received_at,
         outcome=str(decision.outcome),
-        reason=redact.mask(decision.reason) if decision.reason else None,
+        reason=redact.mask(decision.reason)[:MAX_REASON] if decision.reason else None,
         job_id=job.id if job else None,
         http_status=item.status_of(decision),
         answer=None if decision.outcome == Outcome.REJECTED else json.dumps(kept.to_record()),
         sha=item.sha,
-        ref=item.ref,
+        ref=item.ref[:MAX_REASON] if item.ref else None,
+        stranger=0 if item.known else 1,
     )
+    assert row is not None
+    return int(row["id"])
+
+
+def _record_rejected(tx: Tx, item: CheckedDelivery, decision: Decision, limits: Limits) -> bool:
+    """Record a rejected delivery within its scope's rows a minute; past them, count it.
+
+    Returns whether a row was added. The first one left out in a minute gets a row that
+    says how many were (it counts as one; the others go to the pruned totals), so the
+    counters in /metrics still add up to every delivery.
+    """
+    scope, minute = _scope(item), int(item.received_at // 60)
+    row = tx.one(
+        "SELECT minute, stored, left_out, summary_id FROM rejected_minutes WHERE scope = :scope",
+        scope=scope,
+    )
+    if row is None or row["minute"] != minute:
+        row = {"minute": minute, "stored": 0, "left_out": 0, "summary_id": None}
+    added = False
+    if row["stored"] < limits.rejected_per_minute:
+        record(tx, item, decision)
+        row["stored"] += 1
+        added = True
+    else:
+        row["left_out"] += 1
+        note = (
+            f"{row['left_out']} more rejected deliveries in this minute were left out of the "
+            f"ledger (over DEPLOYHOOK_REJECTED_PER_MINUTE={limits.rejected_per_minute}); "
+            "/metrics counts them"
+        )
+        if row["summary_id"] is None:
+            summary = Decision(decision.outcome, decision.kind, reason=note, error=decision.error)
+            row["summary_id"] = record(tx, item, summary)
+            added = True
+        else:
+            tx.run(
+                "UPDATE deliveries SET reason = :reason WHERE id = :id",
+                reason=note,
+                id=row["summary_id"],
+            )
+            repo = item.repo[:MAX_NAME] if item.known else totals.OTHER_REPO
+            totals.add(tx, {(totals.DELIVERIES, repo, str(Outcome.REJECTED)): 1.0})
+    tx.run(
+        "INSERT INTO rejected_minutes (scope, minute, stored, left_out, summary_id)"
+        " VALUES (:scope, :minute, :stored, :left_out, :summary_id) ON CONFLICT (scope)"
+        " DO UPDATE SET minute = excluded.minute, stored = excluded.stored,"
+        " left_out = excluded.left_out, summary_id = excluded.summary_id",
+        scope=scope,
+        **row,
+    )
+    return added
 
 
 def ensure_state(tx: Tx, repo: str) -> None:
@@ -121,10 +223,20 @@ def _first(tx: Tx, item: CheckedDelivery) -> Decision | None:
     return Decision.from_record(kept, outcome=Outcome(row["outcome"]))
 
 
-def admit(tx: Tx, item: CheckedDelivery) -> Decision:
+def admit(tx: Tx, item: CheckedDelivery, ledger: Ledger | None = None) -> Decision:
     """Decide and record what a checked delivery becomes (docs/webhooks.md, from 'duplicate' on)."""
+    ledger = ledger or Ledger()
     decision = _decide(tx, item)
-    record(tx, item, decision)
+    if decision.outcome == Outcome.REJECTED:
+        added = _record_rejected(tx, item, decision, ledger.limits)
+    else:
+        record(tx, item, decision)
+        added = True
+    if added and ledger.due(_scope(item)):
+        if item.known:
+            prune_repo(tx, item.repo[:MAX_NAME], keep=ledger.limits.keep)
+        else:
+            prune_strangers(tx, keep=ledger.limits.keep)
     return decision
 
 
@@ -223,44 +335,58 @@ def set_hold(tx: Tx, repo: str, *, held: bool, now: float) -> RepoState:
     return state(tx, repo)
 
 
-def prune(tx: Tx, *, keep: int, known: list[str]) -> int:
-    """Keep the newest `keep` rows per known repo, and `keep` in all for unknown names."""
-    removed = 0
+def _prune_before(tx: Tx, where: str, *, cutoff: int, label: str, **params: Any) -> int:
+    """Delete the rows `where` up to id cutoff, adding them to the pruned totals first."""
     pruned: totals.Totals = defaultdict(float)
-    for repo in known:
-        cutoff = tx.value(
-            "SELECT id FROM deliveries WHERE repo = :repo ORDER BY id DESC LIMIT 1 OFFSET :keep",
-            repo=repo,
-            keep=keep,
-        )
-        if cutoff is not None:
-            for row in tx.all(
-                "SELECT outcome, COUNT(*) AS n FROM deliveries WHERE repo = :repo"
-                " AND id <= :cutoff GROUP BY outcome",
-                repo=repo,
-                cutoff=cutoff,
-            ):
-                pruned[(totals.DELIVERIES, repo, row["outcome"])] += row["n"]
-            removed += tx.run(
-                "DELETE FROM deliveries WHERE repo = :repo AND id <= :cutoff",
-                repo=repo,
-                cutoff=cutoff,
-            )
-    names = {f"k{i}": name for i, name in enumerate(known)}
-    not_known = (" WHERE repo NOT IN (" + ", ".join(f":{k}" for k in names) + ")") if names else ""
+    for row in tx.all(
+        f"SELECT outcome, COUNT(*) AS n FROM deliveries WHERE {where} AND id <= :cutoff"
+        " GROUP BY outcome",
+        cutoff=cutoff,
+        **params,
+    ):
+        pruned[(totals.DELIVERIES, label, row["outcome"])] += row["n"]
+    totals.add(tx, pruned)
+    return tx.run(
+        f"DELETE FROM deliveries WHERE {where} AND id <= :cutoff", cutoff=cutoff, **params
+    )
+
+
+def prune_repo(tx: Tx, repo: str, *, keep: int) -> int:
+    """Keep a repo's newest `keep` rows."""
     cutoff = tx.value(
-        "SELECT id FROM deliveries" + not_known + " ORDER BY id DESC LIMIT 1 OFFSET :keep",
+        "SELECT id FROM deliveries WHERE repo = :repo ORDER BY id DESC LIMIT 1 OFFSET :keep",
+        repo=repo,
+        keep=keep,
+    )
+    if cutoff is None:
+        return 0
+    return _prune_before(tx, "repo = :repo", cutoff=int(cutoff), label=repo, repo=repo)
+
+
+def prune_strangers(tx: Tx, *, keep: int) -> int:
+    """Keep the newest `keep` rows of names not in the registry, all together."""
+    cutoff = tx.value(
+        "SELECT id FROM deliveries WHERE stranger = 1 ORDER BY id DESC LIMIT 1 OFFSET :keep",
+        keep=keep,
+    )
+    if cutoff is None:
+        return 0
+    return _prune_before(tx, "stranger = 1", cutoff=int(cutoff), label=totals.OTHER_REPO)
+
+
+def prune(tx: Tx, *, keep: int, known: list[str]) -> int:
+    """Keep the newest `keep` rows per known repo, and `keep` in all for unknown names
+    (names sent to, and repos since removed from the registry)."""
+    removed = sum(prune_repo(tx, repo, keep=keep) for repo in known)
+    names = {f"k{i}": name for i, name in enumerate(known)}
+    not_known = "repo NOT IN (" + ", ".join(f":{k}" for k in names) + ")" if names else "1 = 1"
+    cutoff = tx.value(
+        f"SELECT id FROM deliveries WHERE {not_known} ORDER BY id DESC LIMIT 1 OFFSET :keep",
         keep=keep,
         **names,
     )
     if cutoff is not None:
-        where = (not_known + " AND" if names else " WHERE") + " id <= :cutoff"
-        for row in tx.all(
-            "SELECT outcome, COUNT(*) AS n FROM deliveries" + where + " GROUP BY outcome",
-            cutoff=cutoff,
-            **names,
-        ):
-            pruned[(totals.DELIVERIES, totals.OTHER_REPO, row["outcome"])] += row["n"]
-        removed += tx.run("DELETE FROM deliveries" + where, cutoff=cutoff, **names)
-    totals.add(tx, pruned)
+        removed += _prune_before(
+            tx, not_known, cutoff=int(cutoff), label=totals.OTHER_REPO, **names
+        )
     return removed

@@ -379,6 +379,15 @@ def orphaned(tx: Tx, *, now: float) -> list[Job]:
     return [job_from_row(r) for r in rows]
 
 
+def waiting(tx: Tx, *, since: float) -> list[Job]:
+    """Queued jobs created before `since`, oldest first."""
+    rows = tx.all(
+        "SELECT * FROM jobs WHERE status = 'queued' AND created_at < :since ORDER BY id",
+        since=since,
+    )
+    return [job_from_row(r) for r in rows]
+
+
 def running(tx: Tx) -> list[Job]:
     return [job_from_row(r) for r in tx.all("SELECT * FROM jobs WHERE status = 'running'")]
 

@@ -114,4 +114,24 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN rollback_of INTEGER;
     CREATE INDEX jobs_by_rollback_of ON jobs (rollback_of) WHERE rollback_of IS NOT NULL;
     """,
+    # 5: how many file descriptors each worker has open, and its limit (/healthz warns
+    # before a worker runs out).
+    """
+    ALTER TABLE workers ADD COLUMN fds INTEGER;
+    ALTER TABLE workers ADD COLUMN fd_limit INTEGER;
+    """,
+    # 6: the ledger under hostile traffic. Deliveries to names not in the registry are
+    # marked (pruned together, as they arrive); rejected deliveries are stored up to a
+    # number a minute per repo (or for unknown names together), the rest only counted.
+    """
+    ALTER TABLE deliveries ADD COLUMN stranger INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX deliveries_of_strangers ON deliveries (id) WHERE stranger = 1;
+    CREATE TABLE rejected_minutes (
+        scope TEXT PRIMARY KEY,
+        minute INTEGER NOT NULL,
+        stored INTEGER NOT NULL DEFAULT 0,
+        left_out INTEGER NOT NULL DEFAULT 0,
+        summary_id INTEGER
+    );
+    """,
 )

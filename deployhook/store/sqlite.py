@@ -29,6 +29,7 @@ from deployhook.store.schema import MIGRATIONS
 log = structlog.get_logger()
 
 _TYPES = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "real": "REAL"}
+_INCREMENTAL = 2  # PRAGMA auto_vacuum
 
 
 def _is_storage_fault(exc: sqlite3.Error) -> bool:
@@ -75,8 +76,36 @@ class _SocketWaiter:
             self._sock.close()
 
 
+# Connections kept open between transactions, per process: enough for the writer and a
+# few concurrent readers; more are opened when needed and closed when given back.
+IDLE_MAX = 8
+# The WAL is checkpointed into the database every this many pages (4 KiB each), and the
+# file is cut back to JOURNAL_LIMIT when it restarts: a bounded WAL, whatever the load.
+WAL_AUTOCHECKPOINT = 500
+JOURNAL_LIMIT = 2 * 1024 * 1024
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def _tighten(path: Path, mode: int) -> None:
+    """Take group and other permissions away from an existing file or directory."""
+    try:
+        current = path.stat().st_mode & 0o777
+        if current & ~mode:
+            path.chmod(current & mode)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # not ours to change (a read-only mount): say so, go on
+        log.warning("store_permissions_not_tightened", path=str(path), error=exc.strerror)
+
+
 class SqliteBackend:
-    """SQLite in WAL mode; connections are per thread and per process."""
+    """SQLite in WAL mode, shared by the processes of one host.
+
+    Nothing is kept per thread: a thread takes a connection for one transaction and gives
+    it back, and the write lock is one descriptor per process. A deploy starts threads
+    by the thousand over months; per-thread resources would grow with every one.
+    """
 
     name = "sqlite"
     skip_locked = False  # one writer at a time: nothing to skip
@@ -87,40 +116,113 @@ class SqliteBackend:
         self.lock_path = path.with_name(path.name + ".lock")
         digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24]
         self._wake_address = b"\0deployhook-" + digest.encode()
-        self._local = threading.local()
         self._wake_sock: socket.socket | None = None
         self._worker_lock_fd: int | None = None
+        self._pid = os.getpid()
+        self._idle: list[sqlite3.Connection] = []
+        self._idle_lock = threading.Lock()
+        # Threads of this process write one at a time (the flock then orders processes).
+        self._write_lock = threading.Lock()
+        self._lock_fd_value: int | None = None
+        self._files_checked = False
+        # What a fork inherited: never used or closed in the child (closing a parent's
+        # WAL connection here could checkpoint and delete files it still uses).
+        self._inherited: list[object] = []
 
     # -- connections -------------------------------------------------------------
 
-    def _connection(self) -> sqlite3.Connection:
-        local = self._local
-        if getattr(local, "pid", None) != os.getpid() or local.conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                self.path, timeout=10.0, isolation_level=None, check_same_thread=False
-            )
+    def _after_fork(self) -> None:
+        if self._pid == os.getpid():
+            return
+        with self._idle_lock:
+            self._inherited.append((self._idle, self._lock_fd_value))
+            self._idle = []
+            self._lock_fd_value = None
+            self._write_lock = threading.Lock()
+            self._pid = os.getpid()
+
+    def _prepare_files(self) -> None:
+        """Create the data dir (0700) and the database file (0600), or tighten them."""
+        if self._files_checked:
+            return
+        directory = self.path.parent
+        directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        _tighten(directory, DIR_MODE)
+        if not self.path.exists():
+            # SQLite gives its -wal and -shm files the database file's permissions.
+            with suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE))
+        for suffix in ("", "-wal", "-shm", ".lock"):
+            _tighten(self.path.with_name(self.path.name + suffix), FILE_MODE)
+        self._files_checked = True
+
+    def _open(self) -> sqlite3.Connection:
+        self._prepare_files()
+        conn = sqlite3.connect(
+            self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+        )
+        try:
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA busy_timeout = 10000")
             conn.execute("PRAGMA synchronous = FULL")
-            local.conn = conn
-            local.pid = os.getpid()
-        return local.conn
+            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
+            conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_LIMIT}")
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return conn
 
-    def _drop_connection(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is not None:
-            with suppress(sqlite3.Error):
-                conn.close()
+    def _take(self) -> sqlite3.Connection:
+        """A connection for one transaction: an idle one, or a new one.
+
+        Raises sqlite3.Error or OSError when the file cannot be opened.
+        """
+        self._after_fork()
+        with self._idle_lock:
+            if self._idle:
+                return self._idle.pop()
+        return self._open()
+
+    def _give(self, conn: sqlite3.Connection) -> None:
+        """Keep a connection for the next transaction, or close it past IDLE_MAX."""
+        if conn.in_transaction:
+            self._discard(conn)
+            return
+        with self._idle_lock:
+            if self._pid == os.getpid() and len(self._idle) < IDLE_MAX:
+                self._idle.append(conn)
+                return
+        self._discard(conn)
+
+    @staticmethod
+    def _discard(conn: sqlite3.Connection) -> None:
+        with suppress(sqlite3.Error):
+            conn.close()
 
     def _lock_fd(self) -> int:
-        local = self._local
-        if getattr(local, "lock_pid", None) != os.getpid():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            local.lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            local.lock_pid = os.getpid()
-        return local.lock_fd
+        if self._lock_fd_value is None:
+            self._prepare_files()
+            self._lock_fd_value = os.open(
+                self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE
+            )
+        return self._lock_fd_value
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The store's write lock: this process's threads in turn, then the flock."""
+        self._after_fork()
+        with self._write_lock:
+            try:
+                fd = self._lock_fd()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                raise StoreUnavailable(
+                    f"store not writable: {exc.strerror}: {self.lock_path}"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _tx(self, conn: sqlite3.Connection) -> Tx:
         def execute(sql: str, params: Any) -> sqlite3.Cursor:
@@ -132,80 +234,92 @@ class SqliteBackend:
 
     @contextmanager
     def write(self) -> Iterator[Tx]:
-        try:
-            conn = self._connection()
-            fd = self._lock_fd()
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except sqlite3.Error as exc:
-            self._drop_connection()
-            raise _unavailable(exc) from None
-        except OSError as exc:
-            raise StoreUnavailable(
-                f"store not writable: {exc.strerror}: {self.lock_path}"
-            ) from None
-        try:
+        with self._locked():
+            try:
+                conn = self._take()
+            except OSError as exc:
+                raise StoreUnavailable(f"store not writable: {exc.strerror}: {self.path}") from None
+            except sqlite3.Error as exc:
+                raise _unavailable(exc) from None
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                self._drop_connection()
+                self._discard(conn)
                 raise _unavailable(exc) from None
+            healthy = False  # whether the connection may serve another transaction
+            try:
+                try:
+                    yield self._tx(conn)
+                except sqlite3.Error as exc:
+                    self._rollback(conn)
+                    if not _is_storage_fault(exc):
+                        healthy = True
+                        raise  # a constraint broken by a bug: the caller's to see
+                    raise _unavailable(exc) from None
+                except BaseException:
+                    self._rollback(conn)
+                    healthy = True
+                    raise
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    self._rollback(conn)
+                    raise _unavailable(exc) from None
+                healthy = True
+            finally:
+                if healthy:
+                    self._give(conn)
+                else:  # a storage fault: the connection may be in any state
+                    self._discard(conn)
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        with suppress(sqlite3.Error):
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+
+    @contextmanager
+    def read(self) -> Iterator[Tx]:
+        conn: sqlite3.Connection | None = None
+        cause: Exception | None = None
+        try:
+            conn = self._take()
+            conn.execute("BEGIN")
+        except (sqlite3.Error, OSError) as exc:
+            if conn is not None:
+                self._discard(conn)
+            conn, cause = None, exc
+        if conn is None:
+            with self._read_only(cause) as fallback:
+                yield self._tx(fallback)
+            return
+        healthy = False
+        try:
             try:
                 yield self._tx(conn)
             except sqlite3.Error as exc:
                 self._rollback(conn)
                 if not _is_storage_fault(exc):
-                    raise  # a constraint broken by a bug: the caller's to see
-                self._drop_connection()
-                raise _unavailable(exc) from None
+                    healthy = True
+                    raise
+                raise StoreUnavailable(f"store not readable: {exc}") from None
             except BaseException:
                 self._rollback(conn)
+                healthy = True
                 raise
             try:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                self._rollback(conn)
-                self._drop_connection()
-                raise _unavailable(exc) from None
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def _rollback(self, conn: sqlite3.Connection) -> None:
-        try:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            self._drop_connection()
-
-    @contextmanager
-    def read(self) -> Iterator[Tx]:
-        try:
-            conn = self._connection()
-            conn.execute("BEGIN")
-        except sqlite3.Error as exc:
-            self._drop_connection()
-            with self._read_only(exc) as fallback:
-                yield self._tx(fallback)
-            return
-        try:
-            yield self._tx(conn)
-        except sqlite3.Error as exc:
-            self._rollback(conn)
-            if not _is_storage_fault(exc):
-                raise
-            self._drop_connection()
-            raise StoreUnavailable(f"store not readable: {exc}") from None
-        except BaseException:
-            self._rollback(conn)
-            raise
-        else:
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._drop_connection()
                 raise StoreUnavailable(f"store not readable: {exc}") from None
+            healthy = True
+        finally:
+            if healthy:
+                self._give(conn)
+            else:
+                self._discard(conn)
 
     @contextmanager
-    def _read_only(self, cause: sqlite3.Error) -> Iterator[sqlite3.Connection]:
+    def _read_only(self, cause: Exception | None) -> Iterator[sqlite3.Connection]:
         """A connection that reads the file as it is, for a store that cannot be opened
         for writing (read-only disk: WAL needs to create its -shm file even to read).
 
@@ -237,10 +351,12 @@ class SqliteBackend:
 
     def migrate(self) -> int:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = self._connection()
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                conn.execute("PRAGMA journal_mode = WAL")
+            with self._locked():
+                conn = self._take()
+                try:
+                    self._file_format(conn)
+                finally:
+                    self._give(conn)
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"store not writable: cannot open {self.path}: {exc}") from None
         with self.write() as tx:
@@ -253,6 +369,41 @@ class SqliteBackend:
                 log.info("store_migrated", backend=self.name, version=number)
             return len(MIGRATIONS)
 
+    def _file_format(self, conn: sqlite3.Connection) -> None:
+        """WAL mode, and incremental auto-vacuum so that pruning can give space back.
+
+        auto_vacuum can only be chosen before the first table exists; an older store
+        gets it by one VACUUM, once, on the first start after the upgrade.
+        """
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != _INCREMENTAL:
+            empty = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+            conn.execute(f"PRAGMA auto_vacuum = {_INCREMENTAL}")
+            if not empty:
+                try:
+                    conn.execute("VACUUM")
+                    log.info("store_vacuumed", reason="auto_vacuum switched to incremental")
+                except sqlite3.Error as exc:  # no room for the copy: works on, never shrinks
+                    log.warning("store_vacuum_failed", error=str(exc))
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+
+    def compact(self) -> None:
+        """Give the pages that pruning freed back to the filesystem; cut the WAL back."""
+        with self._locked():
+            try:
+                conn = self._take()
+            except (OSError, sqlite3.Error):
+                return
+            try:
+                # One statement frees one page per step: executescript runs it to the end.
+                conn.executescript("PRAGMA incremental_vacuum;")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.Error as exc:
+                self._discard(conn)
+                log.warning("store_compact_failed", error=str(exc))
+            else:
+                self._give(conn)
+
     def writable(self) -> str | None:
         try:
             with self.write() as tx:
@@ -262,10 +413,12 @@ class SqliteBackend:
         probe = self.path.parent / ".deployhook-space-probe"
         try:
             # SQLite reuses free pages, so a full disk may not show in a no-op write.
-            with open(probe, "wb") as fh:
-                fh.write(b"\0" * 65536)
-                fh.flush()
-                os.fsync(fh.fileno())
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+            try:
+                os.write(fd, b"\0" * 65536)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         except OSError as exc:
             return f"store not writable: {exc.strerror}: {self.path.parent}"
         finally:
@@ -295,8 +448,10 @@ class SqliteBackend:
 
     def hold_worker_lock(self, worker_id: str) -> None:
         path = self._worker_lock_path(worker_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        _tighten(path.parent, DIR_MODE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        _tighten(path, FILE_MODE)
         fcntl.flock(fd, fcntl.LOCK_EX)
         self._worker_lock_fd = fd
 
@@ -323,7 +478,17 @@ class SqliteBackend:
             os.close(fd)
 
     def close(self) -> None:
-        self._drop_connection()
+        self._after_fork()
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+            fd, self._lock_fd_value = self._lock_fd_value, None
+        for conn in idle:
+            self._discard(conn)
+        for held in (fd, self._worker_lock_fd):
+            if held is not None:
+                with suppress(OSError):
+                    os.close(held)
+        self._worker_lock_fd = None
         if self._wake_sock is not None:
             self._wake_sock.close()
             self._wake_sock = None

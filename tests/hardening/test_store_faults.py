@@ -178,14 +178,16 @@ def test_a_write_statement_failing_for_lack_of_space_answers_503_with_the_reason
     """SQLite reports a full disk at any statement, not only at COMMIT.
 
     A deterministic stand-in for the disk filling up mid-transaction: cap the database
-    at its current size (PRAGMA max_page_count) on the connection this thread's requests
-    use (the test client runs them in this thread). The error is SQLite's own
-    SQLITE_FULL, raised by the INSERT that needs a new page.
+    at its current size (PRAGMA max_page_count) on the connection the requests use (the
+    test client runs them one at a time, so the backend keeps just one). The error is
+    SQLite's own SQLITE_FULL, raised by the INSERT that needs a new page.
     """
     fault, reason = "full", "full"
-    conn = service.store.backend._connection()  # type: ignore[attr-defined]
+    backend = service.store.backend
+    conn = backend._take()  # type: ignore[attr-defined]
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute(f"PRAGMA max_page_count = {pages}")
+    backend._give(conn)  # type: ignore[attr-defined]
     statuses: Counter[int] = Counter()
     last: dict[str, Any] = {}
     for n in range(200):

@@ -4,18 +4,20 @@ ledger rows per repo; counters in /metrics survive it."""
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from deployhook.config import Settings
 from deployhook.deploy.worker import Worker
-from deployhook.errors import BadSignature
+from deployhook.errors import BadSignature, UnknownRepo
 from deployhook.models import DeliveryKind, Status, StepStatus, Trigger
 from deployhook.service import Service
-from deployhook.store import CheckedDelivery, Store
+from deployhook.store import CheckedDelivery, Store, open_store
 from deployhook.web import create_app
 from deployhook.web.answers import decision_status
 
@@ -157,3 +159,119 @@ def test_worker_prunes_with_configured_retention(
     app = create_app(svc.settings, service_=svc, configure_logging=False)
     metrics = scrape(app.test_client())
     assert metrics[("deployhook_jobs_total", (("repo", "site"), ("status", "failed")))] == 5
+
+
+# -- finding 5: history grew between prunes (every 600 s) ---------------------------------
+
+
+def stranger(store: Store, name: str) -> None:
+    store.record_rejection(
+        CheckedDelivery(
+            repo=name,
+            kind=DeliveryKind.REJECTED,
+            received_at=time.time(),
+            status_of=decision_status,
+            reason=f"no repo named {name!r}",
+            error=UnknownRepo("no such repo"),
+            known=False,
+        )
+    )
+
+
+def rows(store: Store, where: str = "1 = 1") -> int:
+    with store.read() as tx:
+        return int(tx.value(f"SELECT COUNT(*) FROM deliveries WHERE {where}"))  # noqa: S608
+
+
+def test_finding_5_the_ledger_keeps_its_bound_as_rows_arrive(
+    settings: Settings, open_service: Callable[[Settings], Service]
+) -> None:
+    """11,939 ledger rows were held against 5 x 200 configured: pruning ran every 600 s.
+    Now each repo (and unknown names together) is pruned as its rows arrive."""
+    svc = open_service(
+        dataclasses.replace(settings, keep_deliveries=200, rejected_per_minute=100_000)
+    )
+    store = svc.store
+    for n in range(700):
+        delivery(store, "site")
+        delivery(store, "other")
+        stranger(store, f"no-such-repo-{n % 7}")
+        if n % 100 == 99:  # the bound holds all along, not only at the end
+            assert rows(store, "repo = 'site'") <= 202
+            assert rows(store, "stranger = 1") <= 202
+    assert 200 <= rows(store, "repo = 'site'") <= 202
+    assert 200 <= rows(store, "repo = 'other'") <= 202
+    assert 200 <= rows(store, "stranger = 1") <= 202
+    metrics = scrape(create_app(svc.settings, service_=svc, configure_logging=False).test_client())
+    assert (
+        metrics[("deployhook_deliveries_total", (("outcome", "ignored"), ("repo", "site")))] == 700
+    )
+    assert (
+        metrics[("deployhook_deliveries_total", (("outcome", "rejected"), ("repo", "_other")))]
+        == 700
+    )
+
+
+def test_finding_5_jobs_are_pruned_as_each_job_ends(
+    settings: Settings, open_service: Callable[[Settings], Service]
+) -> None:
+    svc = open_service(dataclasses.replace(settings, keep_jobs=2, prune_interval=0))
+    worker = Worker(svc)
+    for n in range(6):
+        svc.store.enqueue(
+            repo="site", sha=f"{n + 1:040x}", ref=None, trigger=Trigger.MANUAL, node=""
+        )
+        claimed = svc.store.claim(worker=worker.id, node="", lease_s=30)
+        assert claimed is not None
+        svc.store.finish(claimed.id, status=Status.FAILED, error="boom", worker=worker.id)
+        worker._prune_jobs("site")  # what the worker does when a job of it ends
+        assert len(job_ids(svc.store, "site")) <= 2
+
+
+def test_finding_5_a_pruned_sqlite_store_gives_its_space_back(
+    settings: Settings, open_service: Callable[[Settings], Service]
+) -> None:
+    """The database file never shrank after a prune: freed pages stayed in it, and the
+    WAL kept its high-water size. Now pruning ends with an incremental vacuum and a WAL
+    checkpoint that truncates it; an older store is switched to incremental auto-vacuum
+    at open (one VACUUM)."""
+    svc = open_service(
+        dataclasses.replace(settings, keep_deliveries=100_000, rejected_per_minute=100_000)
+    )
+    store = svc.store
+    if store.backend.name != "sqlite":
+        return  # PostgreSQL's autovacuum reuses the space; nothing to give back here
+    db = settings.database_path
+    for _ in range(40):
+        with store.write() as tx:  # 40 x 100 rows of 2 KB reasons
+            for _ in range(100):
+                tx.run(
+                    "INSERT INTO deliveries (repo, received_at, outcome, reason, http_status)"
+                    " VALUES ('site', 0, 'ignored', :r, 200)",
+                    r="x" * 2000,
+                )
+    store.backend.compact()
+    full = db.stat().st_size
+    assert full > 8_000_000
+    assert store.prune(repos=["site"], keep_jobs=100, keep_deliveries=10) == 3990
+    assert db.stat().st_size < full / 10
+    wal = db.with_name(db.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    with store.read() as tx:
+        assert tx.value("PRAGMA auto_vacuum") == 2
+
+
+def test_an_older_sqlite_store_is_switched_to_incremental_auto_vacuum(tmp_path: Path) -> None:
+    settings = Settings.load({}, data_dir=tmp_path / "data")
+    open_store(settings).close()
+    conn = sqlite3.connect(settings.database_path, isolation_level=None)
+    conn.execute("PRAGMA auto_vacuum = NONE")
+    conn.execute("VACUUM")
+    assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    conn.close()
+    store = open_store(settings)
+    try:
+        with store.read() as tx:
+            assert tx.value("PRAGMA auto_vacuum") == 2
+    finally:
+        store.close()

@@ -127,7 +127,8 @@ def send(urls: str, message: Message) -> tuple[int, list[str]]:
     sent, failed = 0, [] if valid else ["(an invalid Apprise URL)"]
     end = time.monotonic() + BUDGET_S
     for service in hub:
-        shown = redact.mask(service.url(privacy=True))
+        plugin: Any = service  # Apprise's plugins carry no type hints
+        shown = redact.mask(str(plugin.url(privacy=True)))
         service.socket_connect_timeout = min(service.socket_connect_timeout, _TIMEOUT_S)
         service.socket_read_timeout = min(service.socket_read_timeout, _TIMEOUT_S)
 

@@ -193,25 +193,22 @@ def has_commit(handle: git.Repo, sha: str) -> bool:
     return True
 
 
-def fetch(repo: Repo, *, timeout: float, output: Callable[[str], None]) -> str:
-    """Fetch the repo's branch from its remote; return the branch head fetched."""
+def _fetch_refs(repo: Repo, refspec: str, *, timeout: float) -> git.Repo:
+    """`git fetch --prune --no-tags REMOTE REFSPEC` in the checkout; its handle."""
     handle = _open(repo)
     if repo.remote not in [r.name for r in handle.remotes]:
         raise StepFailed(f"{repo.path} has no remote named {repo.remote!r}")
-    tracking = f"refs/remotes/{repo.remote}/{repo.branch}"
     try:
-        _git(
-            handle,
-            "fetch",
-            "--prune",
-            "--no-tags",
-            "--",
-            repo.remote,
-            f"+{repo.ref}:{tracking}",
-            timeout=timeout,
-        )
+        _git(handle, "fetch", "--prune", "--no-tags", "--", repo.remote, refspec, timeout=timeout)
     except StepFailed as exc:
         raise StepFailed(f"{exc} (remote {repo.remote!r})") from None
+    return handle
+
+
+def fetch(repo: Repo, *, timeout: float, output: Callable[[str], None]) -> str:
+    """Fetch the repo's branch from its remote; return the branch head fetched."""
+    tracking = f"refs/remotes/{repo.remote}/{repo.branch}"
+    handle = _fetch_refs(repo, f"+{repo.ref}:{tracking}", timeout=timeout)
     head = _git(handle, "rev-parse", "--verify", "--quiet", f"{tracking}^{{commit}}").strip()
     output(f"fetched {repo.branch} from {repo.remote}: {head[:12]}")
     return head
@@ -220,22 +217,7 @@ def fetch(repo: Repo, *, timeout: float, output: Callable[[str], None]) -> str:
 def fetch_tags(repo: Repo, *, timeout: float, output: Callable[[str], None]) -> dict[str, str]:
     """Fetch the remote's tags (moved ones updated, deleted ones gone); return each
     tag's commit (an annotated tag peeled)."""
-    handle = _open(repo)
-    if repo.remote not in [r.name for r in handle.remotes]:
-        raise StepFailed(f"{repo.path} has no remote named {repo.remote!r}")
-    try:
-        _git(
-            handle,
-            "fetch",
-            "--prune",
-            "--no-tags",
-            "--",
-            repo.remote,
-            "+refs/tags/*:refs/tags/*",
-            timeout=timeout,
-        )
-    except StepFailed as exc:
-        raise StepFailed(f"{exc} (remote {repo.remote!r})") from None
+    handle = _fetch_refs(repo, "+refs/tags/*:refs/tags/*", timeout=timeout)
     listed = _git(
         handle,
         "for-each-ref",
