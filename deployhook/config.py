@@ -97,18 +97,9 @@ def _choice(*allowed: str) -> Callable[[str, str], str]:
 def _read_file(variable: str, path: str) -> str:
     """The content of a *_FILE setting's file, stripped, and now registered as secret."""
     try:
-        raw = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            f"{variable}: cannot read {path}: {exc.strerror or type(exc).__name__}"
-        ) from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{variable}: {path} is not UTF-8 text") from None
-    value = raw.strip()
-    redact.register([value])  # read: now secret, before anything could print it
-    if not value:
-        raise ConfigError(f"{variable}: {path} is empty")
-    return value
+        return redact.read_file(Path(path))
+    except ValueError as exc:
+        raise ConfigError(f"{variable}: {path} {exc}") from None
 
 
 def _optional(_name: str, raw: str) -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import threading
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus, urlsplit
 
@@ -84,3 +85,21 @@ def child_environ(base: Mapping[str, str], *, hidden_names: Iterable[str]) -> di
     hidden = set(hidden_names)
     secrets = _known.forms
     return {k: v for k, v in base.items() if k not in hidden and not any(s in v for s in secrets)}
+
+
+def read_file(path: Path) -> str:
+    """A secret file's content, stripped, and registered before anything could print it.
+
+    Raises ValueError saying why it cannot serve: unreadable, not UTF-8 text, or empty.
+    """
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot be read: {exc.strerror or type(exc).__name__}") from None
+    except UnicodeDecodeError:
+        raise ValueError("is not UTF-8 text") from None
+    value = raw.strip()
+    register([value])
+    if not value:
+        raise ValueError("is empty")
+    return value

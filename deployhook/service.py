@@ -28,8 +28,7 @@ from deployhook.errors import (
     StepFailed,
     UnknownJob,
 )
-from deployhook.intake import receive as intake
-from deployhook.intake.receive import Request
+from deployhook.intake.receive import Intake, Request, Routed
 from deployhook.models import (
     FD_WARN_SHARE,
     JOB_STUCK_GRACE_S,
@@ -256,29 +255,23 @@ class Service:
 
     # -- deliveries ------------------------------------------------------------------
 
-    def receive(self, request: Request, *, status_of: Callable[[Decision], int]) -> Decision:
-        """Judge, record and (for a push to the deploy branch) queue one webhook delivery."""
-        return intake.receive(
-            request,
+    @functools.cached_property
+    def intake(self) -> Intake:
+        """The judge of webhook deliveries (docs/webhooks.md), on this registry and store."""
+        return Intake(
             registry=self.registry,
             store=self.store,
             max_body=self.settings.max_body,
             default_secret=self.settings.secret,
-            status_of=status_of,
         )
 
-    def receive_routed(
-        self, request: Request, *, status_of: Callable[[Decision], int]
-    ) -> intake.Routed:
+    def receive(self, request: Request, *, status_of: Callable[[Decision], int]) -> Decision:
+        """Judge, record and (for a push to the deploy branch) queue one webhook delivery."""
+        return self.intake.receive(request, status_of=status_of)
+
+    def receive_routed(self, request: Request, *, status_of: Callable[[Decision], int]) -> Routed:
         """`POST /deploy`: an organisation's delivery, routed to the entries it verifies for."""
-        return intake.receive_routed(
-            request,
-            registry=self.registry,
-            store=self.store,
-            max_body=self.settings.max_body,
-            default_secret=self.settings.secret,
-            status_of=status_of,
-        )
+        return self.intake.receive_routed(request, status_of=status_of)
 
     # -- deploys ---------------------------------------------------------------------
 

@@ -47,31 +47,42 @@ class Served:
         return found
 
     def children(self) -> list[int]:
-        out = subprocess.run(
-            ["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True
-        ).stdout
-        return [int(p) for p in out.split()]
+        return [pid for pid in _pids() if _parent(pid) == self.proc.pid]
 
     def pids_of(self, role: str) -> list[int]:
-        """Pids whose command line ends in `deployhook <role>` (worker, _web)."""
-        out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+        """Pids whose argv ends in `-m deployhook <role>` (worker, _web).
+
+        Read from /proc/<pid>/cmdline, whole: `ps` cuts its args column to COLUMNS (or 80)
+        when that is set, and a CI checkout's long interpreter path then hides the role."""
         found = []
-        for line in out.splitlines():
-            pid, _, args = line.strip().partition(" ")
-            if args.endswith(f"-m deployhook {role}") and self._descends(int(pid)):
-                found.append(int(pid))
+        for pid in _pids():
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+            except OSError:
+                continue
+            if argv[-3:] == [b"-m", b"deployhook", role.encode()] and self._descends(pid):
+                found.append(pid)
         return found
 
-    def _descends(self, pid: int) -> bool:
-        while pid > 1:
+    def _descends(self, pid: int | None) -> bool:
+        while pid is not None and pid > 1:
             if pid == self.proc.pid:
                 return True
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                return False
-            pid = int(stat.rsplit(")", 1)[1].split()[1])
+            pid = _parent(pid)
         return False
+
+
+def _pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+def _parent(pid: int) -> int | None:
+    """The parent pid from /proc/<pid>/stat (None once the process is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 def wait_up(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:

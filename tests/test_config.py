@@ -162,7 +162,9 @@ def test_an_empty_variable_beside_the_file_is_unset(tmp_path: Path) -> None:
 
 def test_unreadable_empty_or_invalid_files_name_the_variable(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
-    with pytest.raises(ConfigError, match=r"^DEPLOYHOOK_SECRET_FILE: cannot read .*nope: No such"):
+    with pytest.raises(
+        ConfigError, match=r"^DEPLOYHOOK_SECRET_FILE: .*nope cannot be read: No such"
+    ):
         Settings.load({"DEPLOYHOOK_SECRET_FILE": str(missing)})
     empty = secret_file(tmp_path, "empty", " \n")
     with pytest.raises(ConfigError, match=r"^DEPLOYHOOK_ADMIN_TOKEN_FILE: .*empty is empty$"):

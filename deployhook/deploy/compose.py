@@ -125,25 +125,33 @@ def down_argv(base: tuple[str, ...], repo: Repo) -> list[str]:
     return argv
 
 
+def config(
+    base: tuple[str, ...], repo: Repo, *args: str, env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[bytes]:
+    """Run `compose config ARGS` in the checkout, its output captured, never shown.
+
+    Its output holds the interpolated environment (secrets): callers read it, and never
+    show or keep it. Raises OSError or subprocess.TimeoutExpired.
+    """
+    return subprocess.run(
+        [*base_args(base, repo), "config", *args],
+        cwd=repo.path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+        start_new_session=True,
+    )
+
+
 def config_problem(
     base: tuple[str, ...], repo: Repo, *, env: dict[str, str], timeout: float
 ) -> str | None:
-    """Why `compose config` refuses the checkout's project, or None if it accepts it.
-
-    Its output holds the interpolated environment (secrets): it is never shown or kept.
-    """
+    """Why `compose config` refuses the checkout's project, or None if it accepts it."""
     argv = [*base_args(base, repo), "config", "-q"]
     try:
-        result = subprocess.run(
-            argv,
-            cwd=repo.path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=timeout,
-            check=False,
-        )
+        result = config(base, repo, "-q", env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
         return f"`{' '.join(argv)}` took over {timeout:g} s"
     except OSError as exc:

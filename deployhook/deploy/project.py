@@ -64,18 +64,8 @@ def _ask(
     repo: Repo, compose_base: tuple[str, ...], *, env: dict[str, str], timeout: float
 ) -> Project | None:
     """Compose v2's own answer (`config --format json`), or None if it gave none."""
-    argv = [*compose.base_args(compose_base, repo), "config", "--format", "json"]
     try:
-        done = subprocess.run(
-            argv,
-            cwd=repo.path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-            start_new_session=True,
-        )
+        done = compose.config(compose_base, repo, "--format", "json", env=env, timeout=timeout)
         doc = json.loads(done.stdout) if done.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired, ValueError):
         doc = None

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import fnmatch
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import IO, Protocol
 
@@ -91,85 +92,182 @@ class Routed:
     ping: bool = False
 
 
-def _check(req: Request, repo: Repo, *, max_body: int, default_secret: str | None) -> events.Event:
-    """Run the checks of docs/webhooks.md that need no store, in the table's order."""
-    body = read_body(req.body, content_length=req.content_length, limit=max_body)
-    media = events.check_media_type(req.content_type)
-    secrets = resolve_secrets(repo, default=default_secret)
-    signature.verify(events.signed_bodies(body, media), secrets, signature.signatures(req.headers))
-    event = events.parse(body, media=media, event=events.header(req.headers, events.EVENT_HEADERS))
-    if repo.source and event.full_name not in repo.source:
-        raise SourceMismatch(
-            f"payload is for {event.full_name or 'no repository'!r}, not {' or '.join(repo.source)}"
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """The judge of deliveries: the registry they are judged against, the ledger they are
+    recorded in, and the two settings the checks need."""
+
+    registry: Registry
+    store: Store
+    max_body: int
+    default_secret: str | None
+
+    def receive(self, req: Request, *, status_of: Callable[[Decision], int]) -> Decision:
+        """Judge one delivery, record it in the ledger, and return what became of it.
+
+        status_of is the web layer's rule for the answer's HTTP status; the ledger records
+        it beside the decision.
+        """
+        started = time.perf_counter()
+        with _delivery(req, req.name, status_of) as base:
+            repo = self.registry.find(req.name)
+            if repo is None:
+                # The name comes from the request: shown and stored only in part.
+                stranger = replace(base, known=False)
+                decision = self._reject(stranger, UnknownRepo(f"no repo named {req.name[:100]!r}"))
+            else:
+                decision = self._admit(req, repo, replace(base, node=repo.node))
+            logger.info(
+                "delivery_answered",
+                event_name=base.event,
+                outcome=str(decision.outcome),
+                status=status_of(decision),
+                job=decision.job.id if decision.job else None,
+                latency_ms=_ms_since(started),
+            )
+            return decision
+
+    def receive_routed(self, req: Request, *, status_of: Callable[[Decision], int]) -> Routed:
+        """`POST /deploy`: one delivery of an organisation- or system-wide webhook.
+
+        In the intake's order (docs/webhooks.md): read the body, check its type, then
+        verify against the secret of every entry that has a `source` before parsing; then
+        route to the entries whose own secret verified and whose `source` holds the
+        payload's `repository.full_name`, each judged and recorded in its own ledger as its
+        own URL would. No verifying secret and no such entry are one answer (NOT_ROUTED).
+        """
+        started = time.perf_counter()
+        with _delivery(req, ROUTED_NAME, status_of) as base:
+            try:
+                event, routed = self._route(req)
+            except DeliveryRejected as exc:
+                answer = Routed(rejection=self._reject(base, exc))
+            else:
+                answer = Routed(
+                    results=tuple(
+                        (repo.name, self._submit(_for_repo(event, repo, base))) for repo in routed
+                    ),
+                    ping=event.kind == DeliveryKind.PING,
+                )
+                if answer.ping and not routed:  # a verified ping for no entry's repository
+                    self._submit(replace(base, kind=DeliveryKind.PING, reason="ping"))
+            logger.info(
+                "delivery_answered",
+                event_name=base.event,
+                routed=[name for name, _ in answer.results],
+                outcomes=[str(d.outcome) for _, d in answer.results],
+                rejected=str(answer.rejection.reason) if answer.rejection else None,
+                latency_ms=_ms_since(started),
+            )
+            return answer
+
+    def _admit(self, req: Request, repo: Repo, base: CheckedDelivery) -> Decision:
+        try:
+            event = self._check(req, repo)
+        except (DeliveryRejected, SecretNotConfigured) as exc:
+            return self._reject(base, exc)
+        return self._submit(_for_repo(event, repo, base))
+
+    def _check(self, req: Request, repo: Repo) -> events.Event:
+        """Run the checks of docs/webhooks.md that need no store, in the table's order."""
+        body = read_body(req.body, content_length=req.content_length, limit=self.max_body)
+        media = events.check_media_type(req.content_type)
+        secrets = resolve_secrets(repo, default=self.default_secret)
+        signature.verify(
+            events.signed_bodies(body, media), secrets, signature.signatures(req.headers)
         )
-    return event
+        event = events.parse(
+            body, media=media, event=events.header(req.headers, events.EVENT_HEADERS)
+        )
+        if repo.source and event.full_name not in repo.source:
+            raise SourceMismatch(
+                f"payload is for {event.full_name or 'no repository'!r}, "
+                f"not {' or '.join(repo.source)}"
+            )
+        return event
+
+    def _route(self, req: Request) -> tuple[events.Event, list[Repo]]:
+        """The checks of `POST /deploy`, in the intake's order; the event and its entries."""
+        body = read_body(req.body, content_length=req.content_length, limit=self.max_body)
+        media = events.check_media_type(req.content_type)
+        offered = signature.signatures(req.headers)
+        if not offered:
+            signature.verify([], [], offered)  # raises MissingSignature: 401, as on a repo's URL
+        verified = self._verified(
+            [r for r in self.registry if r.source], events.signed_bodies(body, media), offered
+        )
+        if not verified:
+            raise BadSignature(NOT_ROUTED)
+        event = events.parse(
+            body, media=media, event=events.header(req.headers, events.EVENT_HEADERS)
+        )
+        if event.kind == DeliveryKind.PING:
+            # A ping that verifies is answered; an organisation's ping names no repository.
+            return event, [r for r in verified if event.full_name in (None, *r.source)]
+        routed = [r for r in verified if event.full_name in r.source]
+        if not routed:
+            raise BadSignature(NOT_ROUTED)
+        return event, routed
+
+    def _verified(self, repos: list[Repo], bodies: list[bytes], offered: list[str]) -> list[Repo]:
+        """The entries whose own secret verifies the delivery. An entry whose secret is not
+        configured (its own URL answers 503) takes no part. Each distinct secret is tried
+        once: entries sharing an organisation's secret cost one HMAC."""
+        verdicts: dict[tuple[str, ...], bool] = {}
+        found = []
+        for repo in repos:
+            try:
+                secrets = resolve_secrets(repo, default=self.default_secret)
+            except SecretNotConfigured:
+                continue
+            if secrets not in verdicts:
+                try:
+                    signature.verify(bodies, secrets, offered)
+                    verdicts[secrets] = True
+                except BadSignature:
+                    verdicts[secrets] = False
+            if verdicts[secrets]:
+                found.append(repo)
+        return found
+
+    def _submit(self, item: CheckedDelivery) -> Decision:
+        try:
+            return self.store.submit(item)
+        except StoreUnavailable as exc:
+            logger.error("delivery_not_stored", repo=item.repo, error=str(exc))
+            return Decision(Outcome.REJECTED, item.kind, reason=str(exc), error=exc)
+
+    def _reject(self, base: CheckedDelivery, error: DeployhookError) -> Decision:
+        """Record a refused delivery; the refusal stands even if the ledger cannot take it."""
+        decision = Decision(Outcome.REJECTED, DeliveryKind.REJECTED, reason=str(error), error=error)
+        self.store.record_rejection(replace(base, reason=str(error), error=error))
+        return decision
 
 
-def receive(
-    req: Request,
-    *,
-    registry: Registry,
-    store: Store,
-    max_body: int,
-    default_secret: str | None,
-    status_of: Callable[[Decision], int],
-) -> Decision:
-    """Judge one delivery, record it in the ledger, and return what became of it.
-
-    status_of is the web layer's rule for the answer's HTTP status; the ledger records
-    it beside the decision.
-    """
-    started = time.perf_counter()
+@contextmanager
+def _delivery(
+    req: Request, name: str, status_of: Callable[[Decision], int]
+) -> Iterator[CheckedDelivery]:
+    """The ledger row every delivery starts as (a rejection until judged otherwise), with
+    the repo and delivery id bound to the log lines written while it is judged."""
     delivery_id = _delivery_id(req.headers)
     event_name = events.header(req.headers, events.EVENT_HEADERS)
-    event_name = event_name[:64] if event_name else None
-    structlog.contextvars.bind_contextvars(repo=req.name[:200], delivery=delivery_id)
-    base = CheckedDelivery(
-        repo=req.name,
-        kind=DeliveryKind.REJECTED,
-        received_at=time.time(),
-        status_of=status_of,
-        delivery_id=delivery_id,
-        event=event_name,
-    )
+    structlog.contextvars.bind_contextvars(repo=name[:200], delivery=delivery_id)
     try:
-        repo = registry.find(req.name)
-        if repo is None:
-            # The name comes from the request: shown and stored only in part.
-            stranger = replace(base, known=False)
-            decision = _reject(store, stranger, UnknownRepo(f"no repo named {req.name[:100]!r}"))
-        else:
-            decision = _admit(
-                req, repo, base, store=store, max_body=max_body, default_secret=default_secret
-            )
-        logger.info(
-            "delivery_answered",
-            event_name=event_name,
-            outcome=str(decision.outcome),
-            status=status_of(decision),
-            job=decision.job.id if decision.job else None,
-            latency_ms=round((time.perf_counter() - started) * 1000, 2),
+        yield CheckedDelivery(
+            repo=name,
+            kind=DeliveryKind.REJECTED,
+            received_at=time.time(),
+            status_of=status_of,
+            delivery_id=delivery_id,
+            event=event_name[:64] if event_name else None,
         )
-        return decision
     finally:
         structlog.contextvars.unbind_contextvars("repo", "delivery")
 
 
-def _admit(
-    req: Request,
-    repo: Repo,
-    base: CheckedDelivery,
-    *,
-    store: Store,
-    max_body: int,
-    default_secret: str | None,
-) -> Decision:
-    base = replace(base, node=repo.node)
-    try:
-        event = _check(req, repo, max_body=max_body, default_secret=default_secret)
-    except (DeliveryRejected, SecretNotConfigured) as exc:
-        return _reject(store, base, exc)
-    return _submit(store, _for_repo(event, repo, base))
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
 
 
 def _for_repo(event: events.Event, repo: Repo, base: CheckedDelivery) -> CheckedDelivery:
@@ -191,122 +289,6 @@ def _for_repo(event: events.Event, repo: Repo, base: CheckedDelivery) -> Checked
     )
 
 
-def _submit(store: Store, item: CheckedDelivery) -> Decision:
-    try:
-        return store.submit(item)
-    except StoreUnavailable as exc:
-        logger.error("delivery_not_stored", repo=item.repo, error=str(exc))
-        return Decision(Outcome.REJECTED, item.kind, reason=str(exc), error=exc)
-
-
-def _verified(
-    repos: list[Repo], bodies: list[bytes], offered: list[str], *, default_secret: str | None
-) -> list[Repo]:
-    """The entries whose own secret verifies the delivery. An entry whose secret is not
-    configured (its own URL answers 503) takes no part. Each distinct secret is tried once:
-    entries sharing an organisation's secret cost one HMAC."""
-    verdicts: dict[tuple[str, ...], bool] = {}
-    found = []
-    for repo in repos:
-        try:
-            secrets = resolve_secrets(repo, default=default_secret)
-        except SecretNotConfigured:
-            continue
-        if secrets not in verdicts:
-            try:
-                signature.verify(bodies, secrets, offered)
-                verdicts[secrets] = True
-            except BadSignature:
-                verdicts[secrets] = False
-        if verdicts[secrets]:
-            found.append(repo)
-    return found
-
-
-def receive_routed(
-    req: Request,
-    *,
-    registry: Registry,
-    store: Store,
-    max_body: int,
-    default_secret: str | None,
-    status_of: Callable[[Decision], int],
-) -> Routed:
-    """`POST /deploy`: one delivery of an organisation- or system-wide webhook.
-
-    In the intake's order (docs/webhooks.md): read the body, check its type, then verify
-    against the secret of every entry that has a `source` before parsing; then route to
-    the entries whose own secret verified and whose `source` holds the payload's
-    `repository.full_name`, each judged and recorded in its own ledger as its own URL
-    would. No verifying secret and no such entry are one answer (NOT_ROUTED).
-    """
-    started = time.perf_counter()
-    delivery_id = _delivery_id(req.headers)
-    event_name = events.header(req.headers, events.EVENT_HEADERS)
-    event_name = event_name[:64] if event_name else None
-    structlog.contextvars.bind_contextvars(repo=ROUTED_NAME, delivery=delivery_id)
-    base = CheckedDelivery(
-        repo=ROUTED_NAME,
-        kind=DeliveryKind.REJECTED,
-        received_at=time.time(),
-        status_of=status_of,
-        delivery_id=delivery_id,
-        event=event_name,
-    )
-    try:
-        try:
-            event, routed = _route(req, registry, max_body=max_body, default_secret=default_secret)
-        except DeliveryRejected as exc:
-            answer = Routed(rejection=_reject(store, base, exc))
-        else:
-            answer = Routed(
-                results=tuple(
-                    (repo.name, _submit(store, _for_repo(event, repo, base))) for repo in routed
-                ),
-                ping=event.kind == DeliveryKind.PING,
-            )
-            if answer.ping and not routed:  # a verified ping for no entry's repository
-                _submit(store, replace(base, kind=DeliveryKind.PING, reason="ping"))
-        logger.info(
-            "delivery_answered",
-            event_name=event_name,
-            routed=[name for name, _ in answer.results],
-            outcomes=[str(d.outcome) for _, d in answer.results],
-            rejected=str(answer.rejection.reason) if answer.rejection else None,
-            latency_ms=round((time.perf_counter() - started) * 1000, 2),
-        )
-        return answer
-    finally:
-        structlog.contextvars.unbind_contextvars("repo", "delivery")
-
-
-def _route(
-    req: Request, registry: Registry, *, max_body: int, default_secret: str | None
-) -> tuple[events.Event, list[Repo]]:
-    """The checks of `POST /deploy`, in the intake's order; the event and its entries."""
-    body = read_body(req.body, content_length=req.content_length, limit=max_body)
-    media = events.check_media_type(req.content_type)
-    offered = signature.signatures(req.headers)
-    if not offered:
-        signature.verify([], [], offered)  # raises MissingSignature: 401, as on a repo's URL
-    verified = _verified(
-        [r for r in registry if r.source],
-        events.signed_bodies(body, media),
-        offered,
-        default_secret=default_secret,
-    )
-    if not verified:
-        raise BadSignature(NOT_ROUTED)
-    event = events.parse(body, media=media, event=events.header(req.headers, events.EVENT_HEADERS))
-    if event.kind == DeliveryKind.PING:
-        # A ping that verifies is answered; an organisation's ping names no repository.
-        return event, [r for r in verified if event.full_name in (None, *r.source)]
-    routed = [r for r in verified if event.full_name in r.source]
-    if not routed:
-        raise BadSignature(NOT_ROUTED)
-    return event, routed
-
-
 def _not_followed(event: events.Event, repo: Repo) -> str | None:
     """Why a push is not one the entry deploys (docs/webhooks.md), or None."""
     if repo.tags:
@@ -320,10 +302,3 @@ def _not_followed(event: events.Event, repo: Repo) -> str | None:
     if event.ref != repo.ref:
         return f"push to {event.branch}, not the deploy branch {repo.branch}"
     return None
-
-
-def _reject(store: Store, base: CheckedDelivery, error: DeployhookError) -> Decision:
-    """Record a refused delivery; the refusal stands even if the ledger cannot take it."""
-    decision = Decision(Outcome.REJECTED, DeliveryKind.REJECTED, reason=str(error), error=error)
-    store.record_rejection(replace(base, reason=str(error), error=error))
-    return decision

@@ -42,13 +42,9 @@ def read(
     elif file:
         origin = f"secret file {file}" + (f" ({key}_file)" if key else "")
         try:
-            raw = file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise SecretNotConfigured(
-                f"{what}: {origin} cannot be read: {exc.strerror or type(exc).__name__}"
-            ) from None
-        except UnicodeDecodeError:
-            raise SecretNotConfigured(f"{what}: {origin} is not UTF-8 text") from None
+            return redact.read_file(file)
+        except ValueError as exc:
+            raise SecretNotConfigured(f"{what}: {origin} {exc}") from None
     else:
         raise SecretNotConfigured(f"{what}: no variable or file is named")
     value = raw.strip()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -253,9 +254,8 @@ def test_timeout_kills_the_whole_group(
     ended = svc.store.job(job.id)
     assert ended.status == Status.FAILED
     assert ended.error == "timed out after 2 s"
-    import subprocess
-
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    # -ww: whole command lines, whatever COLUMNS says (ps cuts them to it otherwise)
+    ps = subprocess.run(["ps", "-eww", "-o", "args="], capture_output=True, text=True).stdout
     assert str(fake_docker.path) not in ps
 
 
