@@ -408,6 +408,11 @@ def start_deployhook(
         )
     )
     port = free_port()
+    extra = {
+        **({"DEPLOYHOOK_WEB_PROCESSES": str(processes)} if processes else {}),
+        **({"DEPLOYHOOK_WEB_THREADS": str(threads)} if threads else {}),
+        **(env or {}),
+    }
     env = env_with(
         DEPLOYHOOK_REGISTRY=str(registry),
         DEPLOYHOOK_DATA_DIR=str(home / "data"),
@@ -419,9 +424,7 @@ def start_deployhook(
         # Nothing pruned while the ledger is checked afterwards.
         DEPLOYHOOK_KEEP_JOBS="1000000",
         DEPLOYHOOK_KEEP_DELIVERIES="1000000",
-        **({"DEPLOYHOOK_WEB_PROCESSES": str(processes)} if processes else {}),
-        **({"DEPLOYHOOK_WEB_THREADS": str(threads)} if threads else {}),
-        **(env or {}),
+        **extra,
     )
     cgroup = Cgroup(name)
     proc = subprocess.Popen(

@@ -70,8 +70,8 @@ def role(pid: int, pids: set[int]) -> str:
     args = _read(f"/proc/{pid}/cmdline").split("\0")
     ppid = _stat(pid)[0]
     parent_args = _read(f"/proc/{ppid}/cmdline").split("\0") if ppid in pids else []
-    if comm.startswith("deployhook-"):  # named by the process itself
-        return comm.removeprefix("deployhook-")
+    if comm.startswith(("deployhook-", "dh-")):  # named by the process itself (server.py)
+        return {"dh-serve": "master"}.get(comm, comm.partition("-")[2])
     if "deployhook" in args and "-m" in args:
         sub = args[args.index("-m") + 2] if len(args) > args.index("-m") + 2 else ""
         if sub == "worker":
