@@ -172,16 +172,7 @@ git init -q -b main "$work/dev"
 printf 'FROM %s\nCOPY index.html /srv/\nCMD ["python3", "-m", "http.server", "-d", "/srv", "8080"]\n' \
   "$BASE" >"$work/dev/Dockerfile"
 echo 'deployed from inside the image' >"$work/dev/index.html"
-cat >"$work/dev/docker-compose.yml" <<'STACK'
-services:
-  web:
-    build: .
-    init: true
-    healthcheck:
-      test: ["CMD", "python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/', timeout=2)"]
-      interval: 1s
-      retries: 30
-STACK
+cp .ci/smoke-compose.yml "$work/dev/docker-compose.yml"
 git -C "$work/dev" add Dockerfile index.html docker-compose.yml
 git -C "$work/dev" -c user.name=ci -c user.email=ci@localhost commit -q -m stack
 git -C "$work/dev" push -q "$work/origin.git" HEAD:main

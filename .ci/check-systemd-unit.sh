@@ -82,7 +82,8 @@ done
   docker logs "$name" >&2; die "systemd did not boot (state: ${state:-none})"; }
 
 log "inside: verify, start, deliver a push, SIGKILL, stop"
-docker exec -i -e IMAGE="$IMAGE" -e PROJECT="$PROJECT" "$name" bash -s <<'INSIDE'
+docker exec -i -e IMAGE="$IMAGE" -e PROJECT="$PROJECT" -e SMOKE_COMPOSE="$(cat .ci/smoke-compose.yml)" \
+  "$name" bash -s <<'INSIDE'
 set -euo pipefail
 fail() { echo "check-systemd-unit: ERROR: $*" >&2; journalctl -u deployhook --no-pager | tail -40 >&2; exit 1; }
 unit=/etc/systemd/system/deployhook.service
@@ -100,16 +101,7 @@ git init -q -b main /srv/dev
 printf 'FROM %s\nUSER root\nCOPY index.html /srv/\nENTRYPOINT []\nCMD ["python3", "-m", "http.server", "-d", "/srv", "8080"]\n' \
   "$IMAGE" >/srv/dev/Dockerfile
 echo v1 >/srv/dev/index.html
-cat >/srv/dev/docker-compose.yml <<'STACK'
-services:
-  web:
-    build: .
-    init: true
-    healthcheck:
-      test: ["CMD", "python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/', timeout=2)"]
-      interval: 1s
-      retries: 30
-STACK
+printf '%s\n' "$SMOKE_COMPOSE" >/srv/dev/docker-compose.yml
 commit() { git -C /srv/dev add -A && git -C /srv/dev -c user.name=ci -c user.email=ci@localhost commit -qm "$1" &&
   git -C /srv/dev push -q /srv/origin.git HEAD:main; }
 commit v1

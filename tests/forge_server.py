@@ -12,10 +12,10 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 
@@ -288,6 +288,24 @@ class Receiver(Recorder):
 
     def messages(self) -> list[dict[str, Any]]:
         return [r.body for r in self.requests if r.method == "POST"]
+
+
+F = TypeVar("F", bound=Recorder)
+
+
+def servers(kind: Callable[..., F], token: str) -> Iterator[Callable[..., F]]:
+    """A fixture's body: a maker of fake forges that expect token (unless told another),
+    every one closed after the test."""
+    made: list[F] = []
+
+    def make(**kwargs: Any) -> F:
+        kwargs.setdefault("token", token)
+        made.append(kind(**kwargs))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
 
 
 def closed_port_url() -> str:

@@ -12,7 +12,7 @@ import structlog
 
 from deployhook.errors import RegistryError, UnknownRepo
 from deployhook.registry.model import Repo
-from deployhook.registry.schema import load
+from deployhook.registry.schema import decode, read
 from deployhook.registry.secrets import secret_values
 
 log = structlog.get_logger()
@@ -95,19 +95,23 @@ class Registry:
             self._lock.release()
 
     def _reload(self, *, force: bool, now: float) -> None:
-        stamp, settled = self._settled_stamp()
-        for _ in range(FIRST_LOAD_TRIES):
-            # With nothing loaded yet there is no last good to fall back on: wait a little
-            # for a save in progress (a process starting while an admin saves).
-            if settled or self.loaded:
-                break
-            stamp, settled = self._settled_stamp()
-        if not force and self.loaded and (stamp == self._stamp or not settled):
-            return
         try:
-            repos = load(self.file)
-            if self.loaded and self._current_stamp() != stamp:
-                return  # written to while we read it: a later look reads it whole
+            for _ in range(FIRST_LOAD_TRIES):
+                stamp, settled = self._settled_stamp()
+                if self.loaded and not force and (stamp == self._stamp or not settled):
+                    return
+                data = read(self.file)
+                # The bytes read are the settled file's, whole: not a file truncated and
+                # being rewritten meanwhile (an editor saving in place). A coarse mtime
+                # can miss a rewrite; the size read cannot.
+                whole = stamp is not None and len(data) == stamp.size
+                if settled and whole and self._current_stamp() == stamp:
+                    break
+                if self.loaded:
+                    return  # a later look reads it whole
+                # Nothing loaded yet, so no last good to fall back on: wait a little for
+                # the save in progress (a process starting while an admin saves).
+            repos = decode(data, file=self.file)
         except RegistryError as exc:
             if self.error != str(exc):
                 log.error(

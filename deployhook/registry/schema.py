@@ -321,12 +321,25 @@ def parse(text: str, *, file: Path) -> dict[str, Repo]:
     return _Checker(file).registry(doc)
 
 
-def load(file: Path) -> dict[str, Repo]:
-    """Read and validate a registry file."""
+def read(file: Path) -> bytes:
+    """A registry file's bytes, or RegistryError naming the file."""
     try:
-        text = file.read_text(encoding="utf-8")
+        return file.read_bytes()
     except FileNotFoundError:
         raise RegistryError(f"{file}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise RegistryError(f"{file}: cannot read: {exc}") from None
+
+
+def decode(data: bytes, *, file: Path) -> dict[str, Repo]:
+    """Parse and validate a registry file's bytes (UTF-8)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise RegistryError(f"{file}: cannot read: {exc}") from None
     return parse(text, file=file)
+
+
+def load(file: Path) -> dict[str, Repo]:
+    """Read and validate a registry file."""
+    return decode(read(file), file=file)

@@ -15,7 +15,7 @@ import os
 import socket
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,10 @@ def _is_storage_fault(exc: sqlite3.Error) -> bool:
 
 def _unavailable(exc: sqlite3.Error) -> StoreUnavailable:
     return StoreUnavailable(f"store not writable: {exc}")
+
+
+def _unreadable(exc: sqlite3.Error) -> StoreUnavailable:
+    return StoreUnavailable(f"store not readable: {exc}")
 
 
 class _SocketWaiter:
@@ -246,31 +250,41 @@ class SqliteBackend:
             except sqlite3.Error as exc:
                 self._discard(conn)
                 raise _unavailable(exc) from None
-            healthy = False  # whether the connection may serve another transaction
+            with self._transaction(conn, _unavailable) as tx:
+                yield tx
+
+    @contextmanager
+    def _transaction(
+        self, conn: sqlite3.Connection, fault: Callable[[sqlite3.Error], StoreUnavailable]
+    ) -> Iterator[Tx]:
+        """The transaction the caller began on conn: committed at the end, rolled back on
+        any error. A storage fault (fault(exc) is raised) discards the connection, which
+        may be in any state; otherwise it goes back to the pool."""
+        healthy = False  # whether the connection may serve another transaction
+        try:
             try:
-                try:
-                    yield self._tx(conn)
-                except sqlite3.Error as exc:
-                    self._rollback(conn)
-                    if not _is_storage_fault(exc):
-                        healthy = True
-                        raise  # a constraint broken by a bug: the caller's to see
-                    raise _unavailable(exc) from None
-                except BaseException:
-                    self._rollback(conn)
+                yield self._tx(conn)
+            except sqlite3.Error as exc:
+                self._rollback(conn)
+                if not _is_storage_fault(exc):
                     healthy = True
-                    raise
-                try:
-                    conn.execute("COMMIT")
-                except sqlite3.Error as exc:
-                    self._rollback(conn)
-                    raise _unavailable(exc) from None
+                    raise  # a constraint broken by a bug: the caller's to see
+                raise fault(exc) from None
+            except BaseException:
+                self._rollback(conn)
                 healthy = True
-            finally:
-                if healthy:
-                    self._give(conn)
-                else:  # a storage fault: the connection may be in any state
-                    self._discard(conn)
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback(conn)
+                raise fault(exc) from None
+            healthy = True
+        finally:
+            if healthy:
+                self._give(conn)
+            else:
+                self._discard(conn)
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
@@ -293,30 +307,8 @@ class SqliteBackend:
             with self._read_only(cause) as fallback:
                 yield self._tx(fallback)
             return
-        healthy = False
-        try:
-            try:
-                yield self._tx(conn)
-            except sqlite3.Error as exc:
-                self._rollback(conn)
-                if not _is_storage_fault(exc):
-                    healthy = True
-                    raise
-                raise StoreUnavailable(f"store not readable: {exc}") from None
-            except BaseException:
-                self._rollback(conn)
-                healthy = True
-                raise
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(f"store not readable: {exc}") from None
-            healthy = True
-        finally:
-            if healthy:
-                self._give(conn)
-            else:
-                self._discard(conn)
+        with self._transaction(conn, _unreadable) as tx:
+            yield tx
 
     @contextmanager
     def _read_only(self, cause: Exception | None) -> Iterator[sqlite3.Connection]:

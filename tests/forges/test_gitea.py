@@ -19,7 +19,7 @@ from deployhook.registry import Gitea as GiteaConfig
 from deployhook.registry import Repo
 from deployhook.service import Service
 from tests.conftest import write_registry
-from tests.forge_server import FakeGitea, closed_port_url, wait_for
+from tests.forge_server import FakeGitea, closed_port_url, servers, wait_for
 from tests.helpers import FakeDocker, Remote
 
 PUBLIC = "https://deploy.example.com"
@@ -34,17 +34,7 @@ def token(monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture
 def gitea(token: str) -> Iterator[Callable[..., FakeGitea]]:
-    servers: list[FakeGitea] = []
-
-    def make(**kwargs: Any) -> FakeGitea:
-        kwargs.setdefault("token", token)
-        server = FakeGitea(**kwargs)
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.close()
+    yield from servers(FakeGitea, token)
 
 
 @pytest.fixture

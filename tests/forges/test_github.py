@@ -16,7 +16,7 @@ from deployhook.forges import http
 from deployhook.models import Job, Status
 from deployhook.service import Service
 from tests.conftest import write_registry
-from tests.forge_server import FakeGitea, FakeGitHub, closed_port_url
+from tests.forge_server import FakeGitea, FakeGitHub, closed_port_url, servers
 from tests.helpers import FakeDocker, Remote
 
 PUBLIC = "https://deploy.example.com"
@@ -31,17 +31,7 @@ def token(monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture
 def github(token: str) -> Iterator[Callable[..., FakeGitHub]]:
-    servers: list[FakeGitHub] = []
-
-    def make(**kwargs: Any) -> FakeGitHub:
-        kwargs.setdefault("token", token)
-        server = FakeGitHub(**kwargs)
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.close()
+    yield from servers(FakeGitHub, token)
 
 
 def deploy(
