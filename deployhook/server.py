@@ -25,15 +25,15 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import structlog
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.glogging import Logger as GunicornLogger
 
 from deployhook import log as logsetup
 from deployhook.config import Settings
+from deployhook.log import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 _RESTART_BACKOFF_MAX = 30.0
 # The worker writes to a pipe after every round of its main loop (at least every 2 s)

@@ -127,3 +127,27 @@ def test_the_cli_entry_point_imports_none_of_them(env: dict[str, str]) -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert _loaded(json.loads(out.stdout.splitlines()[-1])) == set()
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["status"], ["status", "--json"]])
+def test_status_and_help_start_without_structlog(env: dict[str, str], argv: list[str]) -> None:
+    """`deployhook status` and `--help` start fast (issue 16): neither structlog (which
+    imports asyncio) nor a heavy library is imported when nothing is logged."""
+    made = "from deployhook.config import Settings\nfrom deployhook.store import open_store\n"
+    made += "open_store(Settings.load()).close()\n"  # the store a server would have made
+    subprocess.run([sys.executable, "-c", made], env=env, capture_output=True, check=True)
+    code = (
+        "import sys, json\n"
+        "from deployhook.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    modules = json.loads(out.stdout.splitlines()[-1])
+    assert _loaded(modules) == set()
+    assert not [m for m in modules if m.split(".")[0] in ("structlog", "asyncio", "flask")]

@@ -28,11 +28,12 @@ import structlog
 from deployhook.config import WATCHDOG_ENV, Settings
 from deployhook.deploy import process
 from deployhook.errors import StepFailed, StoreUnavailable
+from deployhook.log import get_logger
 from deployhook.models import JOB_STUCK_GRACE_S, Job, Status, Trigger
 from deployhook.registry import Registry, Repo, secret_values
 from deployhook.store import PERSIST_S, Store, open_store, persist
 
-log = structlog.get_logger()
+log = get_logger()
 
 LEASE_S = 30.0
 BEAT_S = 1.0

@@ -14,17 +14,17 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import structlog
 from werkzeug.datastructures import EnvironHeaders
 from werkzeug.wsgi import get_content_length, get_input_stream
 
 from deployhook import errors
 from deployhook.intake.receive import Request
+from deployhook.log import get_logger
 from deployhook.service import Service
 from deployhook.web import answers
 from deployhook.web.auth import token_is_admin
 
-log = structlog.get_logger()
+log = get_logger()
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
