@@ -164,6 +164,15 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
+class Rollback:
+    """A failed job's automatic rollback, to be queued as the job ends (docs/deploys.md
+    rule 5): with the entry's ref and node as they are now."""
+
+    ref: str | None
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
 class Delivery:
     """One ledger row: a delivery and what became of it."""
 

@@ -48,7 +48,9 @@ def deliver(name: str, url: str | None) -> None:
         except StepFailed as exc:
             fail(f"cannot read the head of {repo.branch} on {repo.remote}: {exc}")
     full_name = repo.source[0] if repo.source else f"deployhook/{repo.name}"
-    forge = repo.gitea.url if repo.gitea else "https://gitea.invalid"
+    # Without a known forge the body names no web address (a relative html_url, which
+    # the intake drops), so no page links the commit to a made-up site.
+    forge = repo.gitea.url if repo.gitea else ""
     body = gitea_push.push_body(sha=sha, ref=repo.ref, full_name=full_name, base_url=forge)
     target = (url or default_url(settings)).rstrip("/") + f"/deploy/{quote(repo.name)}"
     status, reason, text = _post(target, body, gitea_push.headers(body, secret=secret))

@@ -29,7 +29,7 @@ from deployhook.config import WATCHDOG_ENV, Settings
 from deployhook.deploy import process
 from deployhook.errors import StepFailed, StoreUnavailable
 from deployhook.log import get_logger
-from deployhook.models import JOB_STUCK_GRACE_S, Job, Status, Trigger
+from deployhook.models import JOB_STUCK_GRACE_S, Job, Rollback, Status, Trigger
 from deployhook.registry import Registry, Repo, secret_values
 from deployhook.store import PERSIST_S, Store, open_store, persist
 
@@ -323,40 +323,37 @@ class Worker:
             log.warning("job_interrupted", retry=retry.id if retry else None)
             deploy.report_finished(self.store.job(job.id))
             return
+        # docs/deploys.md rule 5: a failed deploy that changed something is rolled back to
+        # the newest good commit, queued as the job ends (one transaction).
+        rollback = (
+            Rollback(ref=repo.ref, node=repo.node)
+            if result.status == Status.FAILED
+            and repo.rollback
+            and job.trigger != Trigger.ROLLBACK
+            and result.changed
+            else None
+        )
         if not self._persist(
             lambda: self.store.finish(
-                job.id, status=result.status, error=result.error, worker=self.id, note=result.note
+                job.id,
+                status=result.status,
+                error=result.error,
+                worker=self.id,
+                note=result.note,
+                rollback=rollback,
             )
         ):
             log.warning("job_already_ended")  # its lease expired and someone else ended it
             return
         log.info("job_finished", status=str(result.status), error=result.error)
         ended = self.store.job(job.id)
-        if result.status == Status.FAILED:  # first: a slow forge must not delay it
-            self._maybe_roll_back(ended, repo, changed=result.changed)
+        if rollback is not None:
+            log.info(
+                "rollback_queued" if ended.rolled_back_by else "rollback_not_queued",
+                rollback_job=ended.rolled_back_by,
+                reason=None if ended.rolled_back_by else "a newer job is queued, or no good commit",
+            )
         deploy.report_finished(ended)
-
-    def _maybe_roll_back(self, job: Job, repo: Repo, *, changed: bool) -> None:
-        """docs/deploys.md rule 5: redeploy the newest good sha, unless a newer job is queued."""
-        if not repo.rollback or job.trigger == Trigger.ROLLBACK or not changed:
-            return
-        target = self.store.newest_good_sha(repo.name)
-        if target is None or target == job.sha:
-            return
-        rollback = self.store.enqueue_if_idle(
-            repo=repo.name,
-            sha=target,
-            ref=repo.ref,
-            trigger=Trigger.ROLLBACK,
-            node=repo.node,
-            repo_url=job.repo_url,
-            rollback_of=job.id,
-        )
-        log.info(
-            "rollback_queued" if rollback else "rollback_skipped_newer_job_queued",
-            to=target,
-            rollback_job=rollback.id if rollback else None,
-        )
 
     # -- leases, cancels, dead workers -------------------------------------------------
 

@@ -26,6 +26,7 @@ from deployhook.models import (
     LogLine,
     RepoState,
     RepoView,
+    Rollback,
     Status,
     StepStatus,
     Trigger,
@@ -461,15 +462,24 @@ class Store:
         error: str | None,
         worker: str | None = None,
         note: str | None = None,
+        rollback: Rollback | None = None,
     ) -> bool:
+        """End a job; False if it had already ended (its lease expired, say).
+
+        rollback: also queue the job's rollback to the repo's newest good commit, unless a
+        newer job is queued or there is none, in the same transaction: no moment (nor a
+        crash) shows the failure without its rollback queued.
+        """
         error = redact.mask(error) if error else error
+        now = time.time()
         with self._write() as tx:
-            ended = queue.finish(
-                tx, job_id, status=status, error=error, now=time.time(), worker=worker
-            )
+            ended = queue.finish(tx, job_id, status=status, error=error, now=now, worker=worker)
             if ended and note:
                 queue.set_fields(tx, job_id, note=redact.mask(note))
-            return ended
+            queued = ended and rollback is not None and queue.roll_back(tx, job_id, rollback, now)
+        if queued:
+            self.backend.wake()
+        return ended
 
     def enqueue_if_idle(
         self,

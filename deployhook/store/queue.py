@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deployhook.models import Job, LogLine, Status, Step, StepStatus, Trigger
+from deployhook.models import Job, LogLine, Rollback, Status, Step, StepStatus, Trigger
 from deployhook.store import totals
 from deployhook.store.backend import Row, Tx
 
@@ -207,6 +207,26 @@ def enqueue_if_idle(
         rollback_of=rollback_of,
     )
     return job
+
+
+def roll_back(tx: Tx, job_id: int, rollback: Rollback, now: float) -> Job | None:
+    """Queue the failed job's rollback to the newest good commit other than its own,
+    unless a newer job is queued (docs/deploys.md rule 5)."""
+    job = get(tx, job_id)
+    target = None if job is None else newest_good_sha(tx, job.repo)
+    if job is None or target is None or target == job.sha:
+        return None
+    return enqueue_if_idle(
+        tx,
+        repo=job.repo,
+        sha=target,
+        ref=rollback.ref,
+        trigger=Trigger.ROLLBACK,
+        node=rollback.node,
+        now=now,
+        repo_url=job.repo_url,
+        rollback_of=job.id,
+    )
 
 
 def claim(

@@ -61,6 +61,7 @@ def test_deliver_queues_the_remote_head_through_the_server(
     assert (answer["status"], answer["sha"], answer["repo"]) == ("queued", sha, "site")
     job = service.store.job(answer["job"])
     assert (job.sha, job.trigger, job.status) == (sha, Trigger.PUSH, Status.QUEUED)
+    assert job.repo_url is None  # no forge configured: no made-up web address to link to
     [delivery] = service.store.deliveries("site")
     assert (delivery.event, delivery.outcome, delivery.http_status) == ("push", Outcome.QUEUED, 202)
 

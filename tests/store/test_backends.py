@@ -23,7 +23,7 @@ import pytest
 
 from deployhook.config import Settings
 from deployhook.errors import BadSignature, StoreUnavailable, UnknownRepo
-from deployhook.models import Decision, DeliveryKind, Outcome, Status, Trigger
+from deployhook.models import Decision, DeliveryKind, Outcome, Rollback, Status, Trigger
 from deployhook.registry import Registry
 from deployhook.service import Service
 from deployhook.store import CheckedDelivery, Store, open_store
@@ -312,6 +312,48 @@ def test_expired_lease_is_found_and_its_interrupt_queues_a_retry(store: Store) -
     assert store.job(job.id).status == Status.INTERRUPTED
     assert store.interrupt(job, reason="again") is None  # already ended
     assert not store.finish(job.id, status=Status.SUCCEEDED, error=None, worker="gone")
+
+
+def _deployed_then_claimed(store: Store, good: str, bad: str) -> int:
+    """A good deploy of `good`, then a claimed (running) job of `bad`; its id."""
+    for commit in (good, bad):
+        store.enqueue(repo="a", sha=commit, ref="refs/heads/main", trigger=Trigger.PUSH, node="")
+        job = store.claim(worker="w", node="", lease_s=30)
+        assert job is not None and job.sha == commit
+        if commit == good:
+            assert store.finish(job.id, status=Status.SUCCEEDED, error=None, worker="w")
+    return job.id
+
+
+def test_a_failed_job_ends_with_its_rollback_already_queued(store: Store) -> None:
+    """One transaction: nobody (a page, a test waiting for quiet) sees the failure with
+    nothing queued, and a worker that dies right after cannot lose the rollback."""
+    failed = _deployed_then_claimed(store, sha(1), sha(2))
+    rollback = Rollback(ref="refs/heads/main", node="")
+    assert store.finish(failed, status=Status.FAILED, error="e", worker="w", rollback=rollback)
+    ended = store.job(failed)
+    assert ended.status == Status.FAILED and ended.rolled_back_by is not None
+    queued = store.job(ended.rolled_back_by)
+    assert (queued.status, queued.trigger, queued.sha, queued.rollback_of) == (
+        Status.QUEUED,
+        Trigger.ROLLBACK,
+        sha(1),
+        failed,
+    )
+    # Ending it again (a lease that expired meanwhile) queues nothing more.
+    assert not store.finish(failed, status=Status.FAILED, error="e", worker="w", rollback=rollback)
+    assert len(store.jobs("a", limit=10)) == 3
+
+
+def test_a_failed_job_queues_no_rollback_behind_a_newer_push(store: Store) -> None:
+    failed = _deployed_then_claimed(store, sha(1), sha(2))
+    store.enqueue(repo="a", sha=sha(3), ref="refs/heads/main", trigger=Trigger.PUSH, node="")
+    rollback = Rollback(ref="refs/heads/main", node="")
+    assert store.finish(failed, status=Status.FAILED, error="e", worker="w", rollback=rollback)
+    assert store.job(failed).rolled_back_by is None
+    assert [j.trigger for j in store.jobs("a", limit=10) if j.status == Status.QUEUED] == [
+        Trigger.PUSH
+    ]
 
 
 def test_renew_extends_only_the_owners_leases_and_reports_cancels(store: Store) -> None:
