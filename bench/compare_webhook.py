@@ -385,9 +385,19 @@ def start_webhook(tmp: Path, *, sleep: float, **_: Any) -> Server:
 
 
 def start_deployhook(
-    tmp: Path, *, sleep: float, processes: int, threads: int, repos: dict[str, Path], **_: Any
+    tmp: Path,
+    *,
+    sleep: float,
+    processes: int | None,
+    threads: int | None,
+    repos: dict[str, Path],
+    name: str = "deployhook",
+    env: dict[str, str] | None = None,
+    **_: Any,
 ) -> Server:
-    home = tmp / "deployhook"
+    """`deployhook serve` in tmp/name; processes/threads None: its defaults; env: more
+    variables (PYTHONPATH=another tree's checkout runs that tree's code)."""
+    home = tmp / name
     home.mkdir()
     script, record = fake_compose(home, sleep)
     registry = home / "repos.yml"
@@ -398,12 +408,15 @@ def start_deployhook(
         )
     )
     port = free_port()
+    extra = {
+        **({"DEPLOYHOOK_WEB_PROCESSES": str(processes)} if processes else {}),
+        **({"DEPLOYHOOK_WEB_THREADS": str(threads)} if threads else {}),
+        **(env or {}),
+    }
     env = env_with(
         DEPLOYHOOK_REGISTRY=str(registry),
         DEPLOYHOOK_DATA_DIR=str(home / "data"),
         DEPLOYHOOK_SECRET=SECRET,
-        DEPLOYHOOK_WEB_PROCESSES=str(processes),
-        DEPLOYHOOK_WEB_THREADS=str(threads),
         DEPLOYHOOK_RECONCILE_INTERVAL="0",
         DEPLOYHOOK_COMPOSE=f"{script} compose",
         DEPLOYHOOK_LOG_FORMAT="json",
@@ -411,8 +424,9 @@ def start_deployhook(
         # Nothing pruned while the ledger is checked afterwards.
         DEPLOYHOOK_KEEP_JOBS="1000000",
         DEPLOYHOOK_KEEP_DELIVERIES="1000000",
+        **extra,
     )
-    cgroup = Cgroup("deployhook")
+    cgroup = Cgroup(name)
     proc = subprocess.Popen(
         cgroup.wrap([sys.executable, "-m", "deployhook", "serve", "--bind", f"127.0.0.1:{port}"]),
         env=env,
@@ -421,7 +435,7 @@ def start_deployhook(
         stderr=open(home / "serve.log", "wb"),  # noqa: SIM115 - the server keeps it
     )
     server = Server(
-        "deployhook",
+        name,
         f"http://127.0.0.1:{port}",
         proc,
         cgroup,

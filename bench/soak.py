@@ -12,8 +12,8 @@ subprocess with its own data dir (SQLite) or --database-url (PostgreSQL). Then, 
   and a new TCP connection each, spread round robin over the repos, each naming its
   repo's current head), and times every answer (--timeout s at most);
 - the sampler reads, every 10 s, from /proc: RSS, PSS (smaps_rollup), open descriptors
-  and threads of each process of the served tree (supervisor, gunicorn master, each web
-  process, the deploy worker, told apart by parent pid and cmdline), and from the store
+  and threads of each process of the served tree (serve itself, gunicorn's master; each
+  web process; the deploy worker, told apart by the name each gives itself), and from the store
   through a separate read-only connection: its size (data dir incl. WAL for SQLite,
   pg_total_relation_size for PostgreSQL), the row counts of jobs, job_log, job_steps and
   deliveries, jobs by status ("stuck": running longer than the repos' --job-timeout);
@@ -162,9 +162,9 @@ def _ppid_map() -> dict[int, list[int]]:
     return children
 
 
-def _cmdline(pid: int) -> str:
+def _comm(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
 
@@ -266,17 +266,19 @@ class Served:
         wait_http(self.url + "/healthz", timeout=60)
 
     def roles(self) -> dict[str, int]:
-        """supervisor, master, web1..webN (by pid), worker: their pids now."""
+        """master (serve itself, dh-serve), web1..webN (dh-web, by pid), worker
+        (dh-worker): their pids now. serve forks them and each names itself (server.py)."""
         children = _ppid_map()
-        found = {"supervisor": self.proc.pid}
+        found = {"master": self.proc.pid}
+        webs = []
         for pid in children.get(self.proc.pid, []):
-            argv = _cmdline(pid).split()
-            if "_web" in argv:
-                found["master"] = pid
-                for i, web in enumerate(sorted(children.get(pid, [])), start=1):
-                    found[f"web{i}"] = web
-            elif "worker" in argv:
+            comm = _comm(pid)
+            if comm == "dh-web":
+                webs.append(pid)
+            elif comm == "dh-worker":
                 found["worker"] = pid
+        for i, web in enumerate(sorted(webs), start=1):
+            found[f"web{i}"] = web
         return found
 
     def healthz(self) -> str:

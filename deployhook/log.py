@@ -16,8 +16,6 @@ import threading
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
-import structlog
-
 from deployhook import redact
 
 # C0 controls but newline and tab, DEL, and C1 controls: a terminal acts on them.
@@ -112,8 +110,78 @@ class _LineHandler(logging.Handler):
             self.handleError(record)
 
 
-def configure(*, fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
-    """Configure structlog (and stdlib logging, for gunicorn) for this process."""
+class _Logger:
+    """A module's logger: structlog's, imported (and configured, see configure's
+    when_used) at the first line logged. A command that logs nothing, `deployhook
+    status` among them, starts without structlog, which imports asyncio."""
+
+    __slots__ = ("_bound",)
+
+    def __init__(self) -> None:
+        self._bound: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        bound = self._bound
+        if bound is None:
+            bound = self._bound = _structlog().get_logger()
+        return getattr(bound, name)
+
+
+def get_logger() -> Any:
+    """The logger a module keeps (`log = get_logger()`): structlog's, when first used."""
+    return _Logger()
+
+
+# configure's arguments while it waits for the first line (when_used), and
+# structlog.contextvars once imported.
+_later: dict[str, Any] = {}
+_lock = threading.Lock()
+_contextvars: list[Any] = []
+
+
+def _structlog() -> Any:
+    """structlog, imported; configured first if configure was told to wait for it."""
+    import structlog
+
+    if _later:
+        with _lock:
+            later = dict(_later)
+            _later.clear()
+        if later:
+            configure(**later)
+    return structlog
+
+
+def bind_contextvars(**values: Any) -> None:
+    """structlog.contextvars.bind_contextvars, structlog imported when first used."""
+    if not _contextvars:
+        _contextvars.append(_structlog().contextvars)
+    _contextvars[0].bind_contextvars(**values)
+
+
+def unbind_contextvars(*keys: str) -> None:
+    if not _contextvars:
+        _contextvars.append(_structlog().contextvars)
+    _contextvars[0].unbind_contextvars(*keys)
+
+
+def configure(
+    *,
+    fmt: str = "auto",
+    level: str = "info",
+    stream: TextIO | None = None,
+    when_used: bool = False,
+) -> None:
+    """Configure structlog (and stdlib logging, for gunicorn) for this process.
+
+    when_used: at the first line a get_logger() logger writes (a command that may log
+    nothing need not import structlog)."""
+    if when_used and "structlog" not in sys.modules:  # once imported, nothing to save
+        _later.update(fmt=fmt, level=level, stream=stream)
+        return
+    _later.clear()
+    import structlog
+
     out = stream or sys.stderr
     if fmt == "auto":
         fmt = "console" if out.isatty() else "json"

@@ -18,7 +18,7 @@ from deployhook.deploy import compose, engine, process
 from deployhook.deploy.steps import git
 from deployhook.errors import DeployhookError, StepFailed
 from deployhook.models import Mode
-from deployhook.registry import Repo, resolve_secrets
+from deployhook.registry import Repo, resolve_secrets, unresolvable
 from deployhook.text import one_line
 
 REMOTE_TIMEOUT_S = 20
@@ -142,13 +142,7 @@ def _compose_problems(repo: Repo, settings: Settings) -> list[str]:
 
 def unverifiable(repos: list[Repo], settings: Settings) -> dict[str, str]:
     """Repos whose webhook secret does not resolve, and why: their pushes are refused."""
-    found = {}
-    for repo in repos:
-        try:
-            resolve_secrets(repo, default=settings.secret)
-        except DeployhookError as exc:
-            found[repo.name] = str(exc)
-    return found
+    return unresolvable(repos, default=settings.secret)
 
 
 def writable_problem(checkout: Path) -> str | None:

@@ -50,17 +50,17 @@ class Served:
         return [pid for pid in _pids() if _parent(pid) == self.proc.pid]
 
     def pids_of(self, role: str) -> list[int]:
-        """Pids whose argv ends in `-m deployhook <role>` (worker, _web).
-
-        Read from /proc/<pid>/cmdline, whole: `ps` cuts its args column to COLUMNS (or 80)
-        when that is set, and a CI checkout's long interpreter path then hides the role."""
+        """Pids of serve's processes of a role, by the name each gives itself
+        (/proc/<pid>/comm, server.py): `worker` (dh-worker), `web` (dh-web, the web
+        processes), `serve` (dh-serve, gunicorn's master). Read from /proc, never `ps`
+        (CI sets COLUMNS=80, which cuts ps's columns)."""
         found = []
         for pid in _pids():
             try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+                comm = Path(f"/proc/{pid}/comm").read_text().strip()
             except OSError:
                 continue
-            if argv[-3:] == [b"-m", b"deployhook", role.encode()] and self._descends(pid):
+            if comm == f"dh-{role}" and self._descends(pid):
                 found.append(pid)
         return found
 

@@ -93,7 +93,12 @@ def quiet_logs(settings: Settings) -> None:
     """Send deployhook's own log lines to stderr, warnings and worse only: stdout is ours."""
     from deployhook import log
 
-    log.configure(fmt=settings.log_format, level="warning", stream=_CurrentStderr())  # type: ignore[arg-type]
+    log.configure(
+        fmt=settings.log_format,
+        level="warning",
+        stream=_CurrentStderr(),  # type: ignore[arg-type]
+        when_used=True,  # structlog (and asyncio) only for a command that logs
+    )
 
 
 def require_registry(settings: Settings) -> None:

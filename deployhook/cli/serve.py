@@ -29,12 +29,12 @@ def serve(
 ) -> None:
     """Run the HTTP API under gunicorn and one supervised deploy worker."""
     from deployhook import log
-    from deployhook.server import Supervisor
+    from deployhook.server import Serve
 
     settings = load_settings(bind=bind, workers=workers, web_processes=web_processes)
     log.configure(fmt=settings.log_format, level=settings.log_level)
     announce(settings)
-    sys.exit(Supervisor(settings, with_worker=not no_worker).run())
+    sys.exit(Serve(settings, with_worker=not no_worker).run())
 
 
 def announce(settings: Settings) -> None:
@@ -42,8 +42,7 @@ def announce(settings: Settings) -> None:
     a log line, and a plain sentence on stderr when a person is watching it."""
     import structlog
 
-    from deployhook import preflight
-    from deployhook.registry import Registry
+    from deployhook.registry import Registry, unresolvable
 
     logger = structlog.get_logger()
     registry = Registry(settings.registry)
@@ -55,7 +54,7 @@ def announce(settings: Settings) -> None:
         data_dir=str(settings.data_dir.absolute()),
         repos=len(repos),
     )
-    missing = preflight.unverifiable(repos, settings)
+    missing = unresolvable(repos, default=settings.secret)
     if not missing:
         return
     names = ", ".join(sorted(missing))
@@ -95,7 +94,7 @@ def worker(workers: int | None) -> None:
 @click.command(name="_web", hidden=True)
 @handle_errors
 def web() -> None:
-    """Run the gunicorn master (started by `serve`)."""
+    """Run the gunicorn master and its web processes alone (serve --no-worker)."""
     from deployhook.server import run_web
 
     run_web(load_settings())

@@ -14,16 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import structlog
-
 from deployhook.config import Settings
 from deployhook.deploy import compose, process
 from deployhook.errors import StoreUnavailable
+from deployhook.log import get_logger
 from deployhook.models import Job, Trigger
 from deployhook.registry import Repo
 from deployhook.store import Store
 
-logger = structlog.get_logger()
+logger = get_logger()
 
 _FLUSH_S = 0.2
 _FLUSH_LINES = 200

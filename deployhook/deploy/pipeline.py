@@ -14,8 +14,6 @@ import time
 import traceback
 from dataclasses import dataclass
 
-import structlog
-
 from deployhook.config import Settings
 from deployhook.deploy import process
 from deployhook.deploy.context import Context, JobOutput, Reporter, StepSpec
@@ -28,12 +26,13 @@ from deployhook.deploy.steps.mirror import MIRROR
 from deployhook.deploy.steps.mirror_sync import MIRROR_SYNC
 from deployhook.deploy.steps.prune import PRUNE
 from deployhook.errors import JobCancelled, JobTimedOut, NothingToDo, StepFailed, StoreUnavailable
+from deployhook.log import get_logger
 from deployhook.models import Job, Status, StepStatus
 from deployhook.registry import Repo
 from deployhook.store import Store, persist
 from deployhook.text import one_line
 
-logger = structlog.get_logger()
+logger = get_logger()
 
 # The deploy itself, in order: any failure fails the job. Each step says whether it
 # applies to a repo (compose or swarm mode, health_timeout 0, ...).

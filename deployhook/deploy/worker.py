@@ -27,14 +27,13 @@ import structlog
 
 from deployhook.config import WATCHDOG_ENV, Settings
 from deployhook.deploy import process
-from deployhook.deploy.pipeline import Deploy, report_ended
-from deployhook.deploy.steps import git as gitsync
 from deployhook.errors import StepFailed, StoreUnavailable
+from deployhook.log import get_logger
 from deployhook.models import JOB_STUCK_GRACE_S, Job, Rollback, Status, Trigger
 from deployhook.registry import Registry, Repo, secret_values
 from deployhook.store import PERSIST_S, Store, open_store, persist
 
-log = structlog.get_logger()
+log = get_logger()
 
 LEASE_S = 30.0
 BEAT_S = 1.0
@@ -304,6 +303,10 @@ class Worker:
         # Every repo's secrets, read again now (a rotated file), are registered: whatever a
         # deploy prints is stored masked, and no child's environment holds one.
         secret_values(self.registry, default=self.settings.secret)
+        # The steps and what they use (GitPython, the Docker SDK, requests, Apprise) are
+        # imported at the first deploy: an idle worker does without them.
+        from deployhook.deploy.pipeline import Deploy
+
         deploy = Deploy(
             job=job, repo=repo, settings=self.settings, store=self.store, cancel=entry.cancel
         )
@@ -471,6 +474,8 @@ class Worker:
         )
         repo = self.registry.find(job.repo)
         if repo is not None:
+            from deployhook.deploy.pipeline import report_ended
+
             report_ended(
                 self.store.job(job_id), repo=repo, settings=self.settings, store=self.store
             )
@@ -534,6 +539,8 @@ class Worker:
 
     @staticmethod
     def _remote_head(repo: Repo) -> str | None:
+        from deployhook.deploy.steps import git as gitsync  # GitPython: when it is used
+
         try:
             return gitsync.remote_head(repo, timeout=RECONCILE_TIMEOUT_S)
         except StepFailed as exc:
@@ -607,13 +614,18 @@ def descriptor_usage() -> tuple[int, int] | None:
     return count, limit
 
 
-def run_worker(settings: Settings) -> int:
-    """Run a worker process until SIGTERM or SIGINT."""
+def run_worker(settings: Settings, *, watchdog_fd: int | None = None) -> int:
+    """Run a worker process until SIGTERM or SIGINT.
+
+    watchdog_fd: the write end of serve's watchdog pipe (default: the descriptor named
+    by config.WATCHDOG_ENV, if any).
+    """
     registry = Registry(settings.registry)
     registry.refresh(force=True)
     opened = _Opened(settings, registry, open_store(settings))
     watchdog = os.environ.pop(WATCHDOG_ENV, None)  # children must not inherit it
-    watchdog_fd = int(watchdog) if watchdog and watchdog.isdigit() else None
+    if watchdog_fd is None and watchdog and watchdog.isdigit():
+        watchdog_fd = int(watchdog)
     if watchdog_fd is not None:
         os.set_blocking(watchdog_fd, False)
         os.set_inheritable(watchdog_fd, False)

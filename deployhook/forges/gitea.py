@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-import structlog
-
 from deployhook.errors import SecretNotConfigured
 from deployhook.forges.http import (
     ATTEMPTS,
@@ -25,9 +23,10 @@ from deployhook.forges.http import (
     Target,
     owner_name,
 )
+from deployhook.log import get_logger
 from deployhook.registry import Repo, Token, repo_token
 
-logger = structlog.get_logger()
+logger = get_logger()
 
 __all__ = [
     "ATTEMPTS",

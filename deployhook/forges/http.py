@@ -18,14 +18,14 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 from urllib.parse import quote
 
 import requests
-import structlog
 import tenacity
 
 from deployhook import redact, retry
 from deployhook.errors import ConfigError, DeployhookError
+from deployhook.log import get_logger
 from deployhook.text import one_line
 
-logger = structlog.get_logger()
+logger = get_logger()
 
 TIMEOUT_S = 5.0  # connect and read, per attempt
 BUDGET_S = 15.0  # all attempts of one call together

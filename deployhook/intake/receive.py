@@ -13,8 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import IO, Protocol
 
-import structlog
-
+from deployhook import log as logsetup
 from deployhook.errors import (
     BadSignature,
     BodyTooLarge,
@@ -26,11 +25,12 @@ from deployhook.errors import (
     UnknownRepo,
 )
 from deployhook.intake import events, signature
+from deployhook.log import get_logger
 from deployhook.models import Decision, DeliveryKind, Outcome
 from deployhook.registry import Registry, Repo, resolve_secrets
 from deployhook.store import CheckedDelivery, Store
 
-logger = structlog.get_logger()
+logger = get_logger()
 
 _CHUNK = 64 * 1024
 _MAX_DELIVERY_ID = 128
@@ -252,7 +252,7 @@ def _delivery(
     the repo and delivery id bound to the log lines written while it is judged."""
     delivery_id = _delivery_id(req.headers)
     event_name = events.header(req.headers, events.EVENT_HEADERS)
-    structlog.contextvars.bind_contextvars(repo=name[:200], delivery=delivery_id)
+    logsetup.bind_contextvars(repo=name[:200], delivery=delivery_id)
     try:
         yield CheckedDelivery(
             repo=name,
@@ -263,7 +263,7 @@ def _delivery(
             event=event_name[:64] if event_name else None,
         )
     finally:
-        structlog.contextvars.unbind_contextvars("repo", "delivery")
+        logsetup.unbind_contextvars("repo", "delivery")
 
 
 def _ms_since(started: float) -> float:

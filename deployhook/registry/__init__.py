@@ -8,6 +8,7 @@ from deployhook.registry.secrets import (
     resolve_secrets,
     secret_values,
     token,
+    unresolvable,
     webhook_secrets,
 )
 
@@ -26,5 +27,6 @@ __all__ = [
     "resolve_secrets",
     "secret_values",
     "token",
+    "unresolvable",
     "webhook_secrets",
 ]

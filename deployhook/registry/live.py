@@ -8,14 +8,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
-
 from deployhook.errors import RegistryError, UnknownRepo
+from deployhook.log import get_logger
 from deployhook.registry.model import Repo
 from deployhook.registry.schema import decode, read
 from deployhook.registry.secrets import secret_values
 
-log = structlog.get_logger()
+log = get_logger()
 
 # A changed file is read once two looks this far apart agree (see _settled_stamp).
 SETTLE_S = 0.015

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from deployhook import redact
-from deployhook.errors import SecretNotConfigured
+from deployhook.errors import DeployhookError, SecretNotConfigured
 from deployhook.registry.model import Repo, Token
 
 # A value may hold several secrets, for rotation: any of them verifies.
@@ -98,6 +98,17 @@ def resolve_secrets(
         raise SecretNotConfigured(f"{what}: DEPLOYHOOK_SECRET is unset or empty")
     origin = str(repo.secret_env or repo.secret_file or "DEPLOYHOOK_SECRET")
     return _checked(value, origin=origin, whose=f"of repo {repo.name!r}", what=what)
+
+
+def unresolvable(repos: Iterable[Repo], *, default: str | None) -> dict[str, str]:
+    """Repos whose webhook secret does not resolve, and why: their pushes are refused."""
+    found = {}
+    for repo in repos:
+        try:
+            resolve_secrets(repo, default=default)
+        except DeployhookError as exc:
+            found[repo.name] = str(exc)
+    return found
 
 
 def _checked(value: str, *, origin: str, whose: str, what: str) -> tuple[str, ...]:

@@ -15,11 +15,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-import structlog
-
 from deployhook import redact
 from deployhook.config import Settings
 from deployhook.errors import Conflict, StoreUnavailable, UnknownJob
+from deployhook.log import get_logger
 from deployhook.models import (
     Decision,
     Delivery,
@@ -38,7 +37,7 @@ from deployhook.store.backend import Backend, Tx, Waiter
 from deployhook.store.group import GroupCommit
 from deployhook.store.ledger import CheckedDelivery
 
-log = structlog.get_logger()
+log = get_logger()
 
 __all__ = ["CheckedDelivery", "Store", "Tx", "open_store", "persist"]
 

@@ -13,15 +13,14 @@ import threading
 import time
 from collections.abc import Callable
 
-import structlog
-
 from deployhook.errors import StoreUnavailable
+from deployhook.log import get_logger
 from deployhook.models import Decision, Outcome
 from deployhook.store import ledger
 from deployhook.store.backend import Backend
 from deployhook.store.ledger import CheckedDelivery, Ledger
 
-log = structlog.get_logger()
+log = get_logger()
 
 BATCH_MAX = 256
 # Gitea gives up after 5 s: past this, answer 503 rather than hang.

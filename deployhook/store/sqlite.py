@@ -20,13 +20,12 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from deployhook.errors import StoreUnavailable
+from deployhook.log import get_logger
 from deployhook.store.backend import Tx
 from deployhook.store.schema import MIGRATIONS
 
-log = structlog.get_logger()
+log = get_logger()
 
 _TYPES = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "real": "REAL"}
 _INCREMENTAL = 2  # PRAGMA auto_vacuum

@@ -7,7 +7,10 @@ and only this module knows the status codes and bodies they turn into.
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+from werkzeug.http import HTTP_STATUS_CODES
 
 from deployhook import errors, redact
 from deployhook.intake.receive import Routed
@@ -32,6 +35,32 @@ STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
     (errors.StoreUnavailable, 503),
     (errors.ConfigError, 503),
 )
+
+
+# What a 401 answer carries (a browser then asks for the admin token).
+WWW_AUTHENTICATE = 'Basic realm="deployhook", charset="UTF-8"'
+# The body of a 500 (an exception no rule knows: a bug), as Flask's handler words it.
+INTERNAL_ERROR = {
+    "error": "The server encountered an internal error and was unable to complete your"
+    " request. Either the server is overloaded or there is an error in the application."
+}
+
+
+def render(body: dict[str, Any]) -> bytes:
+    """A JSON body as the API sends it: compact, ASCII, keys in order, one newline (what
+    Flask's jsonify makes of it, for the raw path of web/fast.py)."""
+    return (json.dumps(body, separators=(",", ":")) + "\n").encode()
+
+
+_STATUS_LINES: dict[int, str] = {}
+
+
+def status_line(code: int) -> str:
+    """`202 ACCEPTED`: the WSGI status line, spelled as werkzeug spells it."""
+    line = _STATUS_LINES.get(code)
+    if line is None:
+        line = _STATUS_LINES[code] = f"{code} {HTTP_STATUS_CODES.get(code, 'unknown').upper()}"
+    return line
 
 
 def error_body(exc: BaseException, *, detail: bool = True) -> dict[str, str]:

@@ -35,15 +35,19 @@ def offered_token(authorization: str | None) -> str | None:
     return None
 
 
-def is_admin() -> bool:
-    """True if this request carries the admin token."""
-    expected = service().settings.admin_token
-    token = offered_token(request.headers.get("Authorization"))
+def token_is_admin(expected: str | None, authorization: str | None) -> bool:
+    """True if an Authorization header carries the admin token `expected`."""
+    token = offered_token(authorization)
     return bool(
         expected
         and token
         and hmac.compare_digest(token.encode("utf-8", "replace"), expected.encode("utf-8"))
     )
+
+
+def is_admin() -> bool:
+    """True if this request carries the admin token."""
+    return token_is_admin(service().settings.admin_token, request.headers.get("Authorization"))
 
 
 def check_admin() -> None:

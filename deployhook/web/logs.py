@@ -8,13 +8,13 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import structlog
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from deployhook.log import get_logger
 from deployhook.web.auth import admin_required
 from deployhook.web.context import service
 
-log = structlog.get_logger()
+log = get_logger()
 
 bp = Blueprint("logs", __name__)
 

@@ -13,15 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
 from deployhook.deploy.context import Context, job_url
 from deployhook.forges import gitea, github
 from deployhook.forges.http import BUDGET_S, TIMEOUT_S, ForgeError, ForgeNotConfigured, Target
+from deployhook.log import get_logger
 from deployhook.models import Job, Status, Trigger
 from deployhook.registry import Repo
 
-logger = structlog.get_logger()
+logger = get_logger()
 
 
 _STATE_OF = {

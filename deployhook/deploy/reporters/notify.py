@@ -12,17 +12,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import structlog
 import tenacity
 
 from deployhook import redact, retry
 from deployhook.deploy.context import Context, job_url
 from deployhook.errors import SecretNotConfigured
+from deployhook.log import get_logger
 from deployhook.models import Job, Status, Trigger
 from deployhook.registry import Repo, Token, repo_token
 from deployhook.store import Store
 
-logger = structlog.get_logger()
+logger = get_logger()
 
 ATTEMPTS = 3
 BUDGET_S = 15.0  # all URLs, all attempts together

@@ -20,15 +20,15 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import git
-import structlog
 
 from deployhook import redact
 from deployhook.deploy.context import Context, StepSpec
 from deployhook.deploy.steps import git as gitsync
 from deployhook.errors import SecretNotConfigured, StepFailed
+from deployhook.log import get_logger
 from deployhook.registry import Repo, Token, repo_token
 
-logger = structlog.get_logger()
+logger = get_logger()
 
 REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
 # Remote names that exist only in the environment of one git process.

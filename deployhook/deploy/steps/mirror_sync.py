@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import structlog
-
 from deployhook.deploy.context import Context, StepSpec
 from deployhook.errors import StepFailed
 from deployhook.forges.gitea import BUDGET_S, ForgeError, ForgeNotConfigured, connect
+from deployhook.log import get_logger
 
-logger = structlog.get_logger()
+logger = get_logger()
 
 
 def step_mirror_sync(ctx: Context) -> None:

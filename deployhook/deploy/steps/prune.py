@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-import structlog
-
 from deployhook.deploy import compose
 from deployhook.deploy.compose import PROJECT_LABEL
 from deployhook.deploy.context import Context, StepSpec
 from deployhook.deploy.engine import engine
 from deployhook.deploy.project import resolve
+from deployhook.log import get_logger
 from deployhook.registry import Repo
 
-log = structlog.get_logger()
+log = get_logger()
 
 
 def prune_images(

@@ -21,17 +21,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import structlog
 import yaml
 
 from deployhook.deploy import compose, process
 from deployhook.deploy.context import Context, StepSpec
 from deployhook.deploy.engine import DockerClient, engine
 from deployhook.errors import JobCancelled, StepFailed
+from deployhook.log import get_logger
 from deployhook.models import Mode
 from deployhook.registry import Repo
 
-log = structlog.get_logger()
+log = get_logger()
 
 TAG_ENV = "DEPLOYHOOK_IMAGE_TAG"
 REGISTRY_ENV = "DEPLOYHOOK_IMAGE_REGISTRY"
