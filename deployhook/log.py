@@ -53,7 +53,7 @@ def _escape_controls(_logger: Any, _name: str, event: MutableMapping[str, Any]) 
 class _LineWriter:
     """Writes each log line with a single write(2) on the stream's descriptor.
 
-    serve's processes (supervisor, web processes, worker) share one stdout. print() and
+    serve's processes (the master, web processes, worker) share one stdout. print() and
     a buffered stream write a line in pieces (the text, then its newline; or in 8 KiB
     parts), and another process's line could land in between: one line held two JSON
     objects. One write of the whole line to a file opened for appending (or a pipe, up
