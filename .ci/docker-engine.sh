@@ -17,6 +17,8 @@
 # Only stdout's last line of "start"/"host" is meant for machines:
 #   export DOCKER_HOST=$(.ci/docker-engine.sh start | tail -n1)
 set -euo pipefail
+# dockerd, iptables and ip live in /usr/sbin, which a PATH given to tests may leave out.
+PATH=$PATH:/usr/sbin:/sbin
 
 PROG=docker-engine
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }

@@ -31,6 +31,9 @@ BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)
 
 usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
+# runuser is in /usr/sbin, which a PATH given to tests or cron may leave out.
+PATH=$PATH:/usr/sbin:/sbin
+
 # Run a PostgreSQL binary as the cluster's owner.
 as_owner() {
   if [[ $(id -u) -eq 0 ]]; then
