@@ -41,10 +41,9 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,7 @@ from typing import Any
 from common import (
     ROOT,
     SECRET,
+    Sampler,
     env_with,
     free_port,
     push_body,
@@ -503,31 +503,20 @@ def honesty_deployhook(server: Server, nonce: str, ok2xx: int, since: float) -> 
 # -- loads ---------------------------------------------------------------------------
 
 
-class PeakRss:
+class PeakRss(Sampler):
     """Samples the resident size of all a server's processes while a load runs."""
 
     def __init__(self, server: Server) -> None:
+        super().__init__()
         self.server = server
         self.peak = (0.0, 0.0)
         self.most_pids = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.wait(1.0):
-            pids = self.server.pids()
-            self.most_pids = max(self.most_pids, len(pids))
-            rss, pss = memory_mb(pids)
-            self.peak = (max(self.peak[0], rss), max(self.peak[1], pss))
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[None]:
-        self._thread.start()
-        try:
-            yield
-        finally:
-            self._stop.set()
-            self._thread.join()
+    def sample(self) -> None:
+        pids = self.server.pids()
+        self.most_pids = max(self.most_pids, len(pids))
+        rss, pss = memory_mb(pids)
+        self.peak = (max(self.peak[0], rss), max(self.peak[1], pss))
 
 
 def post(

@@ -33,13 +33,12 @@ import secrets
 import sqlite3
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import run_wrk, tool_version, wrk_script
+from common import Sampler, run_wrk, tool_version, wrk_script
 from compare_webhook import Server, make_repo, start_bare, start_deployhook
 
 REPOS = ["site-a", "site-b", "site-c"]
@@ -157,26 +156,15 @@ def cpu_ticks(server: Server) -> tuple[int, int, int, int]:
     return wu, ws, au, as_
 
 
-class PeakMemory:
+class PeakMemory(Sampler):
     def __init__(self, server: Server) -> None:
+        super().__init__()
         self.server = server
         self.peak = Snapshot()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.wait(1.0):
-            with contextlib.suppress(OSError, ValueError):
-                self.peak = self.peak.peak(Snapshot.take(self.server))
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[None]:
-        self._thread.start()
-        try:
-            yield
-        finally:
-            self._stop.set()
-            self._thread.join()
+    def sample(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.peak = self.peak.peak(Snapshot.take(self.server))
 
 
 # -- the run --------------------------------------------------------------------------
