@@ -86,6 +86,11 @@ def error_status(exc: BaseException) -> int:
     return next((code for cls, code in STATUS_OF if isinstance(exc, cls)), 500)
 
 
+def error_headers(status: int) -> list[tuple[str, str]]:
+    """The headers an error answer adds: a 401 says how to authenticate."""
+    return [("WWW-Authenticate", WWW_AUTHENTICATE)] if status == 401 else []
+
+
 def decision_status(decision: Decision) -> int:
     """The HTTP status of the answer to a delivery."""
     if decision.outcome == Outcome.REJECTED:

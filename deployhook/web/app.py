@@ -47,8 +47,7 @@ def create_app(
         code = answers.error_status(exc)
         response = jsonify(answers.error_body(exc, detail=shows_detail()))
         response.status_code = code
-        if code == 401:
-            response.headers["WWW-Authenticate"] = answers.WWW_AUTHENTICATE
+        response.headers.extend(answers.error_headers(code))
         return response
 
     @app.errorhandler(HTTPException)

@@ -74,8 +74,7 @@ class FastDeliveries:
         except errors.DeployhookError as exc:  # as app.py's handler answers it
             status = answers.error_status(exc)
             body = answers.error_body(exc, detail=detail)
-            if status == 401:
-                extra.append(("WWW-Authenticate", answers.WWW_AUTHENTICATE))
+            extra = answers.error_headers(status)
         except Exception:
             log.exception("request_failed", method="POST", path=environ.get("PATH_INFO"))
             status, body = 500, answers.INTERNAL_ERROR
