@@ -481,33 +481,6 @@ class Store:
             self.backend.wake()
         return ended
 
-    def enqueue_if_idle(
-        self,
-        *,
-        repo: str,
-        sha: str,
-        ref: str | None,
-        trigger: Trigger,
-        node: str,
-        repo_url: str | None = None,
-        rollback_of: int | None = None,
-    ) -> Job | None:
-        with self._write() as tx:
-            job = queue.enqueue_if_idle(
-                tx,
-                repo=repo,
-                sha=sha,
-                ref=ref,
-                trigger=trigger,
-                node=node,
-                now=time.time(),
-                repo_url=repo_url,
-                rollback_of=rollback_of,
-            )
-        if job is not None:
-            self.backend.wake()
-        return job
-
     def interrupt(self, job: Job, *, reason: str) -> Job | None:
         reason = redact.mask(reason)
         with self._write() as tx:

@@ -400,12 +400,15 @@ def test_rollback_target_is_the_newest_good_sha_other_than_the_deployed(store: S
 
 
 def test_a_push_joining_a_queued_rollback_is_no_rollback_any_more(store: Store) -> None:
-    failed = _run(store, "a", 1, Status.FAILED)
-    rollback = store.enqueue_if_idle(
-        repo="a", sha=sha(0), ref=None, trigger=Trigger.ROLLBACK, node="", rollback_of=failed
+    failed = _deployed_then_claimed(store, sha(0), sha(1))
+    to_good = Rollback(ref=None, node="")
+    assert store.finish(failed, status=Status.FAILED, error="e", worker="w", rollback=to_good)
+    rollback = store.job(store.job(failed).rolled_back_by or 0)
+    assert (rollback.trigger, rollback.sha, rollback.rollback_of) == (
+        Trigger.ROLLBACK,
+        sha(0),
+        failed,
     )
-    assert rollback is not None and rollback.rollback_of == failed
-    assert store.job(failed).rolled_back_by == rollback.id
     joined, coalesced = store.enqueue(repo="a", sha=sha(2), ref=None, trigger=Trigger.PUSH, node="")
     assert coalesced and joined.id == rollback.id
     assert (joined.trigger, joined.rollback_of) == (Trigger.PUSH, None)
