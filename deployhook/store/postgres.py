@@ -179,6 +179,9 @@ class _WorkerLock:
 
     def close(self) -> None:
         self._stop.set()
+        # The keeper may be re-taking the lock this moment (it found the connection
+        # closed): once it has stopped, the connection it holds is the last one.
+        self._thread.join(timeout=CONNECT_TIMEOUT_S + 5)
         if self._conn is not None:
             with suppress(psycopg.Error):
                 self._conn.close()
